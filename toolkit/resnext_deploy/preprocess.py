@@ -1,0 +1,122 @@
+"""Image preprocessing: the one code path used by calibration, evaluation and the on-device runtime.
+
+The spec is recorded in every build's manifest, so what the device does to an image is exactly what
+calibration and evaluation did. Needs only numpy and Pillow (this module runs on the device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import BadInputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_INTERPOLATION = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, center-crop, scale to [0, 1], normalize, RGB, NCHW float32."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    color: str = "RGB"
+    layout: str = "NCHW"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _INTERPOLATION:
+            raise BadInputError(
+                f"Unknown interpolation '{self.interpolation}' in the preprocessing; use one of "
+                f"{sorted(_INTERPOLATION)}."
+            )
+        if self.crop <= 0 or self.resize < self.crop:
+            raise BadInputError(
+                f"Preprocessing needs 0 < crop <= resize, got resize={self.resize}, crop={self.crop}."
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise BadInputError(f"Preprocessing mean/std must be 3 values with std > 0, got {self.mean}/{self.std}.")
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int]:
+        return (3, self.crop, self.crop)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Preprocessing":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for key in ("mean", "std"):
+            if key in known:
+                known[key] = tuple(float(x) for x in known[key])
+        return cls(**known)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow image (L, LA, P, CMYK, RGBA, 16-bit I;16/I, float F) to 8-bit RGB."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def load_image(path: Union[str, Path]) -> Image.Image:
+    """Open and fully decode an image as RGB. Raises BadInputError for unreadable files."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadInputError(f"Cannot read image '{path}': {exc}. Is it a complete image file?") from exc
+
+
+def preprocess_image(img: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """One PIL image -> float32 CHW array."""
+    img = to_rgb(img)
+    w, h = img.size
+    scale = spec.resize / min(w, h)
+    if (w, h) != (spec.resize, spec.resize) or scale != 1.0:
+        nw, nh = max(spec.crop, round(w * scale)), max(spec.crop, round(h * scale))
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), _INTERPOLATION[spec.interpolation])
+    w, h = img.size
+    left, top = (w - spec.crop) // 2, (h - spec.crop) // 2
+    img = img.crop((left, top, left + spec.crop, top + spec.crop))
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def preprocess_paths(paths: Sequence[Union[str, Path]], spec: Preprocessing) -> np.ndarray:
+    """Image files -> float32 NCHW batch."""
+    return np.stack([preprocess_image(load_image(p), spec) for p in paths]) if paths else np.zeros(
+        (0,) + spec.input_shape, np.float32
+    )
+
+
+def batches(n: int, size: int) -> List[slice]:
+    """Slices covering range(n) in chunks of ``size``."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
