@@ -1,0 +1,42 @@
+"""Backend plug-ins. The registry maps names to module paths so listing backends imports nothing heavy."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Dict, List
+
+from ..errors import BadInputError
+from .base import Backend, Runner
+
+_REGISTRY: Dict[str, str] = {
+    "onnxruntime": "resnext_deploy.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "resnext_deploy.backends.openvino:OpenVinoBackend",
+}
+
+_CACHE: Dict[str, Backend] = {}
+
+
+def register(name: str, target: str) -> None:
+    """Add a backend as 'module:Class' (imported on first use)."""
+    _REGISTRY[name] = target
+
+
+def names() -> List[str]:
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Backend:
+    if name not in _REGISTRY:
+        raise BadInputError(f"Unknown backend '{name}'. Known backends: {', '.join(_REGISTRY)}.")
+    if name not in _CACHE:
+        module, cls = _REGISTRY[name].split(":")
+        _CACHE[name] = getattr(importlib.import_module(module), cls)()
+    return _CACHE[name]
+
+
+def available() -> List[str]:
+    """Backends whose package imports on this machine."""
+    return [n for n in _REGISTRY if get(n).available()]
+
+
+__all__ = ["Backend", "Runner", "available", "get", "names", "register"]

@@ -1,0 +1,73 @@
+"""ONNX Runtime backend: an offline-optimized model (.ort.onnx) run by the CPU execution provider."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from ..artifacts import Artifact, atomic_file
+from ..optional import require
+from .base import Backend, Runner
+
+log = logging.getLogger(__name__)
+
+_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL", "none": "ORT_DISABLE_ALL"}
+
+
+def _session_options(ort: Any, settings: Dict[str, Any], level: str) -> Any:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+    threads = int(settings.get("threads", 0) or 0)
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return opts
+
+
+class OrtRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, settings: Dict[str, Any]) -> None:
+        super().__init__()
+        ort = require("onnxruntime", "run ONNX Runtime models")
+        # The artifact is already optimized offline; the layout-level ("all") passes run here, at load.
+        opts = _session_options(ort, settings, settings.get("runtime_optimization", "all"))
+        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self.details = {"providers": self._session.get_providers(), "threads": opts.intra_op_num_threads}
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        # InferenceSession.run is thread-safe.
+        return self._session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def close(self) -> None:
+        self._session = None
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    module = "onnxruntime"
+    kind = "ort-optimized"
+
+    def compile(
+        self, source: Artifact, out_dir: Path, precision: str, settings: Dict[str, Any], root: Optional[Path] = None
+    ) -> Artifact:
+        ort = require("onnxruntime", "compile for ONNX Runtime")
+        level = settings.get("graph_optimization", "extended")
+        out = Path(out_dir) / f"model-{precision}.ort.onnx"
+        with atomic_file(out) as tmp:
+            opts = _session_options(ort, settings, level)
+            opts.optimized_model_filepath = str(tmp)
+            ort.InferenceSession(str(source.abspath(root)), opts, providers=["CPUExecutionProvider"])
+        recorded = {k: settings[k] for k in ("graph_optimization", "threads", "activations") if k in settings}
+        recorded["onnxruntime_version"] = ort.__version__
+        return Artifact.from_files(
+            f"onnxruntime-{precision}", [out], root, kind=self.kind, backend=self.name, precision=precision,
+            parent=source.name, stage="compile", settings=recorded,
+        )
+
+    def load(self, path: Path, settings: Optional[Dict[str, Any]] = None) -> Runner:
+        return OrtRunner(Path(path), settings or {})

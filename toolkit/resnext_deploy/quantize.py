@@ -1,0 +1,131 @@
+"""Stage `quantize`: FP32 ONNX + calibration images -> INT8 QDQ ONNX, with ONNX Runtime's quantizer.
+
+Two activation flavours from the same weights rule (symmetric int8, per output channel):
+  - "uint8": asymmetric uint8 activations, what ONNX Runtime's CPU kernels run fastest (u8s8);
+  - "int8":  symmetric int8 activations with zero-point 0 and no Q/DQ on graph outputs: TensorRT's
+             rule for explicit quantization; OpenVINO reads it as fast as the other.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .artifacts import Artifact, atomic_file
+from .errors import BadInputError, InternalError
+from .optional import require
+
+log = logging.getLogger(__name__)
+
+FLAVOURS = ("uint8", "int8")
+CALIB_BATCH = 16
+
+
+def _calibration_reader(data: np.ndarray, input_name: str, progress: Optional[Callable[[int, int], None]]) -> Any:
+    quant = require("onnxruntime.quantization", "quantize to INT8")
+
+    class _Reader(quant.CalibrationDataReader):
+        """Feeds the preprocessed calibration images in fixed-size batches, in order."""
+
+        def __init__(self) -> None:
+            self._chunks: Iterator[np.ndarray] = iter(
+                [data[i : i + CALIB_BATCH] for i in range(0, len(data), CALIB_BATCH)]
+            )
+            self._done = 0
+
+        def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return None
+            self._done += len(chunk)
+            if progress:
+                progress(self._done, len(data))
+            return {input_name: chunk.astype(np.float32)}
+
+        def rewind(self) -> None:
+            self.__init__()
+
+    return _Reader()
+
+
+def _output_producers(proto: Any) -> List[str]:
+    """Op types whose outputs are graph outputs: TensorRT wants no Q/DQ there."""
+    outs = {o.name for o in proto.graph.output}
+    return sorted({n.op_type for n in proto.graph.node if any(o in outs for o in n.output)})
+
+
+def qdq_from_onnx(
+    fp32_path: Union[str, Path],
+    out_path: Union[str, Path],
+    calibration: np.ndarray,
+    flavour: str = "uint8",
+    method: str = "minmax",
+    percentile: float = 99.999,
+    exclude_nodes: Sequence[str] = (),
+    parent: Optional[str] = "onnx-fp32",
+    root: Optional[Path] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Artifact:
+    """Quantize ``fp32_path`` with ORT's static QDQ quantizer, calibrated on ``calibration`` (NCHW float32).
+
+    ``exclude_nodes`` are node names left in float (the fallback of accuracy-driven quantization).
+    """
+    quant = require("onnxruntime.quantization", "quantize to INT8")
+    onnx = require("onnx", "quantize to INT8")
+    if flavour not in FLAVOURS:
+        raise BadInputError(f"Unknown activation flavour '{flavour}'; use one of {FLAVOURS}.")
+    methods = {
+        "minmax": quant.CalibrationMethod.MinMax,
+        "percentile": quant.CalibrationMethod.Percentile,
+        "entropy": quant.CalibrationMethod.Entropy,
+    }
+    if method not in methods:
+        raise BadInputError(f"Unknown calibration method '{method}'; use one of {', '.join(methods)}.")
+    if len(calibration) == 0:
+        raise BadInputError("No calibration images: give a folder with readable images.")
+    proto = onnx.load(str(fp32_path))
+    input_name = proto.graph.input[0].name
+    extra: Dict[str, Any] = {
+        "WeightSymmetric": True,
+        "ActivationSymmetric": flavour == "int8",
+        # Conv weights are per output channel (axis 0); Gemm's weight (transB=1) too.
+        "QDQOpTypePerChannelSupportToAxis": {"Gemm": 0, "MatMul": 1},
+    }
+    if method == "percentile":
+        extra["CalibPercentile"] = percentile
+    if flavour == "int8":
+        extra["OpTypesToExcludeOutputQuantization"] = _output_producers(proto)
+    out_path = Path(out_path)
+    with atomic_file(out_path) as tmp:
+        try:
+            quant.quantize_static(
+                str(fp32_path),
+                str(tmp),
+                _calibration_reader(calibration, input_name, progress),
+                quant_format=quant.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=quant.QuantType.QUInt8 if flavour == "uint8" else quant.QuantType.QInt8,
+                weight_type=quant.QuantType.QInt8,
+                calibrate_method=methods[method],
+                nodes_to_exclude=list(exclude_nodes),
+                extra_options=extra,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise InternalError(f"ONNX Runtime quantization failed on '{fp32_path}': {exc}") from exc
+    settings = {
+        "activations": flavour,
+        "weights": "int8 symmetric per-channel",
+        "calibration_method": method,
+        "calibration_images": int(len(calibration)),
+        "excluded_nodes": list(exclude_nodes),
+    }
+    if method == "percentile":
+        settings["percentile"] = percentile
+    return Artifact.from_files(
+        f"onnx-int8-{flavour}", [out_path], root, kind="onnx-qdq", backend="onnx", precision="int8",
+        parent=parent, stage="quantize", settings=settings,
+    )

@@ -1,0 +1,190 @@
+"""Recipes: one TOML file per target saying what to build, how to calibrate, and the gates.
+
+Defaults live here, in DEFAULTS, and nowhere else; a recipe file overrides them key by key. Unknown
+sections or keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from .errors import BadInputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # JetPack's Python 3.8 / 3.10
+    import tomli as tomllib
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+
+DEFAULTS: Dict[str, Any] = {
+    "target": "",
+    "description": "",
+    "device": "cpu",  # cpu | gpu | jetson
+    "backends": {
+        "onnxruntime": {
+            "precisions": [],
+            "activations": "uint8",  # QDQ activation type: ORT's CPU kernels are fast with uint8
+            "graph_optimization": "extended",
+            "threads": 0,  # 0 = ONNX Runtime's default (all cores)
+        },
+        "openvino": {
+            "precisions": [],
+            "activations": "int8",  # OpenVINO reads either flavour; reuse the TensorRT-style model
+            "inference_precision": "f32",  # the CPU default may be bf16: slower here and less exact
+            "performance_hint": "LATENCY",
+            "threads": 0,
+            "streams": 1,
+        },
+        "tensorrt": {
+            "precisions": [],
+            "workspace_mb": 1024,
+            "min_batch": 1,
+            "opt_batch": 1,
+            "max_batch": 8,
+            "dla_core": -1,  # -1 = no DLA
+            "gpu_fallback": True,
+        },
+    },
+    "export": {"opset": 17, "tolerance": 1e-3, "simplify": True},
+    "calibration": {
+        "method": "minmax",
+        "count": 256,
+        "seed": 0,
+        "percentile": 99.999,
+        "folder": "",  # empty: the demo's calibration images
+    },
+    "evaluation": {
+        "folder": "",  # empty: the demo's validation images
+        "limit": 0,  # 0 = every image
+        "batch_size": 8,  # throughput batch
+        "warmup": 5,
+        "iterations": 50,  # timed batch-1 runs
+    },
+    "preprocess": {},  # overrides of the model's preprocessing (resize, crop, mean, std, interpolation)
+    "gates": {
+        "max_top1_drop": 1.0,  # percentage points, INT8 vs the float model
+        "min_agreement": 0.98,  # top-1 agreement with the float model
+        "max_latency_ms": 0.0,  # p50 at batch 1; 0 = no latency gate
+    },
+}
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: ``data`` has every key of DEFAULTS."""
+
+    data: Dict[str, Any]
+    source: str
+
+    @property
+    def target(self) -> str:
+        return self.data["target"]
+
+    def section(self, name: str) -> Dict[str, Any]:
+        return self.data[name]
+
+    def backend(self, name: str) -> Dict[str, Any]:
+        return self.data["backends"][name]
+
+    def enabled_backends(self) -> List[str]:
+        return [b for b in BACKENDS if self.data["backends"][b]["precisions"]]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return copy.deepcopy(self.data)
+
+
+def _merge(base: Dict[str, Any], override: Dict[str, Any], where: str, source: str) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        path = f"{where}.{key}" if where else key
+        if key not in base:
+            raise BadInputError(
+                f"Unknown recipe key '{path}' in {source}. Known keys here: {', '.join(sorted(base)) or '(none)'}."
+            )
+        default = base[key]
+        if isinstance(default, dict) and default and not isinstance(value, dict):
+            raise BadInputError(f"Recipe key '{path}' in {source} must be a table, got {value!r}.")
+        if isinstance(default, dict) and default:
+            out[key] = _merge(default, value, path, source)
+        elif isinstance(default, dict):  # free-form table (preprocess)
+            out[key] = dict(value)
+        else:
+            if isinstance(default, bool) != isinstance(value, bool) or (
+                not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int))
+            ):
+                raise BadInputError(
+                    f"Recipe key '{path}' in {source} must be {type(default).__name__}, got {value!r}."
+                )
+            out[key] = value
+    return out
+
+
+def _validate(data: Dict[str, Any], source: str) -> None:
+    method = data["calibration"]["method"]
+    if method not in CALIBRATION_METHODS:
+        raise BadInputError(
+            f"calibration.method = '{method}' in {source} is not one of {', '.join(CALIBRATION_METHODS)}."
+        )
+    if data["calibration"]["count"] <= 0:
+        raise BadInputError(f"calibration.count must be positive in {source}, got {data['calibration']['count']}.")
+    for name, cfg in data["backends"].items():
+        bad = [p for p in cfg["precisions"] if p not in PRECISIONS]
+        if bad:
+            raise BadInputError(
+                f"backends.{name}.precisions in {source} has {bad}; allowed: {', '.join(PRECISIONS)}."
+            )
+    for name in ("onnxruntime", "openvino"):
+        act = data["backends"][name]["activations"]
+        if act not in ("uint8", "int8"):
+            raise BadInputError(f"backends.{name}.activations in {source} must be 'uint8' or 'int8', got '{act}'.")
+    if not any(cfg["precisions"] for cfg in data["backends"].values()):
+        raise BadInputError(f"The recipe {source} enables no backend: give some backends.<name>.precisions.")
+
+
+def recipes_dir() -> Path:
+    """Where the shipped recipes are (the repo's recipes/, installed as resnext_deploy.recipes)."""
+    try:
+        from importlib.resources import files
+
+        path = Path(str(files("resnext_deploy.recipes")))
+        if path.is_dir():
+            return path
+    except (ImportError, ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
+def list_targets() -> Dict[str, Path]:
+    """Shipped targets -> recipe file."""
+    return {p.stem: p for p in sorted(recipes_dir().glob("*.toml"))}
+
+
+def load_recipe(path: Union[str, Path, None] = None, target: Optional[str] = None) -> Recipe:
+    """Load a recipe file, or the shipped recipe of ``target``."""
+    if path is None:
+        targets = list_targets()
+        if target not in targets:
+            raise BadInputError(
+                f"Unknown target '{target}'. Known targets: {', '.join(targets) or '(none found)'}. "
+                "Run `resnext-deploy targets` to list them, or pass your own --recipe FILE."
+            )
+        path = targets[target]
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"Recipe file '{path}' does not exist. Copy one from recipes/ and edit it.")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"Recipe file '{path}' is not valid TOML: {exc}.") from exc
+    data = _merge(DEFAULTS, raw, "", str(path))
+    if not data["target"]:
+        data["target"] = target or path.stem
+    _validate(data, str(path))
+    return Recipe(data, str(path))

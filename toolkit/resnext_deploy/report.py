@@ -1,0 +1,152 @@
+"""Stage `report`: report.json (versioned schema), report.md, and the console parity table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from .artifacts import atomic_file
+from .errors import BadInputError
+from .gate import GateResult
+
+REPORT_SCHEMA = "resnext-deploy/report"
+REPORT_SCHEMA_VERSION = 1
+
+
+def make_report(
+    *,
+    model: Dict[str, Any],
+    target: str,
+    reference: str,
+    results: List[Dict[str, Any]],
+    gate: GateResult,
+    dataset: Dict[str, Any],
+    stages: Optional[Dict[str, Any]] = None,
+    notes: Optional[List[str]] = None,
+    extra: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    report = {
+        "schema": REPORT_SCHEMA,
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "model": model,
+        "target": target,
+        "reference": reference,
+        "dataset": dataset,
+        "results": results,
+        "gate": gate.to_dict(),
+        "stages": stages or {},
+        "notes": notes or [],
+    }
+    report.update(extra or {})
+    return report
+
+
+def read_report(path: Union[str, Path]) -> Dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"Cannot read report '{path}': {exc}. Pass a build directory or its report.json.") from exc
+    if data.get("schema") != REPORT_SCHEMA or data.get("schema_version") != REPORT_SCHEMA_VERSION:
+        raise BadInputError(
+            f"'{path}' is not a report of schema {REPORT_SCHEMA} v{REPORT_SCHEMA_VERSION} "
+            f"(found {data.get('schema')} v{data.get('schema_version')}). Rebuild with this version."
+        )
+    return data
+
+
+def _fmt_size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+COLUMNS = ["artifact", "backend", "prec", "top-1", "top-5", "agree", "max|dlogit|", "min cos", "p50 ms", "p99 ms", "img/s", "speedup", "size"]
+
+
+def table_rows(report: Dict[str, Any]) -> List[List[str]]:
+    """The parity table: one row per artifact, speedup against the reference's batch-1 p50."""
+    ref = next((r for r in report["results"] if r["artifact"] == report["reference"]), None)
+    ref_p50 = ref["latency_ms"]["p50"] if ref and ref.get("latency_ms") else None
+    rows = []
+    for r in report["results"]:
+        if r.get("pending"):
+            rows.append([r["artifact"], r["backend"], r["precision"]] + ["pending on device"] + [""] * (len(COLUMNS) - 4))
+            continue
+        p50 = r["latency_ms"]["p50"]
+        rows.append([
+            r["artifact"] + (" (ref)" if r["artifact"] == report["reference"] else ""),
+            r["backend"],
+            r["precision"],
+            f"{r['top1'] * 100:.2f}",
+            f"{r['top5'] * 100:.2f}",
+            f"{r['agreement'] * 100:.2f}",
+            f"{r['max_abs_logit_diff']:.3g}",
+            f"{r['min_cosine']:.5f}",
+            f"{p50:.2f}",
+            f"{r['latency_ms']['p99']:.2f}",
+            f"{r['throughput_ips']:.0f}",
+            f"{ref_p50 / p50:.2f}x" if ref_p50 else "",
+            _fmt_size(r["size_bytes"]),
+        ])
+    return rows
+
+
+def render_table(report: Dict[str, Any]) -> str:
+    rows = [COLUMNS] + table_rows(report)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    line = lambda row: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    out = [line(rows[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
+    gate = GateResult.from_dict(report["gate"])
+    out.append("")
+    out.append(gate.summary())
+    return "\n".join(out)
+
+
+def render_markdown(report: Dict[str, Any]) -> str:
+    m, d = report["model"], report["dataset"]
+    lines = [
+        f"# resnext-deploy report: {m.get('name', '?')} on {report['target']}",
+        "",
+        f"- model: `{m.get('name')}` ({m.get('arch') or 'ONNX'}, {m.get('num_classes')} classes), source `{m.get('source')}`",
+        f"- validation: {d.get('validation_images')} images from `{d.get('validation')}`"
+        + (f" ({d['validation_skipped']} unreadable files skipped)" if d.get("validation_skipped") else ""),
+        f"- calibration: {d.get('calibration_images')} images from `{d.get('calibration')}`, method {d.get('calibration_method')}, seed {d.get('calibration_seed')}",
+        f"- reference (float model): `{report['reference']}`; agreement and logit error are measured against it",
+        f"- latency: batch 1, percentiles after warm-up; throughput at batch {d.get('throughput_batch')}",
+        "",
+        "## Parity",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
+    gate = GateResult.from_dict(report["gate"])
+    lines += ["", "## Gate", "", f"**{'PASSED' if gate.passed else 'FAILED'}**", "", "| artifact | metric | value | threshold | result |", "|---|---|---|---|---|"]
+    for c in gate.checks:
+        lines.append(f"| {c.artifact} | {c.metric} | {c.value:.4g} | {c.op} {c.threshold:g} | {'pass' if c.passed else '**FAIL**'} |")
+    execs = [(r["artifact"], r.get("details", {}).get("execution")) for r in report["results"]]
+    execs = [(a, e) for a, e in execs if e]
+    if execs:
+        lines += ["", "## What the backend executes", ""]
+        for a, e in execs:
+            lines.append(f"- `{a}`: {json.dumps(e, sort_keys=True)}")
+    if report.get("stages"):
+        lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
+        for k, v in report["stages"].items():
+            lines.append(f"| {k} | {v:.2f} |" if isinstance(v, (int, float)) else f"| {k} | {v} |")
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Dict[str, Any], out_dir: Union[str, Path]) -> List[Path]:
+    """Write report.json and report.md into ``out_dir`` (each atomically)."""
+    out_dir = Path(out_dir)
+    paths = []
+    for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=False)), ("report.md", render_markdown(report))):
+        with atomic_file(out_dir / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        paths.append(out_dir / name)
+    return paths
