@@ -30,6 +30,8 @@ class _Progress:
         if not self.enabled:
             return
         width = 24
+        if done < total and (done * 20 // max(total, 1)) == ((done - 1) * 20 // max(total, 1)):
+            return  # redraw every 5%
         filled = int(width * done / max(total, 1))
         click.echo(f"\r  {stage:<36} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", nl=False, err=True)
         if done >= total:
@@ -76,7 +78,7 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     Exit codes: 0 ok, 2 bad input or usage, 3 a gate failed, 4 internal error, 5 missing package.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = {"progress": _Progress(not quiet and sys.stderr.isatty() or verbose)}
+    ctx.obj = {"progress": _Progress(not quiet and sys.stderr.isatty())}
 
 
 def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -119,6 +121,142 @@ def targets() -> None:
         builds = ", ".join(f"{b}:{'+'.join(r.backend(b)['precisions'])}" for b in r.enabled_backends())
         click.echo(f"{name:<18} {builds:<44} {r.data['description']}")
         click.echo(f"{'':<18} recipe: {path}")
+
+
+def _recipe(target: Optional[str], recipe: Optional[Path]) -> Any:
+    from .recipes import load_recipe
+
+    return load_recipe(recipe, None if recipe else target)
+
+
+_target_opt = click.option("--target", default="x86-cpu", show_default=True, help="Target whose recipe supplies the settings.")
+_recipe_opt = click.option("--recipe", type=click.Path(path_type=Path), default=None, help="Your own recipe TOML.")
+_size_opt = click.option("--input-size", type=int, default=None, help="Crop size for an ONNX without a sidecar (default 224).")
+
+
+@cli.command()
+@_model_options
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@_run
+def check(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], as_json: bool) -> None:
+    """Lint a model before export: residual adds of unequal shapes, grouped convs whose channels don't divide."""
+    from .stages import check_file
+
+    res = check_file(model, arch, num_classes)
+    click.echo(json.dumps(res, indent=2) if as_json else res.get("summary", f"{res['model']}: passed {', '.join(res.get('checks', []))}"))
+
+
+@cli.command()
+@_model_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The ONNX file to write.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None, help="Real images for the numeric check against PyTorch.")
+@_target_opt
+@_recipe_opt
+@_run
+def export(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], out: Path, calib: Optional[Path],
+           target: str, recipe: Optional[Path]) -> None:
+    """Check, export to ONNX (opset >= 17, dynamic batch), simplify, and compare with PyTorch."""
+    from .stages import export_file
+
+    art = export_file(model, out, arch, num_classes, calib, _recipe(target, recipe))
+    click.echo(f"wrote {art.path} (max |onnx - torch| = {art.settings['max_abs_diff_vs_torch']:.3g}, sha256 {art.sha256[:12]})")
+
+
+@cli.command()
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), required=True, help="FP32 ONNX model.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The Q/DQ ONNX file to write.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration images (default: the recipe's, else the demo's).")
+@click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
+              help="uint8 for ONNX Runtime's CPU kernels; int8 (symmetric, zero-point 0) for TensorRT.")
+@_size_opt
+@_target_opt
+@_recipe_opt
+@click.pass_context
+@_run
+def quantize(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Path], activations: str,
+             input_size: Optional[int], target: str, recipe: Optional[Path]) -> None:
+    """Calibrate and quantize to an INT8 Q/DQ ONNX (method, count and seed from the recipe)."""
+    from .stages import quantize_file
+
+    art = quantize_file(onnx_path, out, calib, _recipe(target, recipe), activations, input_size, ctx.obj["progress"])
+    click.echo(f"wrote {art.path} ({art.settings['calibration_method']}, {art.settings['calibration_images']} images, {activations} activations)")
+
+
+@cli.command(name="compile")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), required=True, help="FP32 ONNX, or a Q/DQ ONNX for int8.")
+@click.option("--backend", type=click.Choice(["openvino", "onnxruntime"]), required=True)
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@_target_opt
+@_recipe_opt
+@_run
+def compile_cmd(onnx_path: Path, backend: str, precision: str, out: Path, target: str, recipe: Optional[Path]) -> None:
+    """Compile an ONNX into a backend's artifact (OpenVINO IR, ONNX Runtime optimized model)."""
+    from .stages import compile_file
+
+    art = compile_file(onnx_path, backend, precision, out, _recipe(target, recipe))
+    click.echo(f"wrote {art.path} ({art.backend} {art.precision})")
+
+
+@cli.command()
+@click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--reference", type=click.Path(path_type=Path), required=True, help="The FP32 ONNX everything is compared with.")
+@click.option("--val", type=click.Path(path_type=Path), default=None, help="Labeled images, ImageFolder layout (default: the demo's).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the evaluation JSON here (input of `report`).")
+@_size_opt
+@_target_opt
+@_recipe_opt
+@click.pass_context
+@_run
+def evaluate(ctx: click.Context, artifacts: tuple, reference: Path, val: Optional[Path], out: Optional[Path],
+             input_size: Optional[int], target: str, recipe: Optional[Path]) -> None:
+    """Accuracy, agreement, logit error, latency and size of artifacts (by path) on the same images."""
+    from .gate import GateResult
+    from .report import render_table
+    from .stages import evaluate_files
+
+    ev = evaluate_files(reference, artifacts, val, _recipe(target, recipe), input_size, out, ctx.obj["progress"])
+    click.echo(render_table({**ev, "gate": GateResult(True).to_dict()}).rsplit("\n", 2)[0])
+    if out:
+        click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Directory for report.json/report.md.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
+@_target_opt
+@_recipe_opt
+@_run
+def report(source: Path, out: Optional[Path], as_json: bool, target: str, recipe: Optional[Path]) -> None:
+    """Gate an evaluation JSON (or re-gate a build directory) with the recipe; exit 3 if a gate fails."""
+    from .report import render_table
+    from .stages import report_from
+
+    rep = report_from(source, _recipe(target, recipe), out)
+    click.echo(json.dumps(rep, indent=2) if as_json else render_table(rep))
+    sys.exit(EXIT_OK if rep["gate"]["passed"] else EXIT_GATE_FAILED)
+
+
+@cli.group()
+def demo() -> None:
+    """The offline demo: a compact ResNeXt trained on scikit-learn's digits."""
+
+
+@demo.command("train")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Demo folder (default: the shipped calibration/digits).")
+@click.option("--epochs", type=int, default=None, help="Training epochs (default: the demo's own).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_run
+def demo_train(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
+    """Regenerate the demo images and retrain the demo checkpoint (offline, a few minutes)."""
+    from .demo import DEMO_DIR, train_demo, write_digits_dataset
+
+    out = out or DEMO_DIR
+    write_digits_dataset(out, seed)
+    kwargs = {"epochs": epochs} if epochs else {}
+    res = train_demo(out, out / "resnext_demo.pt", seed=seed, **kwargs)
+    click.echo(f"trained {res['checkpoint']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
 
 
 def main() -> None:

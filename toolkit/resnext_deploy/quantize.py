@@ -52,6 +52,14 @@ def _calibration_reader(data: np.ndarray, input_name: str, progress: Optional[Ca
     return _Reader()
 
 
+class _QuietPreprocessAdvice(logging.Filter):
+    """ORT's quantizer logs 'Please consider pre-processing' on the root logger for every model without
+    its pre-processing tag; our export already ran shape inference and simplification, so drop it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def _output_producers(proto: Any) -> List[str]:
     """Op types whose outputs are graph outputs: TensorRT wants no Q/DQ there."""
     outs = {o.name for o in proto.graph.output}
@@ -100,6 +108,8 @@ def qdq_from_onnx(
     if flavour == "int8":
         extra["OpTypesToExcludeOutputQuantization"] = _output_producers(proto)
     out_path = Path(out_path)
+    quiet = _QuietPreprocessAdvice()
+    logging.getLogger().addFilter(quiet)
     with atomic_file(out_path) as tmp:
         try:
             quant.quantize_static(
@@ -116,6 +126,8 @@ def qdq_from_onnx(
             )
         except (ValueError, RuntimeError) as exc:
             raise InternalError(f"ONNX Runtime quantization failed on '{fp32_path}': {exc}") from exc
+        finally:
+            logging.getLogger().removeFilter(quiet)
     settings = {
         "activations": flavour,
         "weights": "int8 symmetric per-channel",
