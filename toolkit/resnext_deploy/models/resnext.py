@@ -94,6 +94,10 @@ class ResNeXt(nn.Module):
         for i, blocks in enumerate(spec.layers):
             planes = spec.base_planes * 2**i
             setattr(self, f"layer{i + 1}", self._make_layer(planes, blocks, stride=1 if i == 0 else 2))
+        # Stages stay attributes (torchvision's key names); a missing 4th stage is a parameter-free Identity
+        # so forward() has no data-dependent attribute access and stays scriptable.
+        for i in range(len(spec.layers), 4):
+            setattr(self, f"layer{i + 1}", nn.Identity())
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(self.inplanes, num_classes)
         for m in self.modules():
@@ -118,8 +122,10 @@ class ResNeXt(nn.Module):
 
     def forward(self, x: "torch.Tensor") -> "torch.Tensor":
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for i in range(len(self.spec.layers)):
-            x = getattr(self, f"layer{i + 1}")(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
