@@ -1,0 +1,43 @@
+"""Shared fixtures: one real demo build per test session (real ONNX Runtime and OpenVINO)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "toolkit") not in sys.path:  # run from a checkout without installing too
+    sys.path.insert(0, str(ROOT / "toolkit"))
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory):
+    """The shipped demo built for x86-cpu with the shipped recipe: a BuildResult."""
+    from resnext_deploy.build import build
+
+    out = tmp_path_factory.mktemp("demo-build") / "x86-cpu"
+    return build(model=None, target="x86-cpu", out=out)
+
+
+@pytest.fixture(scope="session")
+def fast_recipe(tmp_path_factory):
+    """A recipe that builds only what a test needs quickly: both backends, few timing iterations."""
+    path = tmp_path_factory.mktemp("recipes") / "fast.toml"
+    path.write_text(
+        """
+target = "x86-cpu"
+[backends.onnxruntime]
+precisions = ["int8"]
+[backends.openvino]
+precisions = ["int8"]
+[calibration]
+count = 64
+[evaluation]
+limit = 100
+warmup = 1
+iterations = 5
+"""
+    )
+    return path
