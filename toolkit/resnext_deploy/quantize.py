@@ -2,8 +2,8 @@
 
 Two activation flavours from the same weights rule (symmetric int8, per output channel):
   - "uint8": asymmetric uint8 activations, what ONNX Runtime's CPU kernels run fastest (u8s8);
-  - "int8":  symmetric int8 activations with zero-point 0 and no Q/DQ on graph outputs: TensorRT's
-             rule for explicit quantization; OpenVINO reads it as fast as the other.
+  - "int8":  symmetric int8 activations with zero-point 0, float biases and no Q/DQ on graph outputs:
+             TensorRT's rules for explicit quantization (see qdq_rules.py); OpenVINO reads it as fast.
 """
 
 from __future__ import annotations
@@ -107,6 +107,10 @@ def qdq_from_onnx(
         extra["CalibPercentile"] = percentile
     if flavour == "int8":
         extra["OpTypesToExcludeOutputQuantization"] = _output_producers(proto)
+        # Keep biases in float: TensorRT's DequantizeLinear takes only int8 input, and an int32 bias DQ
+        # fails to parse ("only activation types allowed as input to this layer"). TensorRT quantizes
+        # the bias itself when it fuses the convolution.
+        extra["QuantizeBias"] = False
     out_path = Path(out_path)
     quiet = _QuietPreprocessAdvice()
     logging.getLogger().addFilter(quiet)
