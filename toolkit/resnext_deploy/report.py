@@ -93,14 +93,13 @@ def table_rows(report: Dict[str, Any]) -> List[List[str]]:
     return rows
 
 
-def render_table(report: Dict[str, Any]) -> str:
+def render_table(report: Dict[str, Any], with_gate: bool = True) -> str:
     rows = [COLUMNS] + table_rows(report)
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     line = lambda row: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
     out = [line(rows[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
-    gate = GateResult.from_dict(report["gate"])
-    out.append("")
-    out.append(gate.summary())
+    if with_gate:
+        out += ["", GateResult.from_dict(report["gate"]).summary()]
     return "\n".join(out)
 
 
