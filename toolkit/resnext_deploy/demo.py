@@ -34,6 +34,7 @@ from PIL import Image
 from .errors import BadInputError
 from .optional import require
 from .preprocess import Preprocessing, preprocess_image
+from .resources import shipped_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +62,7 @@ DEMO_PREPROCESSING = Preprocessing(
 DEFAULT_EPOCHS = 20
 
 
-def _find_demo_dir() -> Path:
-    """The shipped demo folder: inside the installed package, else the source checkout's calibration/."""
-    try:
-        from importlib.resources import files
-
-        # ``/`` gives a real filesystem path also when demo_data is a namespace package
-        # (calibration/ has no __init__.py), where files() returns a MultiplexedPath.
-        digits = files("resnext_deploy.demo_data") / "digits"
-        if isinstance(digits, Path):
-            return digits
-    except (ImportError, TypeError, ValueError):
-        pass
-    return Path(__file__).resolve().parents[2] / "calibration" / "digits"
-
-
-DEMO_DIR: Path = _find_demo_dir()
+DEMO_DIR: Path = shipped_dir("resnext_deploy.demo_data", "calibration") / "digits"
 DEMO_CHECKPOINT: Path = DEMO_DIR / "resnext_demo.pt"
 DEMO_CALIB: Path = DEMO_DIR / "calib"
 DEMO_VAL: Path = DEMO_DIR / "val"

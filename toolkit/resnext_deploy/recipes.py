@@ -48,8 +48,17 @@ DEFAULTS: Dict[str, Any] = {
             "min_batch": 1,
             "opt_batch": 1,
             "max_batch": 8,
-            "dla_core": -1,  # -1 = no DLA
-            "gpu_fallback": True,
+            "dla_core": -1,  # -1 = no DLA; >= 0 also builds DLA engines on that core (static batch = opt_batch)
+            "gpu_fallback": True,  # layers DLA cannot run go to the GPU instead of failing the build
+            "timing_cache": True,  # save the builder's timing cache beside the engines and reuse it
+            "tensorrt_version": "10.3.0",  # the device's TensorRT (JetPack 6.1/6.2): labels the calibration cache
+            "jetpack": "",  # the JetPack release the recipe is for (shown in the bundle README)
+            "golden_images": 16,  # preprocessed validation images shipped with FP32 reference outputs
+            "golden_min_agreement": 1.0,  # share of golden images whose top-1 must match the FP32 reference
+            "fp16_max_abs_diff": 0.1,  # largest |engine - FP32 reference| logit allowed on golden images
+            "fp16_min_cosine": 0.9995,  # smallest cosine of engine vs FP32 reference logits
+            "int8_max_abs_diff": 1.0,
+            "int8_min_cosine": 0.99,
         },
     },
     "export": {"opset": 17, "tolerance": 1e-3, "simplify": True},
@@ -144,21 +153,29 @@ def _validate(data: Dict[str, Any], source: str) -> None:
         act = data["backends"][name]["activations"]
         if act not in ("uint8", "int8"):
             raise BadInputError(f"backends.{name}.activations in {source} must be 'uint8' or 'int8', got '{act}'.")
+    trt = data["backends"]["tensorrt"]
+    if trt["precisions"]:
+        if "fp32" in trt["precisions"]:
+            raise BadInputError(f"backends.tensorrt.precisions in {source} has 'fp32'; TensorRT engines are 'fp16' or 'int8'.")
+        if not 1 <= trt["min_batch"] <= trt["opt_batch"] <= trt["max_batch"]:
+            raise BadInputError(
+                f"backends.tensorrt batch profile in {source} must satisfy 1 <= min_batch <= opt_batch <= max_batch, "
+                f"got {trt['min_batch']}/{trt['opt_batch']}/{trt['max_batch']}."
+            )
+        if trt["dla_core"] < -1 or trt["golden_images"] < 1 or trt["workspace_mb"] <= 0:
+            raise BadInputError(
+                f"backends.tensorrt in {source} needs dla_core >= -1, golden_images >= 1 and workspace_mb > 0, got "
+                f"{trt['dla_core']}, {trt['golden_images']}, {trt['workspace_mb']}."
+            )
     if not any(cfg["precisions"] for cfg in data["backends"].values()):
         raise BadInputError(f"The recipe {source} enables no backend: give some backends.<name>.precisions.")
 
 
 def recipes_dir() -> Path:
     """Where the shipped recipes are (the repo's recipes/, installed as resnext_deploy.recipes)."""
-    try:
-        from importlib.resources import files
+    from .resources import shipped_dir
 
-        path = Path(str(files("resnext_deploy.recipes")))
-        if path.is_dir():
-            return path
-    except (ImportError, ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[2] / "recipes"
+    return shipped_dir("resnext_deploy.recipes", "recipes")
 
 
 def list_targets() -> Dict[str, Path]:
