@@ -258,5 +258,34 @@ def demo_train(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
     click.echo(f"trained {res['checkpoint']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
 
 
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--build", "build_dir", type=click.Path(path_type=Path), required=True, help="Build directory or bundle (has manifest.json).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "openvino", "onnxruntime"]), default="auto", show_default=True,
+              help="auto: TensorRT engine, then OpenVINO, then ONNX Runtime, whichever this machine can run.")
+@click.option("--precision", type=click.Choice(["auto", "int8", "fp16", "fp32"]), default="auto", show_default=True, help="auto prefers INT8.")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the artifact (faster start).")
+@_run
+def predict(images: tuple, build_dir: Path, backend: str, precision: str, top_k: int, as_json: bool, no_verify: bool) -> None:
+    """Classify image files with a build's artifact (the on-device runtime, no PyTorch)."""
+    from . import runtime
+
+    with runtime.load(build_dir, backend, precision, verify=not no_verify) as clf:
+        preds = clf.predict(list(images), top_k=top_k)
+        if as_json:
+            out = {"build": str(build_dir), "artifact": clf.artifact.name, "backend": clf.backend,
+                   "precision": clf.precision, "predictions": [p.to_dict() for p in preds]}
+            click.echo(json.dumps(out, indent=2))
+            return
+        click.echo(f"using {clf.artifact.name} ({clf.backend}, {clf.precision})", err=True)
+        for p in preds:
+            click.echo(f"{p.source}: {p.label} ({p.probability:.2%})")
+            if top_k > 1:
+                for _, label, prob in p.top_k:
+                    click.echo(f"    {label:<20} {prob:8.2%}")
+
+
 def main() -> None:
     cli(prog_name="resnext-deploy")

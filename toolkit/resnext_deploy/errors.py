@@ -33,6 +33,10 @@ class ModelCheckError(BadInputError):
     """The model's architecture is broken (e.g. a residual add of mismatched shapes)."""
 
 
+class ArtifactIntegrityError(BadInputError):
+    """An artifact's files differ from the sha256 its manifest recorded (damaged, edited or swapped)."""
+
+
 class GateFailedError(DeployError):
     """An accuracy or latency gate did not hold."""
 
