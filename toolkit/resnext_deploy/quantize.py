@@ -77,10 +77,17 @@ def qdq_from_onnx(
     parent: Optional[str] = "onnx-fp32",
     root: Optional[Path] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    calibration_cache: Union[str, Path, None] = None,
+    quantize_nodes: Sequence[str] = (),
 ) -> Artifact:
     """Quantize ``fp32_path`` with ORT's static QDQ quantizer, calibrated on ``calibration`` (NCHW float32).
 
-    ``exclude_nodes`` are node names left in float (the fallback of accuracy-driven quantization).
+    ``exclude_nodes`` are node names left in float (the fallback of accuracy-driven quantization);
+    ``quantize_nodes``, when given, are the only nodes quantized (per-layer sensitivity analysis).
+    ``calibration_cache`` is ORT's JSON cache of activation ranges: written by the first call, read by
+    later ones (which then skip calibration), so variants of one model share one calibration. The
+    ranges depend only on the float model, the images and the method (not on the flavour), and a model
+    quantized from the cache is byte-identical to one calibrated afresh.
     """
     quant = require("onnxruntime.quantization", "quantize to INT8")
     onnx = require("onnx", "quantize to INT8")
@@ -126,7 +133,9 @@ def qdq_from_onnx(
                 weight_type=quant.QuantType.QInt8,
                 calibrate_method=methods[method],
                 nodes_to_exclude=list(exclude_nodes),
+                nodes_to_quantize=list(quantize_nodes),
                 extra_options=extra,
+                calibration_cache_path=str(calibration_cache) if calibration_cache else None,
             )
         except (ValueError, RuntimeError) as exc:
             raise InternalError(f"ONNX Runtime quantization failed on '{fp32_path}': {exc}") from exc
@@ -139,6 +148,8 @@ def qdq_from_onnx(
         "calibration_images": int(len(calibration)),
         "excluded_nodes": list(exclude_nodes),
     }
+    if quantize_nodes:
+        settings["quantized_nodes_only"] = list(quantize_nodes)
     if method == "percentile":
         settings["percentile"] = percentile
     return Artifact.from_files(
