@@ -32,6 +32,8 @@ def _is_single(x: Any) -> bool:
 def iter_images(inputs: Union[ImageInput, Iterable[ImageInput]], spec: Preprocessing) -> Iterator[Tuple[str, np.ndarray]]:
     """(source description, float32 CHW array) per image, in input order; a batch array yields each row."""
     items = [inputs] if _is_single(inputs) else inputs
+    if isinstance(items, (dict, set, frozenset)):  # unordered, or keyed: results could not be matched to inputs
+        raise BadInputError(f"predict() got a {type(inputs).__name__}; pass {_FORMS}, or a list of them.")
     try:
         it = iter(items)  # type: ignore[arg-type]
     except TypeError:
