@@ -29,6 +29,6 @@ def test_every_subpackage_is_listed_in_pyproject():
 
 def test_shipped_data_is_declared_as_package_data():
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "*.toml" in cfg["package-data"]["resnext_deploy.recipes"]
+    assert "*.toml" in cfg["package-data"]["resnext_deploy.recipe_files"]
     assert any("png" in g for g in cfg["package-data"]["resnext_deploy.demo_data"])
     assert any(".pt" in g for g in cfg["package-data"]["resnext_deploy.demo_data"])

@@ -175,7 +175,7 @@ def recipes_dir() -> Path:
     """Where the shipped recipes are (the repo's recipes/, installed as resnext_deploy.recipes)."""
     from .resources import shipped_dir
 
-    return shipped_dir("resnext_deploy.recipes", "recipes")
+    return shipped_dir("resnext_deploy.recipe_files", "recipes")
 
 
 def list_targets() -> Dict[str, Path]:
