@@ -230,6 +230,22 @@ def test_candidates_rank_engines_then_openvino_then_onnxruntime_int8_first(demo_
     assert "tensorrt" in str(err.value) and f"Available on this machine: {expected}" in str(err.value)
 
 
+def test_a_bundle_without_engines_runs_its_onnx_in_onnxruntime(build_copy, caplog):
+    """A Jetson bundle ships ONNX models and builds engines on the device; before that, ONNX Runtime runs the ONNX."""
+    path = build_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["backend"] == "onnx"]
+    manifest["bundle"] = {"version": 1}
+    path.write_text(json.dumps(manifest))
+    caplog.set_level("WARNING", logger="resnext_deploy")
+    with runtime.load(build_copy) as clf:
+        assert (clf.artifact.name, clf.backend) == ("onnx-int8-int8", "onnxruntime")
+        assert clf.predict(np.zeros((32, 32), np.uint8))[0].label in clf.labels
+    assert "compile --bundle" in caplog.text
+    with pytest.raises(BadInputError, match="engines are not built yet.*compile --bundle"):
+        runtime.load(build_copy, backend="tensorrt")
+
+
 def test_unknown_or_absent_choices_list_what_the_build_has(build_dir):
     with pytest.raises(BadInputError, match="no artifact for backend tensorrt.*openvino-int8"):
         runtime.load(build_dir, backend="tensorrt")

@@ -24,6 +24,14 @@ PRECISION_ORDER: Tuple[str, ...] = ("int8", "fp16", "fp32")
 _RUN_BY = {"onnx": "onnxruntime"}
 
 
+BUNDLE_HINT = "Build the engines on the device with `resnext-deploy compile --bundle DIR`, then load it again."
+
+
+def _unbuilt_bundle(manifest: Dict[str, Any]) -> bool:
+    """A Jetson bundle (manifest with a "bundle" section) that lists no TensorRT engine yet."""
+    return "bundle" in manifest and not any(a.get("backend") == "tensorrt" for a in manifest.get("artifacts", []))
+
+
 @dataclass(frozen=True)
 class Candidate:
     """An artifact of the build and the backend that would run it."""
@@ -90,6 +98,8 @@ def choose(
             status[c.backend] = backend_status(c.backend)
         return status[c.backend] is None
 
+    if backend == "tensorrt" and _unbuilt_bundle(manifest):
+        raise BadInputError(f"{where} is a TensorRT bundle whose engines are not built yet. {BUNDLE_HINT}")
     wanted = [
         c for c in allc
         if (artifact is None or c.artifact.name == artifact)
@@ -107,6 +117,8 @@ def choose(
             skipped = [s.describe() for s in wanted[: wanted.index(c)]]
             if skipped:
                 log.info("skipped %s: not runnable on this machine", ", ".join(skipped))
+            if _unbuilt_bundle(manifest):
+                log.warning("%s has no TensorRT engines yet: running %s. %s", where, c.describe(), BUNDLE_HINT)
             return c
     # Nothing asked for can run: say why, and what could.
     why = "; ".join(f"{b}: {status[b]}" for b in dict.fromkeys(c.backend for c in wanted))
@@ -116,6 +128,8 @@ def choose(
         f"{where} cannot be run here with {asked or 'any backend'} ({why}). "
         f"Available on this machine: {runnable_here}."
     )
+    if _unbuilt_bundle(manifest):
+        msg += f" {BUNDLE_HINT}"
     if any((status.get(c.backend) or "").startswith("its Python package") for c in wanted):
         raise MissingDependencyError(msg)
     raise BadInputError(msg)
