@@ -12,7 +12,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -163,8 +163,13 @@ def build(
     calib: Union[str, Path, None] = None,
     val: Union[str, Path, None] = None,
     progress: Progress = None,
+    sensitivity: Optional[bool] = None,
 ) -> BuildResult:
-    """Run the whole pipeline for one model and one target; returns the result (the gate is not raised)."""
+    """Run the whole pipeline for one model and one target; returns the result (the gate is not raised).
+
+    ``sensitivity`` analyses and reports the layers' INT8 sensitivity even when the gate passes (None:
+    the recipe's fallback.sensitivity); a failed accuracy gate triggers the fallback (fallback.py).
+    """
     t_start = time.perf_counter()
     recipe = load_recipe(recipe_path, None if recipe_path else target)
     src = resolve_model(model, arch, num_classes, recipe.section("preprocess"))
@@ -196,6 +201,11 @@ def build(
         results, evaluated = evaluate_build(src, recipe, artifacts, valset, stage_dir, progress)
         stages["evaluate"] = evaluated
         gate = apply_gates(results, REFERENCE, recipe.section("gates"))
+        from .fallback import accuracy_fallback
+
+        artifacts, results, gate = accuracy_fallback(
+            src, recipe, cal, valset, stage_dir, artifacts, results, gate, stages, report_extra, notes, progress, sensitivity
+        )
         stages["total"] = time.perf_counter() - t_start
         dataset = {
             "validation": str(val_dir),
@@ -240,9 +250,13 @@ def _stage(progress: Progress, name: str) -> Optional[Callable[[int, int], None]
 
 
 def run_stages(
-    src: ModelSource, recipe: Recipe, cal: LoadedImages, stage_dir: Path, stages: Dict[str, float], progress: Progress
+    src: ModelSource, recipe: Recipe, cal: LoadedImages, stage_dir: Path, stages: Dict[str, float], progress: Progress,
+    exclude_nodes: Sequence[str] = (),
 ) -> Tuple[List[Artifact], Dict[str, Any], List[str]]:
-    """check, export, quantize, compile into ``stage_dir``; returns the artifacts, report extras and notes."""
+    """check, export, quantize, compile into ``stage_dir``; returns the artifacts, report extras and notes.
+
+    ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see fallback.py).
+    """
     from .quantize import qdq_from_onnx
 
     artifacts: List[Artifact] = []
@@ -278,6 +292,7 @@ def run_stages(
         qdq[flavour] = qdq_from_onnx(
             fp32_path, onnx_dir / f"model-int8-{flavour}.onnx", cal.data, flavour, cal_cfg["method"],
             cal_cfg["percentile"], root=stage_dir, progress=_stage(progress, f"calibrate ({flavour} activations)"),
+            exclude_nodes=exclude_nodes,
         )
         artifacts.append(qdq[flavour])
     stages["quantize"] = time.perf_counter() - t

@@ -97,16 +97,23 @@ def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--val", type=click.Path(path_type=Path), default=None, help="Labeled validation images, ImageFolder layout.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Build directory (default build/<model>/<target>).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
+@click.option("--sensitivity", is_flag=True, default=None,
+              help="Rank the layers by INT8 sensitivity and report it even when the gate passes (a failed gate always does).")
 @click.pass_context
 @_run
 def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_classes: Optional[int], target: str,
-          recipe: Optional[Path], calib: Optional[Path], val: Optional[Path], out: Optional[Path], as_json: bool) -> None:
+          recipe: Optional[Path], calib: Optional[Path], val: Optional[Path], out: Optional[Path], as_json: bool,
+          sensitivity: Optional[bool]) -> None:
     """Run the whole pipeline and gate it; writes one build directory."""
     from .build import build as run_build
     from .report import render_table
 
-    res = run_build(model, target, recipe, out, arch, num_classes, calib, val, ctx.obj["progress"])
+    res = run_build(model, target, recipe, out, arch, num_classes, calib, val, ctx.obj["progress"], sensitivity=sensitivity)
     click.echo(json.dumps(res.report, indent=2) if as_json else render_table(res.report))
+    fb = res.report.get("fallback")
+    if fb and not as_json:
+        click.echo(f"fallback: {len(fb['excluded'])} layers left in float: {', '.join(fb['excluded'])}" if fb["passed"]
+                   else f"fallback: no list of up to {fb['max_excluded_layers']} layers in float passed (see report.md)")
     click.echo(f"\nbuild directory: {res.out_dir}")
     sys.exit(EXIT_OK if res.passed else EXIT_GATE_FAILED)
 
@@ -285,6 +292,70 @@ def predict(images: tuple, build_dir: Path, backend: str, precision: str, top_k:
             if top_k > 1:
                 for _, label, prob in p.top_k:
                     click.echo(f"    {label:<20} {prob:8.2%}")
+
+
+@cli.command()
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), required=True, help="FP32 ONNX model (e.g. from `export`).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for sensitivity.json/.md/.png (replaced whole).")
+@click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration images (default: the recipe's, else the demo's).")
+@click.option("--val", type=click.Path(path_type=Path), default=None, help="Labeled images, ImageFolder layout (default: the recipe's, else the demo's).")
+@click.option("--activations", multiple=True, type=click.Choice(["uint8", "int8"]),
+              help="Activation flavour(s) to quantize with (repeatable). Default: those of the recipe's INT8 backends.")
+@click.option("--measure", type=click.Choice(["quantize-one", "float-one", "both"]), default=None,
+              help="quantize-one: error with only the layer quantized; float-one: with only it left in float. Default: the recipe's.")
+@click.option("--subset", type=int, default=None, help="Validation images to measure on (default: the recipe's fallback.subset).")
+@click.option("--max-excluded", type=int, default=None, help="Cap on layers in float for the search (default: fallback.max_excluded_layers).")
+@click.option("--no-search", is_flag=True, help="Only rank the layers; do not search the fallback list.")
+@click.option("--compare-nncf", is_flag=True, help="Also run NNCF's quantize_with_accuracy_control (OpenVINO) and set it beside ours.")
+@click.option("--json", "as_json", is_flag=True, help="Print sensitivity.json.")
+@_size_opt
+@_target_opt
+@_recipe_opt
+@click.pass_context
+@_run
+def sensitivity(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Path], val: Optional[Path], activations: tuple,
+                measure: Optional[str], subset: Optional[int], max_excluded: Optional[int], no_search: bool, compare_nncf: bool,
+                as_json: bool, input_size: Optional[int], target: str, recipe: Optional[Path]) -> None:
+    """Rank the layers by how much INT8 error each brings, find the layers to leave in float, compare with NNCF."""
+    from .accuracy_study import comparison_rows, study_file
+    from .sensitivity import markdown_table
+
+    doc = study_file(onnx_path, out, _recipe(target, recipe), calib, val, input_size, activations, measure, subset,
+                     max_excluded, not no_search, compare_nncf, ctx.obj["progress"])
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    sens = doc["sensitivity"]
+    click.echo(f"{len(sens['layers'])} layers on {sens['images']} images in {sens['seconds']['total']:.1f} s; ranked by {sens['ranked_by']}\n")
+    click.echo("\n".join(markdown_table(sens, 10)))
+    if "search" in doc:
+        s = doc["search"]
+        click.echo("\nfallback: " + (f"{len(s['excluded'])} layers in float pass the gate: {', '.join(s['excluded']) or '(plain INT8 passes)'}"
+                                     if s["passed"] else f"no list of up to {doc['max_excluded_layers']} layers passes the gate"))
+    if "comparison" in doc:
+        rows = comparison_rows(doc)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        click.echo("")
+        for r in rows:
+            click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    click.echo(f"\nwrote {Path(out) / 'sensitivity.md'}")
+
+
+@demo.command("hostile")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint to write (e.g. hostile.pt).")
+@click.option("--blocks", default="layer1.0,layer2.0", show_default=True, help="Bottleneck blocks to make hostile, comma-separated.")
+@click.option("--factor", type=float, default=256.0, show_default=True, help="Scale of the inflated channel (a power of two keeps the float model exact).")
+@click.option("--channel", type=int, default=0, show_default=True)
+@_run
+def demo_hostile(out: Path, blocks: str, factor: float, channel: int) -> None:
+    """Write the demo model with a few layers made INT8-hostile; its float function is unchanged (see models/hostile.py)."""
+    from .demo import DEMO_CALIB, DEMO_VAL
+    from .models.hostile import write_hostile_demo
+
+    res = write_hostile_demo(out, [b.strip() for b in blocks.split(",") if b.strip()], factor, channel)
+    layers = [n for r in res["hostile"] for n in r["onnx_nodes"]]
+    click.echo(f"wrote {res['checkpoint']}: hostile layers {', '.join(layers)}")
+    click.echo(f"build it: resnext-deploy build --model {out} --arch resnext_demo --calib {DEMO_CALIB} --val {DEMO_VAL}")
 
 
 def main() -> None:

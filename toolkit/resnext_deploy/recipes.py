@@ -82,6 +82,13 @@ DEFAULTS: Dict[str, Any] = {
         "min_agreement": 0.98,  # top-1 agreement with the float model
         "max_latency_ms": 0.0,  # p50 at batch 1; 0 = no latency gate
     },
+    "fallback": {  # accuracy-driven quantization (fallback.py, sensitivity.py)
+        "enabled": True,  # when an INT8 artifact fails an accuracy gate, keep the most sensitive layers in float
+        "max_excluded_layers": 5,  # cap on layers left in float; reached without passing = the gate fails
+        "subset": 200,  # validation images the per-layer sensitivity is measured on
+        "measure": "quantize-one",  # quantize-one | float-one | both (see sensitivity.py)
+        "sensitivity": False,  # analyse and report the layers even when the gate passes
+    },
 }
 
 
@@ -167,6 +174,12 @@ def _validate(data: Dict[str, Any], source: str) -> None:
                 f"backends.tensorrt in {source} needs dla_core >= -1, golden_images >= 1 and workspace_mb > 0, got "
                 f"{trt['dla_core']}, {trt['golden_images']}, {trt['workspace_mb']}."
             )
+    fb = data["fallback"]
+    if fb["measure"] not in ("quantize-one", "float-one", "both") or fb["max_excluded_layers"] < 0 or fb["subset"] <= 0:
+        raise BadInputError(
+            f"[fallback] in {source} needs measure in quantize-one | float-one | both, max_excluded_layers >= 0 and "
+            f"subset > 0, got '{fb['measure']}', {fb['max_excluded_layers']}, {fb['subset']}."
+        )
     if not any(cfg["precisions"] for cfg in data["backends"].values()):
         raise BadInputError(f"The recipe {source} enables no backend: give some backends.<name>.precisions.")
 

@@ -131,6 +131,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
         lines += ["", "## What the backend executes", ""]
         for a, e in execs:
             lines.append(f"- `{a}`: {json.dumps(e, sort_keys=True)}")
+    if report.get("fallback") or report.get("sensitivity"):
+        from .fallback import markdown_sections  # accuracy-driven quantization: fallback, layer sensitivity
+
+        lines += [""] + markdown_sections(report)
     if report.get("stages"):
         lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
         for k, v in report["stages"].items():
