@@ -1,20 +1,21 @@
-"""Where shipped data lives: the repo's recipes/ and calibration/, installed as resnext_deploy.recipes / .demo_data."""
+"""Where shipped data lives: the repo's recipes/ and calibration/, installed as resnext_deploy.recipe_files / .demo_data."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 
 def shipped_dir(package: str, repo_folder: str) -> Path:
-    """The folder of ``package`` when installed, else ``<repo>/<repo_folder>`` in a source checkout."""
-    try:
-        from importlib.resources import files
+    """The folder of ``package`` when installed, else ``<repo>/<repo_folder>`` in a source checkout.
 
-        path = files(package)
-        # a namespace package's files() is a MultiplexedPath; str() of it is not a path, so probe a child
-        probe = path / "__init__.py"
-        if isinstance(probe, Path) and probe.parent.is_dir():
-            return probe.parent
-    except (ImportError, TypeError, ValueError):
-        pass
+    Uses find_spec rather than importlib.resources.files (3.9+): the on-device runtime runs on 3.8.
+    """
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
     return Path(__file__).resolve().parents[2] / repo_folder
