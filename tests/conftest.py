@@ -41,3 +41,39 @@ iterations = 5
 """
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def jetson_recipe(tmp_path_factory):
+    """A Jetson recipe with DLA (like Orin NX) that builds quickly: few calibration images and timing runs."""
+    path = tmp_path_factory.mktemp("recipes") / "jetson-fast.toml"
+    path.write_text(
+        """
+target = "jetson-orin-nx"
+description = "test: a Jetson with a DLA, fast"
+device = "jetson"
+[backends.tensorrt]
+precisions = ["fp16", "int8"]
+dla_core = 0
+max_batch = 8
+golden_images = 12
+tensorrt_version = "10.3.0"
+jetpack = "6.2"
+[calibration]
+count = 128
+[evaluation]
+limit = 100
+warmup = 1
+iterations = 5
+"""
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def jetson_build(tmp_path_factory, jetson_recipe):
+    """The demo built for a Jetson target on this machine (no TensorRT, no GPU): ends in a bundle."""
+    from resnext_deploy.build import build
+
+    out = tmp_path_factory.mktemp("jetson-build") / "jetson-orin-nx"
+    return build(model=None, recipe_path=jetson_recipe, out=out)

@@ -34,6 +34,19 @@ ON_DEVICE_MODULES: List[str] = [
     "runtime/classifier.py",
     "runtime/inputs.py",
     "runtime/selection.py",
+    # `resnext-deploy compile --bundle` on the device (issue 3): numpy + TensorRT only
+    "__main__.py",
+    "cli.py",
+    "gate.py",
+    "evaluate.py",
+    "report.py",
+    "engine_plan.py",
+    "calib_cache.py",
+    "qdq_rules.py",
+    "bundle.py",
+    "ondevice.py",
+    "backends/tensorrt.py",
+    "backends/cuda_runtime.py",
 ]
 
 _BUILTIN_GENERICS = {"list", "dict", "tuple", "set", "frozenset", "type"}

@@ -148,8 +148,10 @@ def quantized_flavours(recipe: Recipe) -> Dict[str, str]:
     out = {}
     for name in recipe.enabled_backends():
         cfg = recipe.backend(name)
-        if "int8" in cfg["precisions"]:
-            out[name] = "int8" if name == "tensorrt" else cfg["activations"]
+        if name == "tensorrt":  # always: the TensorRT bundle ships the Q/DQ model and its calibration cache
+            out[name] = "int8"
+        elif "int8" in cfg["precisions"]:
+            out[name] = cfg["activations"]
     return out
 
 
@@ -177,7 +179,8 @@ def build(
     ensure_writable_dir(out_dir.parent)
     calib_dir, val_dir = _data_folders(src, recipe, Path(calib) if calib else None, Path(val) if val else None)
     for name in recipe.enabled_backends():
-        if name in backends.names() and not backends.get(name).available():
+        # Without TensorRT (or a GPU) a TensorRT target ends in a bundle that builds on the device.
+        if name in backends.names() and name != "tensorrt" and not backends.get(name).available():
             from .optional import require
 
             require(backends.get(name).module, f"build the {name} artifacts of target {recipe.target}")
@@ -206,6 +209,17 @@ def build(
         artifacts, results, gate = accuracy_fallback(
             src, recipe, cal, valset, stage_dir, artifacts, results, gate, stages, report_extra, notes, progress, sensitivity
         )
+        if "tensorrt" in recipe.enabled_backends():  # after any fallback: the bundle ships the final Q/DQ model
+            from .tensorrt_stage import tensorrt_stage
+
+            t = time.perf_counter()
+            trt = tensorrt_stage(src, recipe, artifacts, valset, stage_dir, results, progress)
+            artifacts += trt.artifacts
+            results += trt.results
+            notes += trt.notes
+            report_extra.update(trt.extra)
+            stages["tensorrt"] = time.perf_counter() - t
+            gate = apply_gates(results, REFERENCE, recipe.section("gates"))  # engines built here are gated too
         stages["total"] = time.perf_counter() - t_start
         dataset = {
             "validation": str(val_dir),
@@ -300,7 +314,7 @@ def run_stages(
     t = time.perf_counter()
     flavours = quantized_flavours(recipe)
     for name in recipe.enabled_backends():
-        if name not in backends.names():
+        if name not in backends.names() or name == "tensorrt":  # TensorRT: tensorrt_stage, after evaluation
             continue
         be, cfg = backends.get(name), recipe.backend(name)
         for precision in cfg["precisions"]:
@@ -337,4 +351,8 @@ def evaluate_build(
         with backends.get(art.backend).load(art.abspath(root), recipe.backend(art.backend)) as runner:
             metrics, _ = evaluate_runner(art.name, runner, valset.data, labels, reference, cfg, art.precision, art.size_bytes(root), _stage(progress, f"evaluate {art.name}"))
             results.append(metrics.to_dict())
+    if "tensorrt" in recipe.enabled_backends():
+        from .tensorrt_stage import evaluate_qdq
+
+        results.append(evaluate_qdq(artifacts, recipe, valset, reference, cfg, root, progress))
     return results, time.perf_counter() - t

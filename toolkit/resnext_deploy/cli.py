@@ -190,15 +190,38 @@ def quantize(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Pat
 
 
 @cli.command(name="compile")
-@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), required=True, help="FP32 ONNX, or a Q/DQ ONNX for int8.")
-@click.option("--backend", type=click.Choice(["openvino", "onnxruntime"]), required=True)
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None, help="FP32 ONNX, or a Q/DQ ONNX for int8.")
+@click.option("--backend", type=click.Choice(["openvino", "onnxruntime", "tensorrt"]), default=None)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="fp16: TensorRT only.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="On the device: build, check and time the engines of a TensorRT bundle (made by `build --target jetson-*`).")
 @_target_opt
 @_recipe_opt
+@click.pass_context
 @_run
-def compile_cmd(onnx_path: Path, backend: str, precision: str, out: Path, target: str, recipe: Optional[Path]) -> None:
-    """Compile an ONNX into a backend's artifact (OpenVINO IR, ONNX Runtime optimized model)."""
+def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional[str], precision: Optional[str],
+                out: Optional[Path], bundle: Optional[Path], target: str, recipe: Optional[Path]) -> None:
+    """Compile an ONNX into a backend's artifact (OpenVINO IR, ONNX Runtime optimized model, TensorRT engine).
+
+    With --bundle DIR (on the Jetson or GPU machine): build the bundle's TensorRT engines, compare them with the
+    golden outputs under the recipe's tolerances, time them, write report.json/.md; exit 3 if a check fails.
+    """
+    if bundle is not None:
+        if any(v is not None for v in (onnx_path, backend, precision, out)):
+            raise click.UsageError("--bundle takes no --onnx/--backend/--precision/--out: the bundle's recipe says what to build.")
+        from .ondevice import compile_bundle
+        from .report import render_table
+
+        res = compile_bundle(bundle, ctx.obj["progress"])
+        click.echo(render_table(res.report))
+        click.echo(f"\nengines: {', '.join(str(p) for p in res.engines)}\nreport: {res.bundle / 'report.md'}")
+        sys.exit(EXIT_OK if res.passed else EXIT_GATE_FAILED)
+    missing = [n for n, v in (("--onnx", onnx_path), ("--backend", backend), ("--precision", precision), ("--out", out)) if v is None]
+    if missing:
+        raise click.UsageError(f"compile needs {', '.join(missing)} (or --bundle DIR on the device).")
+    if precision == "fp16" and backend != "tensorrt":
+        raise click.UsageError(f"--precision fp16 is for --backend tensorrt; {backend} compiles fp32 or int8.")
     from .stages import compile_file
 
     art = compile_file(onnx_path, backend, precision, out, _recipe(target, recipe))

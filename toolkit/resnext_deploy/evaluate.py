@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from .backends.base import Runner
-from .preprocess import batches
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,8 @@ class Metrics:
 
 
 def predict_all(runner: Runner, data: np.ndarray, batch_size: int, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+    from .preprocess import batches  # here, not at the top: on a device `compile --bundle` runs without Pillow
+
     out = []
     for sl in batches(len(data), batch_size):
         out.append(runner.infer(data[sl]))

@@ -115,8 +115,8 @@ def qdq_from_onnx(
     if flavour == "int8":
         extra["OpTypesToExcludeOutputQuantization"] = _output_producers(proto)
         # Keep biases in float: TensorRT's DequantizeLinear takes only int8 input, and an int32 bias DQ
-        # fails to parse ("only activation types allowed as input to this layer"). TensorRT quantizes
-        # the bias itself when it fuses the convolution.
+        # fails to parse ("only activation types allowed as input to this layer"). A float bias is
+        # what TensorRT expects: it adds it in the fused convolution.
         extra["QuantizeBias"] = False
     out_path = Path(out_path)
     quiet = _QuietPreprocessAdvice()

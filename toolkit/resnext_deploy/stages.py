@@ -69,7 +69,10 @@ def _require_file(path: PathLike, what: str) -> Path:
 
 
 def check_file(model: Optional[PathLike], arch: Optional[str] = None, num_classes: Optional[int] = None) -> Dict[str, Any]:
-    """Architecture check of a PyTorch model file (or the demo); ONNX files get onnx.checker."""
+    """Architecture check of a PyTorch model file (or the demo); ONNX files get onnx.checker and, when they hold
+    Q/DQ nodes, TensorRT's Q/DQ rules (qdq_rules.py: every violation with its node name)."""
+    if model is not None and str(model).lower().endswith(".onnx"):
+        return _check_onnx(Path(model))
     src = resolve_model(model, arch, num_classes)
     if src.module is None:
         from .optional import require
@@ -84,6 +87,27 @@ def check_file(model: Optional[PathLike], arch: Optional[str] = None, num_classe
 
     report = check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
     return {"model": str(src.path), "passed": True, "summary": report.summary(), **report.to_dict()}
+
+
+def _check_onnx(path: Path) -> Dict[str, Any]:
+    """onnx.checker, then TensorRT's Q/DQ rules; a violation is a ModelCheckError listing them all."""
+    from .errors import ModelCheckError
+    from .optional import require
+    from .qdq_rules import check_qdq_model
+
+    path = _require_file(path, "ONNX model")
+    onnx = require("onnx", "check ONNX models")
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # onnx raises several types
+        raise BadInputError(f"The ONNX model '{path}' fails onnx.checker: {exc}") from exc
+    qdq = check_qdq_model(path)
+    if not qdq.passed:
+        raise ModelCheckError(qdq.summary() + "\nTo make a TensorRT-ready model from the float ONNX: "
+                              "resnext-deploy quantize --onnx <fp32.onnx> --activations int8 --out <qdq.onnx>.")
+    checks = ["onnx.checker (full)"] + (["TensorRT Q/DQ rules"] if qdq.has_qdq else [])
+    return {"model": str(path), "passed": True, "checks": checks, "qdq": qdq.to_dict(),
+            "summary": f"{path}: passed onnx.checker (full)\n{qdq.summary()}"}
 
 
 def export_file(

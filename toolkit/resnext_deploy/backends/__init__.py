@@ -11,6 +11,7 @@ from .base import Backend, Runner
 _REGISTRY: Dict[str, str] = {
     "onnxruntime": "resnext_deploy.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "resnext_deploy.backends.openvino:OpenVinoBackend",
+    "tensorrt": "resnext_deploy.backends.tensorrt:TensorRtBackend",
 }
 
 _CACHE: Dict[str, Backend] = {}
