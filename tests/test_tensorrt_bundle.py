@@ -195,3 +195,14 @@ def test_cli_build_for_a_jetson_exits_0_and_shows_pending(jetson_recipe, tmp_pat
     assert res.exit_code == 0, res.output
     assert res.output.count("pending on device") == len(ENGINES) and "gate PASSED" in res.output
     assert (tmp_path / "b" / "resnext_demo-jetson-orin-nx-bundle.tar.gz").is_file()
+
+
+def test_runtime_loads_the_bundle_before_its_engines_exist(bundle_dir):
+    """Before `compile --bundle`, the runtime runs the bundle's ONNX in ONNX Runtime: the golden references."""
+    from resnext_deploy import runtime
+
+    g = read_bundle(bundle_dir).golden
+    with runtime.load(bundle_dir) as clf:
+        assert clf.backend == "onnxruntime"
+        np.testing.assert_allclose(clf.logits(g.inputs), g.reference_qdq if clf.precision == "int8" else g.reference_fp32,
+                                   rtol=1e-4, atol=1e-4)
