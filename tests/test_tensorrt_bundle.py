@@ -206,3 +206,26 @@ def test_runtime_loads_the_bundle_before_its_engines_exist(bundle_dir):
         assert clf.backend == "onnxruntime"
         np.testing.assert_allclose(clf.logits(g.inputs), g.reference_qdq if clf.precision == "int8" else g.reference_fp32,
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_golden_tolerances_with_real_int8_logits(bundle_dir):
+    """The device's checks, fed the Q/DQ model's real logits: they pass the recipe's INT8 tolerances and fail
+    tolerances tighter than the measured error."""
+    from resnext_deploy.evaluate import compare_logits
+    from resnext_deploy.ondevice import golden_checks
+
+    b = read_bundle(bundle_dir)
+    cmp = compare_logits(b.golden.reference_qdq, b.golden.reference_fp32)
+    assert 0 < cmp["max_abs_logit_diff"] < b.tensorrt["int8_max_abs_diff"]
+    checks = golden_checks("tensorrt-int8", "int8", cmp, b.tensorrt)
+    assert [c.metric for c in checks] == ["golden_agreement", "golden_max_abs_logit_diff", "golden_min_cosine"]
+    assert all(c.passed for c in checks)
+    strict = dict(b.tensorrt, int8_max_abs_diff=cmp["max_abs_logit_diff"] / 2, int8_min_cosine=1.0)
+    failed = {c.metric for c in golden_checks("tensorrt-int8", "int8", cmp, strict) if not c.passed}
+    assert failed == {"golden_max_abs_logit_diff", "golden_min_cosine"}
+
+
+def test_bundle_manifest_carries_the_workstation_gate(bundle_dir, jetson_build):
+    gate = read_bundle(bundle_dir).manifest["gate"]
+    assert gate["passed"] is True
+    assert {c["artifact"] for c in gate["checks"]} == {"onnx-int8-int8"}

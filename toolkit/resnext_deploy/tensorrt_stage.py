@@ -24,6 +24,7 @@ from .datasets import LoadedImages
 from .engine_plan import EngineSpec, plan_engines, trtexec_command
 from .errors import InternalError
 from .evaluate import TimingConfig, evaluate_runner
+from .gate import apply_gates
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,8 @@ def _bundle_manifest(src: Any, recipe: Any, fp32: Artifact, qdq: Artifact, specs
         preprocessing=src.preprocessing.to_dict(),
         inputs={"model": {"path": str(src.path), "sha256": model["source_sha256"]},
                 "validation": {"folder": str(valset.paths[0].parents[1]) if valset.paths else "", "files": len(valset.paths)}},
-        artifacts=[moved(fp32, FP32_ONNX), moved(qdq, QDQ_ONNX)], reports={}, gate={},
+        artifacts=[moved(fp32, FP32_ONNX), moved(qdq, QDQ_ONNX)], reports={},
+        gate=apply_gates(measured, REFERENCE, recipe.section("gates")).to_dict(),  # the workstation's, on what ships
         extra={
             "labels": src.labels, "reference": REFERENCE,
             "bundle": {
@@ -258,10 +260,12 @@ def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict
         "",
         f"## On the device ({jp}TensorRT {cfg['tensorrt_version']} expected)",
         "",
-        "Install resnext-deploy (it needs only numpy and TensorRT here; JetPack provides TensorRT), then:",
+        "Install resnext-deploy with JetPack's Python (`pip3 install resnext-deploy-*.whl`; building engines needs only "
+        "numpy and TensorRT, which JetPack provides, plus click for the command line), then:",
         "",
         "```bash",
         "resnext-deploy compile --bundle .",
+        "# or without the command line: python3 -c \"from resnext_deploy.ondevice import compile_bundle; compile_bundle('.')\"",
         "```",
         "",
         "It verifies every file against `manifest.json`, builds the engines below into `engines/` (with the timing cache "

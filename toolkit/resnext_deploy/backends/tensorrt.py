@@ -182,7 +182,7 @@ def build_engine(
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise InternalError(f"TensorRT's ONNX parser rejected '{onnx_path}': {'; '.join(errs) or logger.errors}")
     inp = network.get_input(0)
-    chw = tuple(int(d) for d in inp.shape[1:])
+    chw = tuple(int(d) for d in tuple(inp.shape)[1:])
     lo, opt, hi = batch or (int(settings["min_batch"]), int(settings["opt_batch"]), int(settings["max_batch"]))
 
     config = builder.create_builder_config()
