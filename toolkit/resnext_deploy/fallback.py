@@ -120,10 +120,13 @@ def accuracy_fallback(
     analyze = cfg["sensitivity"] if analyze is None else analyze
     failing = _int8_accuracy_failures(gate, results)
     flavours = sorted(set(quantized_flavours(recipe).values()))
-    need = bool(failing) and cfg["enabled"] and cfg["max_excluded_layers"] > 0
+    # Floating layers repairs INT8 accuracy only: a failing latency or FP32 check would fail every candidate.
+    other = sorted({f"{c.artifact} {c.metric}" for c in gate.failures() if c.artifact not in failing or c.metric not in ACCURACY_METRICS})
+    need = bool(failing) and not other and cfg["enabled"] and cfg["max_excluded_layers"] > 0
     if failing and not need:
-        notes.append(f"INT8 failed the accuracy gate ({', '.join(failing)}); the fallback is off "
-                     f"(fallback.enabled = {cfg['enabled']}, max_excluded_layers = {cfg['max_excluded_layers']}).")
+        why = (f"the gate also fails on {', '.join(other)}, which leaving layers in float cannot fix" if other else
+               f"the fallback is off (fallback.enabled = {cfg['enabled']}, max_excluded_layers = {cfg['max_excluded_layers']})")
+        notes.append(f"INT8 failed the accuracy gate ({', '.join(failing)}); no fallback: {why}.")
     if not flavours or not (need or analyze):
         return artifacts, results, gate
 
