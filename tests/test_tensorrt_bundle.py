@@ -229,3 +229,14 @@ def test_bundle_manifest_carries_the_workstation_gate(bundle_dir, jetson_build):
     gate = read_bundle(bundle_dir).manifest["gate"]
     assert gate["passed"] is True
     assert {c["artifact"] for c in gate["checks"]} == {"onnx-int8-int8"}
+
+
+def test_int8_vs_fp16_note_says_which_is_faster():
+    from resnext_deploy.ondevice import int8_vs_fp16_notes
+
+    rows = [{"artifact": n, "latency_ms": {"p50": p}} for n, p in
+            (("tensorrt-fp16", 1.0), ("tensorrt-int8", 1.25), ("tensorrt-dla0-fp16", 4.0), ("tensorrt-dla0-int8", 2.0))]
+    notes = int8_vs_fp16_notes(rows)
+    assert len(notes) == 2
+    assert "tensorrt-int8 vs tensorrt-fp16" in notes[0] and "0.80x" in notes[0] and "not faster" in notes[0]
+    assert "tensorrt-dla0-int8 vs tensorrt-dla0-fp16" in notes[1] and "2.00x" in notes[1] and "(faster" in notes[1]

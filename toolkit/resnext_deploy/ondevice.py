@@ -139,7 +139,7 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> D
         progress("build engines", len(specs), len(specs))
     gate = GateResult(all(c.passed for c in checks), checks)
     stages["total"] = time.perf_counter() - t_start
-    notes += _workstation_notes(b)
+    notes += _workstation_notes(b) + int8_vs_fp16_notes(rows)
     report = make_report(
         model=b.manifest["model"], target=b.manifest["target"], reference=b.manifest.get("reference", "onnx-fp32"),
         results=rows, gate=gate, stages=stages, notes=notes,
@@ -156,6 +156,20 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> D
     write_report(report, b.root)
     _record_engines(b, arts, here, gate)
     return DeviceResult(b.root, report, gate, [b.path(a.path) for a in arts])
+
+
+def int8_vs_fp16_notes(rows: List[Dict[str, Any]]) -> List[str]:
+    """INT8 against FP16 on the same device (GPU, DLA): TensorRT's INT8 grouped convolutions can be the slower."""
+    by = {r["artifact"]: r for r in rows}
+    out = []
+    for name, r in by.items():
+        other = by.get(name[: -len("int8")] + "fp16") if name.endswith("int8") else None
+        if other:
+            ratio = other["latency_ms"]["p50"] / r["latency_ms"]["p50"]
+            out.append(f"{name} vs {other['artifact']}: batch-1 p50 {r['latency_ms']['p50']:.3f} ms vs "
+                       f"{other['latency_ms']['p50']:.3f} ms, INT8 is {ratio:.2f}x the speed of FP16 "
+                       f"({'faster' if ratio > 1 else 'not faster'}; measured in this run).")
+    return out
 
 
 def _workstation_notes(b: Bundle) -> List[str]:
