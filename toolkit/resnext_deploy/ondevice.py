@@ -15,8 +15,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
-import numpy as np
-
 from .artifacts import Artifact, atomic_file
 from .bundle import CALIB_CACHE, ENGINES_DIR, FP32_ONNX, QDQ_ONNX, Bundle, read_bundle
 from .calib_cache import read_calibration_cache, trt_version_tag
