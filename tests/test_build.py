@@ -112,12 +112,20 @@ def test_cli_build_prints_the_table_and_rerun_replaces_the_build(tmp_path, fast_
     assert manifest["created"] >= before
 
 
+def _without_fallback(recipe, tmp_path):
+    path = tmp_path / "no-fallback.toml"
+    path.write_text(recipe.read_text() + "\n[fallback]\nenabled = false\n")
+    return path
+
+
 def test_gate_fails_for_real_when_calibration_collapses(tmp_path, fast_recipe):
     """One constant image as calibration: activation ranges collapse, INT8 is useless, the gate says so."""
     calib = tmp_path / "calib"
     calib.mkdir()
     Image.new("L", (32, 32), color=0).save(calib / "black.png")
     out = tmp_path / "b"
+    # Plain INT8 only: the accuracy fallback (on by default) would leave the stem conv in float and pass.
+    fast_recipe = _without_fallback(fast_recipe, tmp_path)
     res = CliRunner().invoke(cli, ["-q", "build", "--recipe", str(fast_recipe), "--calib", str(calib), "--out", str(out)])
     assert res.exit_code == EXIT_GATE_FAILED, res.output
     assert "gate FAILED" in res.output
@@ -127,7 +135,7 @@ def test_gate_fails_for_real_when_calibration_collapses(tmp_path, fast_recipe):
     assert {"onnxruntime-int8", "openvino-int8"} <= failed
     assert report["dataset"]["calibration_images"] == 1
     # The report command re-gates a build with the same verdict
-    again = CliRunner().invoke(cli, ["report", str(out), "--recipe", str(fast_recipe)])
+    again = CliRunner().invoke(cli, ["report", str(out), "--recipe", str(no_fallback_recipe)])
     assert again.exit_code == EXIT_GATE_FAILED
 
 
@@ -136,7 +144,7 @@ def test_a_lenient_recipe_passes_the_same_collapsed_build(tmp_path, fast_recipe)
     calib.mkdir()
     Image.new("L", (32, 32), color=0).save(calib / "black.png")
     out = tmp_path / "b"
-    CliRunner().invoke(cli, ["-q", "build", "--recipe", str(fast_recipe), "--calib", str(calib), "--out", str(out)])
+    CliRunner().invoke(cli, ["-q", "build", "--recipe", str(_without_fallback(fast_recipe, tmp_path)), "--calib", str(calib), "--out", str(out)])
     lenient = tmp_path / "lenient.toml"
     lenient.write_text(fast_recipe.read_text() + "\n[gates]\nmax_top1_drop = 100.0\nmin_agreement = 0.0\n")
     res = CliRunner().invoke(cli, ["report", str(out), "--recipe", str(lenient), "--out", str(tmp_path / "r")])
