@@ -135,7 +135,7 @@ def test_gate_fails_for_real_when_calibration_collapses(tmp_path, fast_recipe):
     assert {"onnxruntime-int8", "openvino-int8"} <= failed
     assert report["dataset"]["calibration_images"] == 1
     # The report command re-gates a build with the same verdict
-    again = CliRunner().invoke(cli, ["report", str(out), "--recipe", str(no_fallback_recipe)])
+    again = CliRunner().invoke(cli, ["report", str(out), "--recipe", str(fast_recipe)])
     assert again.exit_code == EXIT_GATE_FAILED
 
 
