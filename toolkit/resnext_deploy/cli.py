@@ -55,6 +55,9 @@ def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `resnext-deploy ... | head`: the reader left; not an error of ours
+            sys.stderr.close()
+            sys.exit(EXIT_OK)
         except Exception as exc:  # a bug: say so, keep the traceback for --verbose
             log.debug("internal error", exc_info=True)
             click.echo(
