@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -56,7 +57,8 @@ def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except BrokenPipeError:  # `resnext-deploy ... | head`: the reader left; not an error of ours
-            sys.stderr.close()
+            # Python's own advice: point stdout at devnull so the flush at exit does not raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(EXIT_OK)
         except Exception as exc:  # a bug: say so, keep the traceback for --verbose
             log.debug("internal error", exc_info=True)
