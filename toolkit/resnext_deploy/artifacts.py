@@ -90,6 +90,9 @@ def atomic_dir(final: Union[str, Path]) -> Iterator[Path]:
     final = Path(final)
     ensure_writable_dir(final.parent)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a build directory is as readable as any other
     try:
         yield stage
         old = None
