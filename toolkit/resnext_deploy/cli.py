@@ -386,5 +386,37 @@ def demo_hostile(out: Path, blocks: str, factor: float, channel: int) -> None:
     click.echo(f"build it: resnext-deploy build --model {out} --arch resnext_demo --calib {DEMO_CALIB} --val {DEMO_VAL}")
 
 
+@cli.command()
+@click.argument("build_dir", type=click.Path(path_type=Path), required=False)
+@click.option("--arch", default=None, help="Build this architecture first (e.g. resnext50_32x4d) instead of benchmarking BUILD_DIR.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="torchvision-format checkpoint for --arch (default: seeded weights, BatchNorm re-estimated on natural images).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench"), show_default=True, help="Output directory.")
+@click.option("--cache", type=click.Path(path_type=Path), default=None, help="Cache for generated images and weights (default ~/.cache/resnext-deploy/bench).")
+@click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved rounds over the configurations.")
+@click.option("--iterations", type=int, default=20, show_default=True, help="Timed batch-1 runs per configuration per round.")
+@click.option("--batches", type=int, default=4, show_default=True, help="Timed batch-8 runs per configuration per round.")
+@click.option("--images", type=int, default=100, show_default=True, help="Validation images every configuration classifies (agreement).")
+@click.option("--config", "configs", multiple=True, help="Only these configurations (repeatable), e.g. --config nncf-int8.")
+@click.option("--calib-count", type=int, default=300, show_default=True, help="Calibration images for --arch.")
+@click.option("--val-count", type=int, default=500, show_default=True, help="Validation images for --arch.")
+@click.option("--json", "as_json", is_flag=True, help="Print bench.json instead of the table.")
+@click.pass_context
+@_run
+def bench(ctx: click.Context, build_dir: Optional[Path], arch: Optional[str], weights: Optional[Path], out: Path,
+          cache: Optional[Path], rounds: int, iterations: int, batches: int, images: int, configs: tuple,
+          calib_count: int, val_count: int, as_json: bool) -> None:
+    """Time our artifacts beside PyTorch eager, ONNX Runtime, OpenVINO and NNCF, in one run (writes bench.json/.md/.png/.html)."""
+    from .bench import BenchOptions, run_bench
+    from .bench.render import render_table
+
+    opts = BenchOptions(rounds=rounds, latency_iterations=iterations, throughput_batches=batches, predict_images=images,
+                        configs=list(configs) or None)
+    res = run_bench(build_dir, arch, weights, out, cache, opts, calib_count=calib_count, val_count=val_count,
+                    progress=ctx.obj["progress"])
+    click.echo(json.dumps(res, indent=2, default=str) if as_json else render_table(res))
+    click.echo(f"\nwrote {', '.join(res['outputs'])}")
+
+
 def main() -> None:
     cli(prog_name="resnext-deploy")

@@ -41,6 +41,7 @@ DEFAULTS: Dict[str, Any] = {
             "performance_hint": "LATENCY",
             "threads": 0,
             "streams": 1,
+            "static_batches": [1, 8],  # a static-shape compiled model per batch size (others: the dynamic one)
         },
         "tensorrt": {
             "precisions": [],

@@ -6,11 +6,12 @@ import logging
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from ..artifacts import Artifact
+from ..errors import BadInputError
 from ..optional import require
 from .base import Backend, Runner
 
@@ -32,40 +33,98 @@ def compile_config(settings: Dict[str, Any]) -> Dict[str, Any]:
     return config
 
 
+def static_batches(settings: Dict[str, Any]) -> List[int]:
+    """Batch sizes that get a static-shape compiled model (recipe ``static_batches``), validated."""
+    sizes = settings.get("static_batches", [])
+    try:
+        out = sorted({int(b) for b in sizes})
+    except (TypeError, ValueError):
+        out = []
+    if any(b < 1 for b in out) or (sizes and not out):
+        raise BadInputError(f"backends.openvino.static_batches must be a list of batch sizes >= 1, got {sizes!r}.")
+    return out
+
+
 class OpenVinoRunner(Runner):
+    """One compiled model per static batch size (faster: shapes, memory and kernels fixed at compile time),
+    and the dynamic-batch model, compiled on first use, for any other batch size."""
+
     backend = "openvino"
 
     def __init__(self, path: Path, settings: Dict[str, Any]) -> None:
         super().__init__()
         ov = require("openvino", "run OpenVINO models")
-        core = ov.Core()
-        config = compile_config(settings)
-        self._compiled = core.compile_model(str(path), settings.get("device", "CPU"), config)
-        self._local = threading.local()  # an InferRequest is not thread-safe: one per thread
-        self.details = {"config": {k: str(v) for k, v in config.items()}, "execution": execution_precisions(self._compiled)}
+        self._core = ov.Core()
+        self._path, self._device = Path(path), settings.get("device", "CPU")
+        self._config = compile_config(settings)
+        self._compiled: Dict[Optional[int], Any] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()  # an InferRequest is not thread-safe: one per thread and shape
+        for batch in static_batches(settings):
+            model = self._core.read_model(str(path))
+            shape = list(model.input(0).get_partial_shape())
+            try:
+                model.reshape([batch] + shape[1:])
+                self._compiled[batch] = self._core.compile_model(model, self._device, self._config)
+            except RuntimeError as exc:  # e.g. a model exported with a fixed batch: it runs as it is
+                log.warning("OpenVINO: no static batch-%d model for %s (%s); using its own shape", batch, path, exc)
+        if not self._compiled:
+            self._dynamic()
+        first = next(iter(self._compiled.values()))
+        self.details = {
+            "config": {k: str(v) for k, v in self._config.items()},
+            "static_batches": [b for b in self._compiled if b is not None],
+            "execution": execution_precisions(first),
+        }
+
+    def _dynamic(self) -> Any:
+        with self._lock:
+            if None not in self._compiled:
+                self._compiled[None] = self._core.compile_model(str(self._path), self._device, self._config)
+        return self._compiled[None]
+
+    def _request(self, batch: int) -> Any:
+        reqs = getattr(self._local, "requests", None)
+        if reqs is None:
+            reqs = self._local.requests = {}
+        key = batch if batch in self._compiled else None
+        if key not in reqs:
+            compiled = self._compiled[key] if key is not None else self._dynamic()
+            reqs[key] = compiled.create_infer_request()
+        return reqs[key]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        req = getattr(self._local, "request", None)
-        if req is None:
-            req = self._local.request = self._compiled.create_infer_request()
-        result = req.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        req = self._request(len(batch))
+        result = req.infer({0: np.ascontiguousarray(batch, dtype=np.float32)}, share_inputs=True)
+        # The request reuses its output buffer on the next call: copy.
         return np.array(next(iter(result.values())), copy=True)
 
     def close(self) -> None:
-        self._compiled = None
+        self._compiled = {}
+        self._local = threading.local()
 
 
 def execution_precisions(compiled: Any) -> Dict[str, Any]:
-    """What the CPU plugin actually runs: runtime precision of each convolution, counted."""
+    """What the CPU plugin actually runs: runtime precision of each convolution, counted, and the names
+    of the convolutions left in floating point when others run in 8 bits."""
     try:
         graph = compiled.get_runtime_model()
         convs: Counter = Counter()
+        by_precision: Dict[str, List[str]] = {}
         for op in graph.get_ordered_ops():
             info = op.get_rt_info()
             if "Convolution" in info["layerType"].astype(str):
-                convs[info["runtimePrecision"].astype(str)] += 1
+                precision = info["runtimePrecision"].astype(str)
+                convs[precision] += 1
+                by_precision.setdefault(precision, []).append(op.get_friendly_name())
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-        return {"convolutions_by_precision": dict(convs), "inference_precision": getattr(hint, "get_type_name", lambda: str(hint))()}
+        out: Dict[str, Any] = {
+            "convolutions_by_precision": dict(convs),
+            "inference_precision": getattr(hint, "get_type_name", lambda: str(hint))(),
+        }
+        if convs.keys() & {"u8", "i8"}:
+            out["float_convolutions"] = sorted(n for p, names in by_precision.items() if p not in ("u8", "i8") for n in names)
+        return out
     except Exception as exc:  # introspection only; never fail a run over it
         log.debug("could not read OpenVINO runtime model: %s", exc)
         return {}
@@ -100,6 +159,8 @@ class OpenVinoBackend(Backend):
             "performance_hint": settings.get("performance_hint", "LATENCY"),
             "threads": settings.get("threads", 0),
             "streams": settings.get("streams", 1),
+            "static_batches": static_batches(settings),
+            "compile_config": {k: str(v) for k, v in compile_config(settings).items()},
             "openvino_version": ov.__version__ if hasattr(ov, "__version__") else ov.get_version(),
         }
         return Artifact.from_files(

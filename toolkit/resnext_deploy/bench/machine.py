@@ -1,0 +1,204 @@
+"""What the benchmark ran on: CPU model, ISA flags, clock, cores, load, library versions; and the model's
+multiply-accumulates, for the fraction of the machine's INT8 peak a run reaches."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+log = logging.getLogger(__name__)
+
+#: ISA features that decide INT8/BF16 speed on x86 (as /proc/cpuinfo names them)
+FLAGS_OF_INTEREST = (
+    "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+    "amx_tile", "amx_int8", "amx_bf16", "avx512_fp16",
+)
+#: int8 multiply-accumulates per cycle per core: two 512-bit VPDPBUSD per cycle (64 MACs each)
+INT8_MACS_PER_CYCLE_AVX512_VNNI = 128
+
+# A dependent chain of 4 single-cycle adds per iteration: cycles = 4 x iterations, whatever the core's
+# boost clock is at the moment (a virtual machine's /proc/cpuinfo shows the nominal clock only).
+_CLOCK_C = r"""
+#include <stdio.h>
+#include <time.h>
+int main(void) {
+  struct timespec a, b; unsigned long x = 0, n = 100000000UL;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  for (unsigned long i = 0; i < n; i++) {
+    __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+  }
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  double s = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
+  printf("%.1f\n", 4.0 * n / s / 1e6);
+  return 0;
+}
+"""
+
+
+def _cpuinfo() -> Dict[str, str]:
+    info: Dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if ":" in line:
+                k, v = (s.strip() for s in line.split(":", 1))
+                info.setdefault(k, v)
+    except OSError:
+        pass
+    return info
+
+
+def measure_clock_mhz(repeats: int = 7) -> Optional[float]:
+    """The core clock under load, in MHz, from a timed chain of dependent adds (needs a C compiler and
+    x86-64; None otherwise). The best of ``repeats`` runs: another process can only slow it down."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    with tempfile.TemporaryDirectory(prefix="resnext-clock-") as tmp:
+        src, exe = Path(tmp) / "clock.c", Path(tmp) / "clock"
+        src.write_text(_CLOCK_C)
+        try:
+            subprocess.run([cc, "-O1", str(src), "-o", str(exe)], check=True, capture_output=True, timeout=60)
+            runs = [float(subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=60).stdout)
+                    for _ in range(repeats)]
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            log.info("could not measure the clock: %s", exc)
+            return None
+    return max(runs)
+
+
+def machine_info(measure_clock: bool = True) -> Dict[str, Any]:
+    """CPU model, flags of interest, cores, nominal and measured clock, load average, memory."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    nominal = float(info["cpu MHz"]) if info.get("cpu MHz") else None
+    measured = measure_clock_mhz() if measure_clock else None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    out: Dict[str, Any] = {
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_family": info.get("cpu family"),
+        "cpu_model": info.get("model"),
+        "vendor": info.get("vendor_id"),
+        "flags": sorted(f for f in FLAGS_OF_INTEREST if f in flags),
+        "cores": cores,
+        "clock_mhz_nominal": nominal,
+        "clock_mhz_measured": measured,
+        "hypervisor": "hypervisor" in flags,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    try:
+        out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    try:
+        out["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    return out
+
+
+def int8_peak_gmacs(machine: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The machine's INT8 peak in GMAC/s: cores x 128 MAC/cycle (AVX-512 VNNI) x clock (measured, else nominal)."""
+    if "avx512_vnni" not in machine.get("flags", []):
+        return None
+    mhz = machine.get("clock_mhz_measured") or machine.get("clock_mhz_nominal")
+    if not mhz:
+        return None
+    return {
+        "gmacs": machine["cores"] * INT8_MACS_PER_CYCLE_AVX512_VNNI * mhz / 1e3,
+        "cores": machine["cores"],
+        "macs_per_cycle_per_core": INT8_MACS_PER_CYCLE_AVX512_VNNI,
+        "clock_mhz": mhz,
+        "clock_source": "measured" if machine.get("clock_mhz_measured") else "/proc/cpuinfo (nominal)",
+    }
+
+
+def library_versions() -> Dict[str, str]:
+    """Versions of the packages a benchmark compares (imports them: the benchmark needs them anyway)."""
+    import importlib
+
+    out = {}
+    for mod in ("numpy", "torch", "onnx", "onnxruntime", "openvino", "nncf", "onnxslim"):
+        try:
+            m = importlib.import_module(mod)
+            out[mod] = str(getattr(m, "__version__", "unknown"))
+        except Exception:  # absent or broken: the configurations that need it are skipped
+            out[mod] = "absent"
+    from .. import __version__
+
+    out["resnext_deploy"] = __version__
+    return out
+
+
+def count_macs(onnx_path: Union[str, Path]) -> Dict[str, Any]:
+    """Multiply-accumulates of one image through an ONNX model's Conv and Gemm/MatMul nodes (batch 1)."""
+    from ..optional import require
+
+    onnx = require("onnx", "count the model's multiply-accumulates")
+    proto = onnx.load(str(onnx_path))
+    inp = proto.graph.input[0]
+    for i, d in enumerate(inp.type.tensor_type.shape.dim):
+        if i == 0 or not d.HasField("dim_value"):
+            d.ClearField("dim_param")
+            d.dim_value = 1
+    proto = onnx.shape_inference.infer_shapes(proto)
+    shapes: Dict[str, List[int]] = {}
+    for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    inits = {t.name: list(t.dims) for t in proto.graph.initializer}
+    by_op: Dict[str, int] = {}
+    for node in proto.graph.node:
+        macs = 0
+        if node.op_type == "Conv" and node.input[1] in inits and node.output[0] in shapes:
+            w = inits[node.input[1]]  # (out, in/groups, kh, kw)
+            out = shapes[node.output[0]]
+            macs = int(_prod(out) * _prod(w[1:]))
+        elif node.op_type in ("Gemm", "MatMul") and node.output[0] in shapes:
+            w = inits.get(node.input[1]) or shapes.get(node.input[1])
+            if w:
+                k = w[1] if node.op_type == "Gemm" and _attr(node, "transB") else w[0]
+                macs = int(_prod(shapes[node.output[0]]) * k)
+        if macs:
+            by_op[node.op_type] = by_op.get(node.op_type, 0) + macs
+    total = sum(by_op.values())
+    return {"gmacs": total / 1e9, "by_op_gmacs": {k: v / 1e9 for k, v in by_op.items()}}
+
+
+def _prod(xs: List[int]) -> int:
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+def _attr(node: Any, name: str) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            return a.i
+    return 0
+
+
+def load_average() -> Optional[List[float]]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def wait_for_quiet(max_load: float, max_wait_s: float, step_s: float = 60.0) -> Dict[str, Any]:
+    """Wait (up to ``max_wait_s``) until the 1-minute load average is at most ``max_load``; returns what happened."""
+    t0 = time.monotonic()
+    load = load_average()
+    while load and load[0] > max_load and time.monotonic() - t0 < max_wait_s:
+        log.info("load average %.2f > %.2f: waiting", load[0], max_load)
+        time.sleep(min(step_s, max(0.0, max_wait_s - (time.monotonic() - t0))))
+        load = load_average()
+    return {"waited_s": round(time.monotonic() - t0, 1), "load_average": load, "max_load": max_load}

@@ -1,0 +1,221 @@
+"""The benchmark for people: a console table, bench.md, bench.png and bench.html (the plot embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..artifacts import atomic_file
+from ..optional import require
+
+COLUMNS = ["configuration", "role", "prec", "p50 ms", "p90 ms", "p99 ms", "img/s", "first ms", "load s", "RSS MB",
+           "agree", "vs PyTorch", "vs NNCF", "INT8 peak"]
+
+
+def _f(v: Optional[float], fmt: str) -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def table_rows(bench: Dict[str, Any]) -> List[List[str]]:
+    rows = []
+    for r in bench["configurations"]:
+        if "latency_ms" not in r:
+            rows.append([r["name"], r["role"], r["precision"], "failed: " + (r.get("error") or "not measured")[:60]] + [""] * (len(COLUMNS) - 4))
+            continue
+        lat = r["latency_ms"]
+        peak = r.get("int8_peak_fraction", {}).get("batch1_p50")
+        rows.append([
+            r["name"], r["role"], r["precision"],
+            _f(lat["p50"], ".2f"), _f(lat["p90"], ".2f"), _f(lat["p99"], ".2f"),
+            _f(r.get("throughput_ips"), ".1f"), _f(r.get("first_inference_ms"), ".1f"), _f(r.get("load_s"), ".2f"),
+            _f(r.get("peak_rss_mb"), ".0f"),
+            _f(r["agreement"] * 100, ".1f") + "%" if "agreement" in r else "",
+            _f(r.get("p50_ratio_vs_pytorch"), ".3f") + "x" if "p50_ratio_vs_pytorch" in r else "",
+            _f(r.get("p50_ratio_vs_nncf"), ".3f") + "x" if "p50_ratio_vs_nncf" in r else "",
+            _f(peak * 100, ".0f") + "%" if peak is not None else "",
+        ])
+    return rows
+
+
+def render_table(bench: Dict[str, Any]) -> str:
+    """The console table: latency and throughput, and p50 as a fraction of PyTorch eager's and NNCF's."""
+    rows = [COLUMNS] + table_rows(bench)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    line = lambda row: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    out = [line(rows[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
+    out += ["", "targets:"] + [f"  [{_mark(t['met'])}] {t['name']}: {_value(t)}" for t in bench["targets"]]
+    return "\n".join(out)
+
+
+def _mark(met: Optional[bool]) -> str:
+    return "n/a" if met is None else ("met" if met else "MISSED")
+
+
+def _value(t: Dict[str, Any]) -> str:
+    if t["value"] is None:
+        return "not measured in this run"
+    return f"{t['value']:.3f} ({t['op']} {t['threshold']:g})"
+
+
+def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png") -> str:
+    m, mach, b = bench["model"], bench["machine"], bench.get("build", {})
+    load = mach.get("load_average_during", {})
+    lines = [
+        f"# resnext-deploy bench: {m.get('arch') or m.get('name')}",
+        "",
+        f"- model: `{m.get('name')}` ({m.get('arch') or 'ONNX'}, {m.get('num_classes')} classes), "
+        f"{bench['macs_per_image']['gmacs']:.3f} GMAC per image",
+        f"- machine: {mach['cpu']} (family {mach.get('cpu_family')}, model {mach.get('cpu_model')}), {mach['cores']} cores, "
+        f"flags {', '.join(mach['flags'])}; clock {_f(mach.get('clock_mhz_measured'), '.0f') or '?'} MHz measured "
+        f"({_f(mach.get('clock_mhz_nominal'), '.0f')} MHz nominal){', virtual machine' if mach.get('hypervisor') else ''}",
+        f"- load average (1/5/15 min): at start {mach.get('load_average')}, before timing {load.get('before')}, after {load.get('after')}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in bench["versions"].items()),
+        f"- timing: {bench['options']['rounds']} interleaved rounds x {bench['options']['latency_iterations']} batch-1 runs and "
+        f"{bench['options']['throughput_batches']} batch-{bench['options']['batch_size']} runs per configuration; "
+        f"agreement on {bench['data'].get('images')} validation images",
+    ]
+    if bench.get("int8_peak"):
+        p = bench["int8_peak"]
+        lines.append(f"- INT8 peak: {p['cores']} cores x {p['macs_per_cycle_per_core']} MAC/cycle x {p['clock_mhz']:.0f} MHz "
+                     f"({p['clock_source']}) = {p['gmacs']:.0f} GMAC/s")
+    lines += ["", "## Results", "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(bench)]
+    lines += ["", "p50/p90/p99: batch-1 latency; img/s: batch-{} throughput; vs PyTorch / vs NNCF: p50 divided by theirs "
+              "(lower is faster); INT8 peak: batch-1 MAC rate over the machine's INT8 peak.".format(bench["options"]["batch_size"])]
+    if plot_name:
+        lines += ["", f"![latency and throughput]({plot_name})"]
+    lines += ["", "## Targets", "", "| target | value | result |", "|---|---|---|"]
+    for t in bench["targets"]:
+        lines.append(f"| {t['name']} | {_value(t)} | {_mark(t['met'])} |")
+    if b:
+        lines += ["", "## Build", ""]
+        if b.get("measured_here"):
+            lines.append(f"- `resnext-deploy build` in a child process: wall {b['wall_s']:.1f} s, peak RSS {b['peak_rss_mb']:.0f} MB, "
+                         f"exit code {b['exit_code']} (gate {'passed' if b.get('gate_passed') else 'failed'})")
+        lines += ["", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in (b.get("stages_s") or {}).items() if isinstance(v, (int, float))]
+    lines += ["", "## What each configuration is", ""]
+    for r in bench["configurations"]:
+        prep = r.get("prepare") or {}
+        extra = f" Prepared in {prep['seconds']:.1f} s, peak RSS {prep['peak_rss_mb']:.0f} MB." if "seconds" in prep else ""
+        execution = (r.get("details") or {}).get("execution")
+        exe = f" OpenVINO runs: {json.dumps(execution.get('convolutions_by_precision'))} convolutions by precision." if execution else ""
+        threads = f" Threads: {json.dumps(r['threads'])}." if r.get("threads") else ""
+        lines.append(f"- `{r['name']}`: {r['description']}.{extra}{exe}{threads}")
+    if bench.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in bench["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(bench: Dict[str, Any], path: Path) -> Path:
+    """Two bar charts: batch-1 p50 latency (p90 as a whisker) and batch-N throughput, ours in a second colour."""
+    matplotlib = require("matplotlib", "plot the benchmark")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in bench["configurations"] if "latency_ms" in r]
+    names = [r["name"] for r in rows]
+    colors = ["#d62728" if r["role"] == "ours" else "#7f7f7f" for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.8))
+    p50 = [r["latency_ms"]["p50"] for r in rows]
+    err = [r["latency_ms"]["p90"] - r["latency_ms"]["p50"] for r in rows]
+    ax1.barh(names, p50, xerr=[[0] * len(rows), err], color=colors)
+    ax1.set_xscale("log")  # PyTorch eager and INT8 differ by an order of magnitude
+    ax1.set_xlabel("batch-1 latency p50 (ms, log scale), whisker to p90; lower is better")
+    ax1.invert_yaxis()
+    ax2.barh(names, [r["throughput_ips"] for r in rows], color=colors)
+    ax2.set_xlabel(f"batch-{bench['options']['batch_size']} throughput (images/s); higher is better")
+    ax2.invert_yaxis()
+    ax2.set_yticklabels([])
+    for ax, vals, fmt in ((ax1, p50, "{:.1f}"), (ax2, [r["throughput_ips"] for r in rows], "{:.0f}")):
+        for i, v in enumerate(vals):
+            ax.text(v, i, " " + fmt.format(v), va="center", fontsize=8)
+    fig.suptitle(f"{bench['model'].get('arch') or bench['model'].get('name')} on {bench['machine']['cpu']} "
+                 f"({bench['machine']['cores']} cores); red: our build, grey: peers", fontsize=10)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_to_html_body(md: str) -> str:
+    """Just enough Markdown for our own reports: headings, bullet lists, tables, code spans, images."""
+    import re
+
+    out: List[str] = []
+    in_list = in_table = False
+    for line in md.splitlines():
+        if in_list and not line.startswith("- "):
+            out.append("</ul>")
+            in_list = False
+        if in_table and not line.startswith("|"):
+            out.append("</table>")
+            in_table = False
+        esc = html.escape(line)
+        esc = re.sub(r"`([^`]+)`", r"<code>\1</code>", esc)
+        esc = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", esc)
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{esc[level:].strip()}</h{level}>")
+        elif line.startswith("- "):
+            if not in_list:
+                out.append("<ul>")
+                in_list = True
+            out.append(f"<li>{esc[2:]}</li>")
+        elif line.startswith("|"):
+            cells = [c.strip() for c in esc.strip("|").split("|")]
+            if all(set(c) <= set("-:") for c in cells):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                out.append("<table>")
+                in_table = True
+            out.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+        elif line.startswith("!["):
+            continue  # images are embedded by the caller
+        elif line.strip():
+            out.append(f"<p>{esc}</p>")
+    if in_list:
+        out.append("</ul>")
+    if in_table:
+        out.append("</table>")
+    return "\n".join(out)
+
+
+_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+          "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+          "td:first-child,th:first-child{text-align:left}img{max-width:100%}code{background:#f3f3f3}")
+
+
+def html_page(title: str, body_md: str, images: List[Path]) -> str:
+    """A self-contained HTML page: the Markdown rendered, the PNGs embedded as base64."""
+    figs = "".join(
+        f'<p><img alt="{html.escape(p.name)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></p>'
+        for p in images if p.is_file()
+    )
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>{markdown_to_html_body(body_md)}{figs}</body></html>\n")
+
+
+def write_outputs(bench: Dict[str, Any], out: Path) -> List[Path]:
+    """bench.json, bench.md, bench.png, bench.html in ``out`` (and report.html beside a build's report)."""
+    out = Path(out)
+    paths = []
+    with atomic_file(out / "bench.json") as tmp:
+        tmp.write_text(json.dumps(bench, indent=2, default=str))
+    paths.append(out / "bench.json")
+    png = write_plot(bench, out / "bench.png")
+    paths.append(png)
+    md = render_markdown(bench)
+    with atomic_file(out / "bench.md") as tmp:
+        tmp.write_text(md)
+    paths.append(out / "bench.md")
+    title = f"resnext-deploy bench: {bench['model'].get('arch') or bench['model'].get('name')}"
+    with atomic_file(out / "bench.html") as tmp:
+        tmp.write_text(html_page(title, md, [png]))
+    paths.append(out / "bench.html")
+    return paths

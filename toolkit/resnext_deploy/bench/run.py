@@ -1,0 +1,482 @@
+"""`resnext-deploy bench`: our artifacts beside PyTorch eager, ONNX Runtime, OpenVINO and NNCF, in one run.
+
+Every configuration runs in its own worker process (pool.py / worker.py). The workers are loaded one at a
+time, then asked in turn, round after round (the order rotating), for a slice of timed batch-1 runs and
+batch-N runs, so drift of the machine (other processes, clocks, heat) hits every configuration alike and
+ratios between them are fair. Peak RSS is each worker's own (VmHWM).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import numpy as np
+
+from ..artifacts import atomic_file, ensure_writable_dir
+from ..errors import BadInputError, DeployError
+from ..manifest import read_manifest
+from ..preprocess import Preprocessing
+from .machine import count_macs, int8_peak_gmacs, library_versions, load_average, machine_info
+from .pool import Worker, run_child
+
+log = logging.getLogger(__name__)
+
+Progress = Optional[Callable[[str, int, int], None]]
+PathLike = Union[str, Path]
+
+BENCH_SCHEMA = "resnext-deploy/bench"
+BENCH_SCHEMA_VERSION = 1
+
+PYTORCH = "pytorch-fp32"
+NNCF = "nncf-int8"
+ORT_FP32 = "ort-fp32"
+OURS_OV_INT8 = "ours:openvino-int8"
+OURS_ORT_INT8 = "ours:onnxruntime-int8"
+
+#: the targets of issue #5 (set for ResNeXt-50 32x4d on a 2-core AVX-512 VNNI machine)
+TARGETS = [
+    {"name": "ours:openvino-int8 p50 <= 1/8 of PyTorch eager FP32", "metric": "p50_ratio", "config": OURS_OV_INT8, "versus": PYTORCH, "op": "<=", "threshold": 0.125},
+    {"name": "ours:openvino-int8 p50 <= 0.95x NNCF default INT8", "metric": "p50_ratio", "config": OURS_OV_INT8, "versus": NNCF, "op": "<=", "threshold": 0.95},
+    {"name": "ours:onnxruntime-int8 p50 <= 0.65x ONNX Runtime FP32", "metric": "p50_ratio", "config": OURS_ORT_INT8, "versus": ORT_FP32, "op": "<=", "threshold": 0.65},
+    {"name": "ours:openvino-int8 batch-8 throughput >= 120 img/s", "metric": "throughput_ips", "config": OURS_OV_INT8, "op": ">=", "threshold": 120.0},
+    {"name": "build wall time <= 240 s", "metric": "build_wall_s", "op": "<=", "threshold": 240.0},
+    {"name": "build peak RSS <= 6 GB", "metric": "build_peak_rss_mb", "op": "<=", "threshold": 6144.0},
+]
+
+
+@dataclass
+class BenchOptions:
+    rounds: int = 5
+    latency_iterations: int = 20  # timed batch-1 runs per configuration per round
+    throughput_batches: int = 4  # timed batch-N runs per configuration per round
+    batch_size: int = 8
+    warmup: int = 5
+    predict_images: int = 100  # validation images every configuration classifies (agreement)
+    configs: Optional[List[str]] = None  # None = all
+    measure_clock: bool = True
+
+    def validate(self) -> None:
+        for k in ("rounds", "latency_iterations", "throughput_batches", "batch_size", "predict_images"):
+            if int(getattr(self, k)) < 1:
+                raise BadInputError(f"bench option {k.replace('_', '-')} must be at least 1, got {getattr(self, k)}.")
+
+
+@dataclass
+class BenchConfig:
+    """One thing we time: a model file, the runtime that runs it and that runtime's settings."""
+
+    name: str
+    role: str  # "peer" | "ours"
+    kind: str  # pytorch | openvino | onnxruntime
+    precision: str
+    path: str
+    description: str
+    settings: Dict[str, Any] = field(default_factory=dict)
+    arch: Optional[str] = None
+    num_classes: Optional[int] = None
+    prepare: Optional[Dict[str, Any]] = None
+
+    def spec(self, inputs: Path, batch: int) -> Dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "path": self.path, "settings": self.settings, "arch": self.arch,
+                "num_classes": self.num_classes, "inputs": str(inputs), "batch": batch}
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} to TOML")
+
+
+def recipe_toml(data: Dict[str, Any], prefix: str = "") -> str:
+    """A recipe dict (scalars, lists, nested tables) as TOML."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            name = f"{prefix}.{k}" if prefix else k
+            lines += ["", f"[{name}]", recipe_toml(v, name)]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def bench_recipe(target: str, calib_count: int, out: Path) -> Path:
+    """The shipped recipe of ``target`` with calibration.count = ``calib_count`` and no accuracy fallback
+    (a timing benchmark must not depend on an accuracy search), written to ``out``."""
+    from ..recipes import load_recipe
+
+    data = load_recipe(target=target).to_dict()
+    data["calibration"]["count"] = int(calib_count)
+    if "fallback" in data:
+        data["fallback"]["enabled"] = False
+    with atomic_file(out) as tmp:
+        tmp.write_text(f"# written by resnext-deploy bench from the shipped '{target}' recipe\n" + recipe_toml(data) + "\n")
+    return out
+
+
+def _build_for_arch(arch: str, inputs: Any, out: Path, target: str, calib_count: int) -> Dict[str, Any]:
+    """Run `resnext-deploy build` in a child process: its wall time and peak RSS are the build's own."""
+    recipe = bench_recipe(target, calib_count, out / "work" / f"{target}-bench.toml")
+    args = [sys.executable, "-m", "resnext_deploy.bench.measured", str(out / "work" / "build-peak-rss.json"),
+            "-q", "build", "--model", str(inputs.checkpoint), "--arch", arch,
+            "--calib", str(inputs.calibration), "--val", str(inputs.validation), "--recipe", str(recipe),
+            "--out", str(out / "build")]
+    res = run_child(args, out / "work" / "logs" / "build.log")
+    peak = out / "work" / "build-peak-rss.json"
+    res["peak_rss_mb"] = json.loads(peak.read_text())["peak_rss_mb"] if peak.is_file() else None
+    if res["exit_code"] not in (0, 3):  # 3: built, a gate failed; the timing is still what we measure
+        tail = Path(res["log"]).read_text(errors="replace")[-2000:]
+        raise DeployError(f"The build for the benchmark failed (exit code {res['exit_code']}); its log ends:\n{tail}")
+    res["command"] = " ".join(args)
+    res["recipe"] = str(recipe)
+    return res
+
+
+def configurations(build_dir: Path, manifest: Dict[str, Any], peers_dir: Path) -> List[BenchConfig]:
+    """The peers (what a user would otherwise run) and our build's artifacts."""
+    model = manifest.get("model") or {}
+    fp32_onnx = build_dir / "onnx" / "model-fp32.onnx"
+    arts = {a["name"]: a for a in manifest.get("artifacts", [])}
+    plain_ov = {"inference_precision": "f32", "performance_hint": "LATENCY", "static_batches": []}
+    out: List[BenchConfig] = []
+    if model.get("kind") != "onnx" and model.get("source") and Path(model["source"]).is_file():
+        out.append(BenchConfig(PYTORCH, "peer", "pytorch", "fp32", model["source"], "PyTorch eager (inference_mode), the model as trained",
+                               {"threads": 0}, model.get("arch"), model.get("num_classes")))
+    out.append(BenchConfig(ORT_FP32, "peer", "onnxruntime", "fp32", str(fp32_onnx),
+                           "ONNX Runtime CPU, default session options, on the exported ONNX", {}))
+    out.append(BenchConfig("openvino-fp32", "peer", "openvino", "fp32", str(fp32_onnx),
+                           "OpenVINO CPU on the exported ONNX, INFERENCE_PRECISION_HINT f32, PERFORMANCE_HINT LATENCY", dict(plain_ov)))
+    ov_fp32 = build_dir / arts["openvino-fp32"]["path"] if "openvino-fp32" in arts else fp32_onnx
+    out.append(BenchConfig(NNCF, "peer", "openvino", "int8", str(peers_dir / "nncf-int8.xml"),
+                           "nncf.quantize defaults on the OpenVINO FP32 model, same calibration images; compiled like openvino-fp32",
+                           dict(plain_ov), prepare={"peer": NNCF, "source": str(ov_fp32), "out": str(peers_dir / "nncf-int8.xml")}))
+    out.append(BenchConfig("ort-int8-default", "peer", "onnxruntime", "int8", str(peers_dir / "ort-int8-default.onnx"),
+                           "onnxruntime quantize_static defaults (QDQ, s8 activations, s8 per-tensor weights), same calibration images; default session",
+                           {}, prepare={"peer": "ort-int8-default", "source": str(fp32_onnx), "out": str(peers_dir / "ort-int8-default.onnx")}))
+    recipe_backends = (manifest.get("recipe") or {}).get("backends", {})
+    for a in manifest.get("artifacts", []):
+        if a["backend"] not in ("openvino", "onnxruntime"):
+            continue
+        settings = dict(recipe_backends.get(a["backend"], {}))
+        desc = f"our build's {a['name']} ({a['kind']}), loaded by our runner with the recipe's settings"
+        out.append(BenchConfig(f"ours:{a['name']}", "ours", a["backend"], a["precision"], str(build_dir / a["path"]), desc, settings))
+    return out
+
+
+def _inputs(build_dir: Path, manifest: Dict[str, Any], work: Path, count: int) -> Dict[str, Any]:
+    """The calibration images the build used (for the peers' quantizers) and validation images to classify."""
+    from ..datasets import load_calibration, load_labeled
+
+    spec = Preprocessing.from_dict(manifest["preprocessing"])
+    recipe = manifest.get("recipe") or {}
+    cal_cfg = recipe.get("calibration", {})
+    calib_folder = Path(manifest["inputs"]["calibration"]["folder"])
+    val_folder = Path(manifest["inputs"]["validation"]["folder"])
+    for what, folder in (("calibration", calib_folder), ("validation", val_folder)):
+        if not folder.is_dir():
+            raise BadInputError(f"The build's {what} folder '{folder}' is gone; the peers need the same images. Rebuild, or restore it.")
+    cal = load_calibration(calib_folder, spec, int(cal_cfg.get("count", 256)), int(cal_cfg.get("seed", 0)))
+    val = load_labeled(val_folder, spec, count)
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(work / "calibration.npy", cal.data)
+    np.save(work / "inputs.npy", val.data)
+    return {"calibration": work / "calibration.npy", "inputs": work / "inputs.npy", "labels": val.labels,
+            "calibration_images": len(cal.paths), "images": len(val.paths), "calibration_folder": str(calib_folder),
+            "validation_folder": str(val_folder)}
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+
+def _prepare_peer(cfg: BenchConfig, calibration: Path, logs: Path) -> Dict[str, Any]:
+    w = Worker(f"prepare {cfg.name}", logs / f"prepare-{cfg.name}.log")
+    try:
+        info = w.call("prepare", spec={**cfg.prepare, "calibration": str(calibration)})  # type: ignore[dict-item]
+    finally:
+        w.close()
+    info.pop("ok", None)
+    return info
+
+
+def _stats(ms: List[float]) -> Dict[str, float]:
+    a = np.asarray(ms)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
+            "mean": float(a.mean()), "min": float(a.min()), "n": int(len(a))}
+
+
+def _safe_name(name: str) -> str:
+    return name.replace(":", "-").replace("/", "-")
+
+
+def measure(configs: List[BenchConfig], inputs: Path, work: Path, opts: BenchOptions, progress: Progress = None) -> Dict[str, Dict[str, Any]]:
+    """Load every configuration in its own worker, then time them round-robin; returns name -> raw result."""
+    logs = work / "logs"
+    results: Dict[str, Dict[str, Any]] = {}
+    workers: Dict[str, Worker] = {}
+    lat: Dict[str, List[List[float]]] = {c.name: [] for c in configs}
+    thr: Dict[str, List[float]] = {c.name: [] for c in configs}
+    try:
+        for i, cfg in enumerate(configs):
+            if progress:
+                progress("load configurations", i, len(configs))
+            w = Worker(cfg.name, logs / f"{_safe_name(cfg.name)}.log")
+            try:
+                loaded = w.call("load", spec=cfg.spec(inputs, opts.batch_size))
+                w.call("warmup", n=opts.warmup)
+            except DeployError as exc:
+                results[cfg.name] = {"error": str(exc)}
+                log.warning("bench: %s", exc)
+                continue
+            workers[cfg.name] = w
+            results[cfg.name] = {"load_s": loaded["load_s"], "first_inference_ms": loaded["first_inference_ms"], "pid": w.proc.pid}
+        if progress:
+            progress("load configurations", len(configs), len(configs))
+        live = [c.name for c in configs if c.name in workers]
+        total = opts.rounds * len(live)
+        for r in range(opts.rounds):
+            order = live[r % len(live):] + live[: r % len(live)] if live else []
+            for j, name in enumerate(order):
+                w = workers[name]
+                try:
+                    lat[name].append(w.call("latency", n=opts.latency_iterations)["ms"])
+                    t = w.call("throughput", n=opts.throughput_batches)
+                    thr[name].append(t["batch"] * len(t["seconds"]) / sum(t["seconds"]))
+                except DeployError as exc:
+                    results[name] = {"error": str(exc)}
+                    workers.pop(name).kill()
+                    live.remove(name)
+                if progress:
+                    progress("timed rounds", r * max(len(order), 1) + j + 1, total)
+        for name in list(workers):
+            w = workers[name]
+            logits = work / "logits" / f"{_safe_name(name)}.npy"
+            logits.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                w.call("predict", out=str(logits), batch=opts.batch_size)
+                fin = w.call("finish")
+            except DeployError as exc:
+                results[name] = {"error": str(exc)}
+                continue
+            finally:
+                w.close()
+            res = results[name]
+            all_ms = [x for chunk in lat[name] for x in chunk]
+            res.update({
+                "latency_ms": _stats(all_ms),
+                "latency_p50_per_round": [float(np.percentile(c, 50)) for c in lat[name]],
+                "throughput_ips": float(np.median(thr[name])),
+                "throughput_per_round": thr[name],
+                "throughput_batch": opts.batch_size,
+                "peak_rss_mb": fin["peak_rss_mb"],
+                "details": fin.get("details", {}),
+                "threads": fin.get("threads", {}),
+                "logits": str(logits),
+            })
+    finally:
+        for w in workers.values():
+            w.kill()
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+def _agreement(results: Dict[str, Dict[str, Any]], labels: Optional[np.ndarray]) -> Optional[str]:
+    """Top-1 agreement and logit error of every configuration against the float model (PyTorch, else ORT FP32)."""
+    ref_name = next((n for n in (PYTORCH, ORT_FP32) if "logits" in results.get(n, {})), None)
+    if ref_name is None:
+        return None
+    ref = np.load(results[ref_name]["logits"])
+    for r in results.values():
+        if "logits" not in r:
+            continue
+        lg = np.load(r["logits"])
+        r["agreement"] = float(np.mean(lg.argmax(1) == ref.argmax(1)))
+        r["max_abs_logit_diff"] = float(np.abs(lg - ref).max())
+        if labels is not None and len(labels) == len(lg):
+            r["top1"] = float(np.mean(lg.argmax(1) == labels))
+    return ref_name
+
+
+def _ratios(results: Dict[str, Dict[str, Any]]) -> None:
+    def p50(n: str) -> Optional[float]:
+        return results.get(n, {}).get("latency_ms", {}).get("p50")
+
+    for r in results.values():
+        if "latency_ms" not in r:
+            continue
+        mine = r["latency_ms"]["p50"]
+        for key, ref in (("vs_pytorch", PYTORCH), ("vs_nncf", NNCF)):
+            base = p50(ref)
+            if base:
+                r[f"p50_ratio_{key}"] = mine / base
+                base_ips = results[ref].get("throughput_ips")
+                if base_ips:
+                    r[f"throughput_ratio_{key}"] = r["throughput_ips"] / base_ips
+
+
+def _peak_fraction(results: Dict[str, Dict[str, Any]], gmacs: Optional[float], peak: Optional[Dict[str, Any]]) -> None:
+    if not gmacs or not peak:
+        return
+    for r in results.values():
+        if "latency_ms" in r and r.get("precision") == "int8":
+            r["int8_peak_fraction"] = {
+                "batch1_p50": gmacs / (r["latency_ms"]["p50"] / 1e3) / peak["gmacs"],
+                f"batch{r['throughput_batch']}": gmacs * r["throughput_ips"] / peak["gmacs"],
+            }
+
+
+def check_targets(results: Dict[str, Dict[str, Any]], build: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The issue's targets, each with the value measured in this run and whether it holds (None: not measured)."""
+    out = []
+    for t in TARGETS:
+        value: Optional[float] = None
+        if t["metric"] == "p50_ratio":
+            a, b = results.get(t["config"], {}), results.get(t["versus"], {})
+            if "latency_ms" in a and "latency_ms" in b:
+                value = a["latency_ms"]["p50"] / b["latency_ms"]["p50"]
+        elif t["metric"] == "throughput_ips":
+            value = results.get(t["config"], {}).get("throughput_ips")
+        elif build and build.get("measured_here"):
+            value = build.get("wall_s") if t["metric"] == "build_wall_s" else build.get("peak_rss_mb")
+        met = None if value is None else (value <= t["threshold"] if t["op"] == "<=" else value >= t["threshold"])
+        out.append({**t, "value": value, "met": met})
+    return out
+
+
+def run_bench(
+    build_dir: Optional[PathLike] = None,
+    arch: Optional[str] = None,
+    weights: Optional[PathLike] = None,
+    out: PathLike = "bench",
+    cache: Optional[PathLike] = None,
+    options: Optional[BenchOptions] = None,
+    target: str = "x86-cpu",
+    calib_count: int = 300,
+    val_count: int = 500,
+    seed: int = 0,
+    progress: Progress = None,
+) -> Dict[str, Any]:
+    """Benchmark a build directory, or build ``arch`` first (offline weights and images when none are given).
+
+    Writes bench.json, bench.md, bench.png and bench.html into ``out``; returns the bench.json content.
+    """
+    opts = options or BenchOptions()
+    opts.validate()
+    if weights is not None and arch is None:
+        raise BadInputError("--weights needs --arch: it names the architecture of the checkpoint.")
+    if (build_dir is None) == (arch is None):
+        raise BadInputError("Give either a build directory or --arch (with optional --weights), not both and not neither.")
+    out = ensure_writable_dir(Path(out))
+    work = out / "work"
+    t_start = time.perf_counter()
+    machine = machine_info(opts.measure_clock)
+    notes: List[str] = []
+    build: Dict[str, Any] = {}
+    if arch is not None:
+        from .arch import arch_inputs
+
+        inputs = arch_inputs(arch, weights, cache, calib_count, val_count, seed, progress)
+        notes += inputs.notes
+        if progress:
+            progress("build (child process)", 0, 1)
+        child = _build_for_arch(arch, inputs, out, target, calib_count)
+        if progress:
+            progress("build (child process)", 1, 1)
+        build = {"measured_here": True, **child}
+        build_dir = out / "build"
+        notes.append(f"The build ran as `resnext-deploy build` in a child process with the shipped {target} recipe, "
+                     f"calibration.count = {calib_count} and the accuracy fallback off; wall time and peak RSS are that process's.")
+    build_dir = Path(build_dir)  # type: ignore[arg-type]
+    manifest = read_manifest(build_dir)
+    report = json.loads((build_dir / "report.json").read_text()) if (build_dir / "report.json").is_file() else {}
+    build.update({"dir": str(build_dir), "stages_s": report.get("stages", {}), "gate_passed": (report.get("gate") or {}).get("passed"),
+                  "target": manifest.get("target")})
+    if not build.get("measured_here"):
+        build["wall_s"] = (report.get("stages") or {}).get("total")
+    data = _inputs(build_dir, manifest, work, opts.predict_images)
+    configs = configurations(build_dir, manifest, out / "peers")
+    if opts.configs:
+        unknown = sorted(set(opts.configs) - {c.name for c in configs})
+        if unknown:
+            raise BadInputError(f"Unknown bench configuration(s) {unknown}. Known: {', '.join(c.name for c in configs)}.")
+        configs = [c for c in configs if c.name in opts.configs]
+    prepared: Dict[str, Dict[str, Any]] = {}
+    for i, cfg in enumerate(c for c in configs if c.prepare):
+        if progress:
+            progress(f"prepare {cfg.name}", 0, 1)
+        try:
+            prepared[cfg.name] = _prepare_peer(cfg, data["calibration"], work / "logs")
+        except DeployError as exc:
+            prepared[cfg.name] = {"error": str(exc)}
+            log.warning("bench: %s", exc)
+        if progress:
+            progress(f"prepare {cfg.name}", 1, 1)
+    runnable = [c for c in configs if "error" not in prepared.get(c.name, {})]
+    load_before = load_average()
+    raw = measure(runnable, data["inputs"], work, opts, progress)
+    results: Dict[str, Dict[str, Any]] = {}
+    for c in configs:
+        r = {"name": c.name, "role": c.role, "backend": c.kind, "precision": c.precision, "path": c.path,
+             "description": c.description, "settings": c.settings}
+        if c.name in prepared:
+            r["prepare"] = prepared[c.name]
+            if "error" in prepared[c.name]:
+                r["error"] = prepared[c.name]["error"]
+        r.update(raw.get(c.name, {}))
+        results[c.name] = r
+    reference = _agreement(results, data["labels"])
+    _ratios(results)
+    macs = count_macs(build_dir / "onnx" / "model-fp32.onnx")
+    peak = int8_peak_gmacs(machine)
+    _peak_fraction(results, macs["gmacs"], peak)
+    for r in results.values():
+        r.pop("logits", None)
+    machine["load_average_during"] = {"before": load_before, "after": load_average()}
+    bench = {
+        "schema": BENCH_SCHEMA,
+        "schema_version": BENCH_SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": manifest.get("model", {}),
+        "arch": manifest.get("model", {}).get("arch"),
+        "macs_per_image": macs,
+        "machine": machine,
+        "int8_peak": peak,
+        "versions": library_versions(),
+        "options": asdict(opts),
+        "data": {k: v for k, v in data.items() if k in ("calibration_images", "images", "calibration_folder", "validation_folder")},
+        "agreement_reference": reference,
+        "build": build,
+        "configurations": list(results.values()),
+        "targets": check_targets(results, build),
+        "notes": notes + _standard_notes(reference),
+        "seconds": time.perf_counter() - t_start,
+    }
+    from .render import write_outputs
+
+    bench["outputs"] = [str(p) for p in write_outputs(bench, out)]
+    return bench
+
+
+def _standard_notes(reference: Optional[str]) -> List[str]:
+    notes = [
+        "Latency: batch 1, synchronous, after warm-up; p50/p90/p99 over every timed run of every round. Throughput: "
+        "synchronous batches, the median over rounds. Each configuration runs in its own process; rounds interleave them.",
+        "Peers run with their defaults (what a user gets without tuning); ours run with the build recipe's settings "
+        "(OpenVINO: static-shape compiled models for the listed batch sizes).",
+    ]
+    if reference:
+        notes.append(f"Agreement: share of the validation images whose top-1 equals {reference}'s.")
+    return notes
