@@ -172,7 +172,7 @@ def test_seeded_weights_have_batchnorm_statistics_of_the_images():
     assert torch.allclose(m.bn1.running_mean, mean, atol=1e-5, rtol=1e-4)
     assert torch.allclose(m.bn1.running_var, var, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(m.bn1.running_var, torch.ones_like(var), rtol=0.1)  # not the initial statistics
-    assert float(m.layer1[0].bn3.weight.mean()) == pytest.approx(0.2)
+    assert float(m.layer1[0].bn3.weight.detach().mean()) == pytest.approx(0.2)
     with torch.no_grad():
         logits = m(torch.from_numpy(x)).numpy()
     # the head is centred on these images and spread to the set scale: top-1 is not one class for all

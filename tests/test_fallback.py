@@ -25,6 +25,7 @@ target = "x86-cpu"
 precisions = ["int8"]
 [backends.openvino]
 precisions = ["int8"]
+activations = "int8"  # the TensorRT-style flavour: both Q/DQ flavours are built and both must leave the same layers in float
 [calibration]
 count = 64
 [evaluation]

@@ -214,7 +214,11 @@ def test_candidates_rank_engines_then_openvino_then_onnxruntime_int8_first(demo_
     engine = {"name": "tensorrt-int8", "path": "tensorrt/model-int8.engine", "kind": "tensorrt-engine",
               "backend": "tensorrt", "precision": "int8", "files": {}}
     fp16 = dict(engine, name="tensorrt-fp16", path="tensorrt/model-fp16.engine", precision="fp16")
+    s8 = dict(engine, name="onnx-int8-int8", path="onnx/model-int8-int8.onnx", kind="onnx-qdq", backend="onnx")
     manifest["artifacts"] += [fp16, engine]
+    # an x86 build has no TensorRT-flavour Q/DQ model: add one where a Jetson build lists it, before the uint8 one
+    at = next(i for i, a in enumerate(manifest["artifacts"]) if a["name"] == "onnx-int8-uint8")
+    manifest["artifacts"].insert(at, s8)
     names = [c.artifact.name for c in runtime.candidates(manifest)]
     assert names == [
         "tensorrt-int8", "tensorrt-fp16", "openvino-int8", "openvino-fp32", "onnxruntime-int8", "onnxruntime-fp32",
@@ -238,8 +242,9 @@ def test_a_bundle_without_engines_runs_its_onnx_in_onnxruntime(build_copy, caplo
     manifest["bundle"] = {"version": 1}
     path.write_text(json.dumps(manifest))
     caplog.set_level("WARNING", logger="resnext_deploy")
+    int8_onnx = next(a["name"] for a in manifest["artifacts"] if a["precision"] == "int8")
     with runtime.load(build_copy) as clf:
-        assert (clf.artifact.name, clf.backend) == ("onnx-int8-int8", "onnxruntime")
+        assert (clf.artifact.name, clf.backend) == (int8_onnx, "onnxruntime")
         assert clf.predict(np.zeros((32, 32), np.uint8))[0].label in clf.labels
     assert "compile --bundle" in caplog.text
     with pytest.raises(BadInputError, match="engines are not built yet.*compile --bundle"):
