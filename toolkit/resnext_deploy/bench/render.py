@@ -83,8 +83,9 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
                      f"({p['clock_source']}) = {p['gmacs']:.0f} GMAC/s")
     lines += ["", "## Results", "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(bench)]
-    lines += ["", "p50/p90/p99: batch-1 latency; img/s: batch-{} throughput; vs PyTorch / vs NNCF: p50 divided by theirs "
-              "(lower is faster); INT8 peak: batch-1 MAC rate over the machine's INT8 peak.".format(bench["options"]["batch_size"])]
+    lines += ["", "p50/p90/p99: batch-1 latency (ms); img/s: batch-{} throughput; vs PyTorch / vs NNCF: p50 divided by theirs, "
+              "the median over rounds of the per-round ratio (lower is faster); INT8 peak: batch-1 MAC rate over the "
+              "machine's INT8 peak.".format(bench["options"]["batch_size"])]
     if plot_name:
         lines += ["", f"![latency and throughput]({plot_name})"]
     lines += ["", "## Targets", "", "| target | value | result |", "|---|---|---|"]
