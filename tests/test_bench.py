@@ -250,3 +250,21 @@ def test_bench_recipe_is_the_shipped_one_with_300_images_and_no_fallback(tmp_pat
         derived["fallback"]["enabled"] = shipped["fallback"]["enabled"]
     derived["calibration"]["count"] = shipped["calibration"]["count"]
     assert derived == shipped
+
+
+def test_the_build_writes_a_self_contained_html_report(demo_build):
+    page = (demo_build.out_dir / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and "<table>" in page
+    for r in demo_build.report["results"]:
+        assert f"<td>{r['artifact']}" in page
+    assert "report.html" in demo_build.manifest["reports"]
+
+
+def test_markdown_pages_embed_their_png_plots(tmp_path):
+    from resnext_deploy.html_report import html_page
+
+    (tmp_path / "p.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    page = html_page("t", "# Title\n\n| a | b |\n|---|---|\n| `x` | **2** |\n\n- one\n\n![plot](p.png)\n![gone](missing.png)\n", tmp_path)
+    assert "<h1>Title</h1>" in page and "<th>a</th>" in page and "<td><code>x</code></td><td><b>2</b></td>" in page
+    assert "<li>one</li>" in page and base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode() in page
+    assert "[gone: missing.png]" in page

@@ -47,6 +47,7 @@ ON_DEVICE_MODULES: List[str] = [
     "ondevice.py",
     "backends/tensorrt.py",
     "backends/cuda_runtime.py",
+    "html_report.py",  # report.py writes report.html with it
 ]
 
 _BUILTIN_GENERICS = {"list", "dict", "tuple", "set", "frozenset", "type"}

@@ -145,10 +145,15 @@ def render_markdown(report: Dict[str, Any]) -> str:
 
 
 def write_report(report: Dict[str, Any], out_dir: Union[str, Path]) -> List[Path]:
-    """Write report.json and report.md into ``out_dir`` (each atomically)."""
+    """Write report.json, report.md and report.html (the Markdown, plots embedded) into ``out_dir`` (each atomically)."""
+    from .html_report import html_page
+
     out_dir = Path(out_dir)
     paths = []
-    for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=False)), ("report.md", render_markdown(report))):
+    md = render_markdown(report)
+    title = f"resnext-deploy report: {report['model'].get('name', '?')} on {report['target']}"
+    for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=False)), ("report.md", md),
+                       ("report.html", html_page(title, md, out_dir))):
         with atomic_file(out_dir / name) as tmp:
             tmp.write_text(text, encoding="utf-8")
         paths.append(out_dir / name)

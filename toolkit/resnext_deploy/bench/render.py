@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..artifacts import atomic_file
+from ..html_report import html_page
 from ..optional import require
 
 COLUMNS = ["configuration", "role", "prec", "p50 ms", "p90 ms", "p99 ms", "img/s", "first ms", "load s", "RSS MB",
@@ -143,67 +142,8 @@ def write_plot(bench: Dict[str, Any], path: Path) -> Path:
     return path
 
 
-def markdown_to_html_body(md: str) -> str:
-    """Just enough Markdown for our own reports: headings, bullet lists, tables, code spans, images."""
-    import re
-
-    out: List[str] = []
-    in_list = in_table = False
-    for line in md.splitlines():
-        if in_list and not line.startswith("- "):
-            out.append("</ul>")
-            in_list = False
-        if in_table and not line.startswith("|"):
-            out.append("</table>")
-            in_table = False
-        esc = html.escape(line)
-        esc = re.sub(r"`([^`]+)`", r"<code>\1</code>", esc)
-        esc = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", esc)
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{esc[level:].strip()}</h{level}>")
-        elif line.startswith("- "):
-            if not in_list:
-                out.append("<ul>")
-                in_list = True
-            out.append(f"<li>{esc[2:]}</li>")
-        elif line.startswith("|"):
-            cells = [c.strip() for c in esc.strip("|").split("|")]
-            if all(set(c) <= set("-:") for c in cells):
-                continue
-            tag = "th" if not in_table else "td"
-            if not in_table:
-                out.append("<table>")
-                in_table = True
-            out.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
-        elif line.startswith("!["):
-            continue  # images are embedded by the caller
-        elif line.strip():
-            out.append(f"<p>{esc}</p>")
-    if in_list:
-        out.append("</ul>")
-    if in_table:
-        out.append("</table>")
-    return "\n".join(out)
-
-
-_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-          "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
-          "td:first-child,th:first-child{text-align:left}img{max-width:100%}code{background:#f3f3f3}")
-
-
-def html_page(title: str, body_md: str, images: List[Path]) -> str:
-    """A self-contained HTML page: the Markdown rendered, the PNGs embedded as base64."""
-    figs = "".join(
-        f'<p><img alt="{html.escape(p.name)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></p>'
-        for p in images if p.is_file()
-    )
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>{markdown_to_html_body(body_md)}{figs}</body></html>\n")
-
-
 def write_outputs(bench: Dict[str, Any], out: Path) -> List[Path]:
-    """bench.json, bench.md, bench.png, bench.html in ``out`` (and report.html beside a build's report)."""
+    """bench.json, bench.md, bench.png and bench.html (the Markdown with the plot embedded) in ``out``."""
     out = Path(out)
     paths = []
     with atomic_file(out / "bench.json") as tmp:
@@ -217,6 +157,6 @@ def write_outputs(bench: Dict[str, Any], out: Path) -> List[Path]:
     paths.append(out / "bench.md")
     title = f"resnext-deploy bench: {bench['model'].get('arch') or bench['model'].get('name')}"
     with atomic_file(out / "bench.html") as tmp:
-        tmp.write_text(html_page(title, md, [png]))
+        tmp.write_text(html_page(title, md, out))
     paths.append(out / "bench.html")
     return paths
