@@ -80,10 +80,11 @@ def test_ratios_and_targets_are_computed_from_the_runs_own_numbers(demo_bench):
     assert targets["ours:openvino-int8 batch-8 throughput >= 120 img/s"]["value"] == ov["throughput_ips"]
     # a benchmark of an existing build did not time the build itself: those targets are not claimed
     assert targets["build wall time <= 240 s"]["met"] is None and targets["build peak RSS <= 6 GB"]["met"] is None
-    # the fraction of the INT8 peak follows from the MAC count, the p50 and the peak
-    if bench["int8_peak"]:
-        frac = ov["int8_peak_fraction"]["batch1_p50"]
-        assert frac == pytest.approx(bench["macs_per_image"]["gmacs"] / (ov["latency_ms"]["p50"] / 1e3) / bench["int8_peak"]["gmacs"])
+    # the fraction of the peak follows from the MAC count, the p50 and the peak at the configuration's precision
+    for name, peak in (("ours:openvino-int8", bench["int8_peak"]), ("pytorch-fp32", bench["fp32_peak"])):
+        if peak:
+            frac = rows[name]["peak_fraction"]["batch1_p50"]
+            assert frac == pytest.approx(bench["macs_per_image"]["gmacs"] / (rows[name]["latency_ms"]["p50"] / 1e3) / peak["gmacs"])
 
 
 def test_machine_versions_and_what_openvino_executes_are_recorded(demo_bench, demo_build):
@@ -230,12 +231,14 @@ def test_mac_count_matches_the_torch_modules(demo_build):
     assert macs["gmacs"] * 1e9 == pytest.approx(sum(total))
 
 
-def test_int8_peak_is_cores_times_macs_per_cycle_times_clock():
-    from resnext_deploy.bench.machine import int8_peak_gmacs
+def test_peak_is_cores_times_macs_per_cycle_times_clock():
+    from resnext_deploy.bench.machine import peak_gmacs
 
-    peak = int8_peak_gmacs({"flags": ["avx512_vnni"], "cores": 2, "clock_mhz_measured": 3000.0, "clock_mhz_nominal": 2500.0})
+    machine = {"flags": ["avx512f", "avx512_vnni"], "cores": 2, "clock_mhz_measured": 3000.0, "clock_mhz_nominal": 2500.0}
+    peak = peak_gmacs(machine, "int8")
     assert peak["gmacs"] == pytest.approx(2 * 128 * 3.0) and peak["clock_source"] == "measured"
-    assert int8_peak_gmacs({"flags": ["avx2"], "cores": 2, "clock_mhz_nominal": 2500.0}) is None
+    assert peak_gmacs(machine, "fp32")["gmacs"] == pytest.approx(2 * 32 * 3.0)
+    assert peak_gmacs({"flags": ["avx2"], "cores": 2, "clock_mhz_nominal": 2500.0}, "int8") is None
 
 
 def test_bench_recipe_is_the_shipped_one_with_300_images_and_no_fallback(tmp_path):

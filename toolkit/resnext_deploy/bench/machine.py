@@ -1,5 +1,5 @@
 """What the benchmark ran on: CPU model, ISA flags, clock, cores, load, library versions; and the model's
-multiply-accumulates, for the fraction of the machine's INT8 peak a run reaches."""
+multiply-accumulates, for the fraction of the machine's INT8 (and FP32) peak a run reaches."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ FLAGS_OF_INTEREST = (
 )
 #: int8 multiply-accumulates per cycle per core: two 512-bit VPDPBUSD per cycle (64 MACs each)
 INT8_MACS_PER_CYCLE_AVX512_VNNI = 128
+#: fp32 multiply-accumulates per cycle per core: two 512-bit FMA per cycle (16 lanes each)
+FP32_MACS_PER_CYCLE_AVX512 = 32
 
 # A dependent chain of 4 single-cycle adds per iteration: cycles = 4 x iterations, whatever the core's
 # boost clock is at the moment (a virtual machine's /proc/cpuinfo shows the nominal clock only).
@@ -104,17 +106,18 @@ def machine_info(measure_clock: bool = True) -> Dict[str, Any]:
     return out
 
 
-def int8_peak_gmacs(machine: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The machine's INT8 peak in GMAC/s: cores x 128 MAC/cycle (AVX-512 VNNI) x clock (measured, else nominal)."""
-    if "avx512_vnni" not in machine.get("flags", []):
-        return None
+def peak_gmacs(machine: Dict[str, Any], precision: str = "int8") -> Optional[Dict[str, Any]]:
+    """The machine's peak in GMAC/s: cores x MAC/cycle x clock (measured, else nominal). INT8: 128 MAC/cycle
+    with AVX-512 VNNI; FP32: 32 with AVX-512 FMA. None for other CPUs (no rule of thumb we would stand by)."""
+    need, per_cycle = {"int8": ("avx512_vnni", INT8_MACS_PER_CYCLE_AVX512_VNNI),
+                       "fp32": ("avx512f", FP32_MACS_PER_CYCLE_AVX512)}[precision]
     mhz = machine.get("clock_mhz_measured") or machine.get("clock_mhz_nominal")
-    if not mhz:
+    if need not in machine.get("flags", []) or not mhz:
         return None
     return {
-        "gmacs": machine["cores"] * INT8_MACS_PER_CYCLE_AVX512_VNNI * mhz / 1e3,
+        "gmacs": machine["cores"] * per_cycle * mhz / 1e3,
         "cores": machine["cores"],
-        "macs_per_cycle_per_core": INT8_MACS_PER_CYCLE_AVX512_VNNI,
+        "macs_per_cycle_per_core": per_cycle,
         "clock_mhz": mhz,
         "clock_source": "measured" if machine.get("clock_mhz_measured") else "/proc/cpuinfo (nominal)",
     }

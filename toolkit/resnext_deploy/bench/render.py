@@ -11,7 +11,7 @@ from ..html_report import html_page
 from ..optional import require
 
 COLUMNS = ["configuration", "role", "prec", "p50 ms", "p90 ms", "p99 ms", "img/s", "first ms", "load s", "RSS MB",
-           "agree", "vs PyTorch", "vs NNCF", "INT8 peak"]
+           "agree", "vs PyTorch", "vs NNCF", "% peak"]
 
 
 def _f(v: Optional[float], fmt: str) -> str:
@@ -25,7 +25,7 @@ def table_rows(bench: Dict[str, Any]) -> List[List[str]]:
             rows.append([r["name"], r["role"], r["precision"], "failed: " + (r.get("error") or "not measured")[:60]] + [""] * (len(COLUMNS) - 4))
             continue
         lat = r["latency_ms"]
-        peak = r.get("int8_peak_fraction", {}).get("batch1_p50")
+        peak = r.get("peak_fraction", {}).get("batch1_p50")
         rows.append([
             r["name"], r["role"], r["precision"],
             _f(lat["p50"], ".2f"), _f(lat["p90"], ".2f"), _f(lat["p99"], ".2f"),
@@ -76,15 +76,16 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
         f"{bench['options']['throughput_batches']} batch-{bench['options']['batch_size']} runs per configuration; "
         f"agreement on {bench['data'].get('images')} validation images",
     ]
-    if bench.get("int8_peak"):
-        p = bench["int8_peak"]
-        lines.append(f"- INT8 peak: {p['cores']} cores x {p['macs_per_cycle_per_core']} MAC/cycle x {p['clock_mhz']:.0f} MHz "
-                     f"({p['clock_source']}) = {p['gmacs']:.0f} GMAC/s")
+    for name in ("int8", "fp32"):
+        p = bench.get(f"{name}_peak")
+        if p:
+            lines.append(f"- {name.upper()} peak: {p['cores']} cores x {p['macs_per_cycle_per_core']} MAC/cycle x {p['clock_mhz']:.0f} MHz "
+                         f"({p['clock_source']}) = {p['gmacs']:.0f} GMAC/s")
     lines += ["", "## Results", "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(bench)]
     lines += ["", "p50/p90/p99: batch-1 latency (ms); img/s: batch-{} throughput; vs PyTorch / vs NNCF: p50 divided by theirs, "
-              "the median over rounds of the per-round ratio (lower is faster); INT8 peak: batch-1 MAC rate over the "
-              "machine's INT8 peak.".format(bench["options"]["batch_size"])]
+              "the median over rounds of the per-round ratio (lower is faster); % peak: batch-1 MAC rate over the "
+              "machine's peak at the configuration's precision.".format(bench["options"]["batch_size"])]
     if plot_name:
         lines += ["", f"![latency and throughput]({plot_name})"]
     lines += ["", "## Targets", "", "| target | value | result |", "|---|---|---|"]

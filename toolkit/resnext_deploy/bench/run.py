@@ -22,7 +22,7 @@ from ..artifacts import atomic_file, ensure_writable_dir
 from ..errors import BadInputError, DeployError
 from ..manifest import read_manifest
 from ..preprocess import Preprocessing
-from .machine import count_macs, int8_peak_gmacs, library_versions, load_average, machine_info
+from .machine import count_macs, library_versions, load_average, machine_info, peak_gmacs
 from .pool import Worker, run_child
 
 log = logging.getLogger(__name__)
@@ -329,12 +329,14 @@ def _ratios(results: Dict[str, Dict[str, Any]]) -> None:
                 r[f"throughput_ratio_{key}"] = paired_ratio(r["throughput_per_round"], base["throughput_per_round"])
 
 
-def _peak_fraction(results: Dict[str, Dict[str, Any]], gmacs: Optional[float], peak: Optional[Dict[str, Any]]) -> None:
-    if not gmacs or not peak:
+def _peak_fraction(results: Dict[str, Dict[str, Any]], gmacs: Optional[float], peaks: Dict[str, Any]) -> None:
+    """Each configuration's MAC rate as a fraction of the machine's peak at its precision (batch-1 p50, batch N)."""
+    if not gmacs:
         return
     for r in results.values():
-        if "latency_ms" in r and r.get("precision") == "int8":
-            r["int8_peak_fraction"] = {
+        peak = peaks.get(r.get("precision"))
+        if "latency_ms" in r and peak:
+            r["peak_fraction"] = {
                 "batch1_p50": gmacs / (r["latency_ms"]["p50"] / 1e3) / peak["gmacs"],
                 f"batch{r['throughput_batch']}": gmacs * r["throughput_ips"] / peak["gmacs"],
             }
@@ -442,8 +444,8 @@ def run_bench(
     reference = _agreement(results, data["labels"])
     _ratios(results)
     macs = count_macs(build_dir / "onnx" / "model-fp32.onnx")
-    peak = int8_peak_gmacs(machine)
-    _peak_fraction(results, macs["gmacs"], peak)
+    peaks = {p: peak_gmacs(machine, p) for p in ("int8", "fp32")}
+    _peak_fraction(results, macs["gmacs"], peaks)
     for r in results.values():
         r.pop("logits", None)
     machine["load_average_during"] = {"before": load_before, "after": load_average()}
@@ -455,7 +457,8 @@ def run_bench(
         "arch": manifest.get("model", {}).get("arch"),
         "macs_per_image": macs,
         "machine": machine,
-        "int8_peak": peak,
+        "int8_peak": peaks["int8"],
+        "fp32_peak": peaks["fp32"],
         "versions": library_versions(),
         "options": asdict(opts),
         "data": {k: v for k, v in data.items() if k in ("calibration_images", "images", "calibration_folder", "validation_folder")},
