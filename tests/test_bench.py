@@ -100,7 +100,14 @@ def test_machine_versions_and_what_openvino_executes_are_recorded(demo_bench, de
     assert rows["openvino-fp32"]["details"]["static_batches"] == []  # the peer: as a user compiles it
     assert rows["openvino-fp32"]["details"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
     assert bench["build"]["stages_s"] == demo_build.report["stages"]
-    assert bench["macs_per_image"]["gmacs"] > 0
+    macs = bench["macs_per_image"]
+    assert macs["gmacs"] == pytest.approx(sum(macs["by_op_gmacs"].values())) and macs["by_op_gmacs"]["Conv (grouped)"] > 0
+    # each runtime's own per-layer profile: OpenVINO's executed int8 kernels, ORT's operators
+    ov_prof = rows["ours:openvino-int8"]["profile"]
+    assert ov_prof["total_ms"] > 0 and any("GroupConvolution" in k and "I8" in k.upper() for k in ov_prof["by_kind_ms"])
+    ort_prof = rows["ours:onnxruntime-int8"]["profile"]
+    assert {"QLinearConv", "QLinearConv (grouped)"} <= set(ort_prof["by_kind_ms"])
+    assert rows["pytorch-fp32"]["profile"] == {}
 
 
 def test_outputs_are_written(demo_bench):

@@ -398,6 +398,7 @@ def demo_hostile(out: Path, blocks: str, factor: float, channel: int) -> None:
 @click.option("--batches", type=int, default=2, show_default=True, help="Timed batch-8 runs per configuration per round.")
 @click.option("--images", type=int, default=100, show_default=True, help="Validation images every configuration classifies (agreement).")
 @click.option("--config", "configs", multiple=True, help="Only these configurations (repeatable), e.g. --config nncf-int8.")
+@click.option("--profile-runs", type=int, default=20, show_default=True, help="Batch-1 runs under each runtime's per-layer profiler (0: none).")
 @click.option("--calib-count", type=int, default=300, show_default=True, help="Calibration images for --arch.")
 @click.option("--val-count", type=int, default=500, show_default=True, help="Validation images for --arch.")
 @click.option("--json", "as_json", is_flag=True, help="Print bench.json instead of the table.")
@@ -405,13 +406,13 @@ def demo_hostile(out: Path, blocks: str, factor: float, channel: int) -> None:
 @_run
 def bench(ctx: click.Context, build_dir: Optional[Path], arch: Optional[str], weights: Optional[Path], out: Path,
           cache: Optional[Path], rounds: int, iterations: int, batches: int, images: int, configs: tuple,
-          calib_count: int, val_count: int, as_json: bool) -> None:
+          profile_runs: int, calib_count: int, val_count: int, as_json: bool) -> None:
     """Time our artifacts beside PyTorch eager, ONNX Runtime, OpenVINO and NNCF, in one run (writes bench.json/.md/.png/.html)."""
     from .bench import BenchOptions, run_bench
     from .bench.render import render_table
 
     opts = BenchOptions(rounds=rounds, latency_iterations=iterations, throughput_batches=batches, predict_images=images,
-                        configs=list(configs) or None)
+                        configs=list(configs) or None, profile_runs=profile_runs)
     res = run_bench(build_dir, arch, weights, out, cache, opts, calib_count=calib_count, val_count=val_count,
                     progress=ctx.obj["progress"])
     click.echo(json.dumps(res, indent=2, default=str) if as_json else render_table(res))

@@ -160,17 +160,19 @@ def count_macs(onnx_path: Union[str, Path]) -> Dict[str, Any]:
     by_op: Dict[str, int] = {}
     for node in proto.graph.node:
         macs = 0
+        kind = node.op_type
         if node.op_type == "Conv" and node.input[1] in inits and node.output[0] in shapes:
             w = inits[node.input[1]]  # (out, in/groups, kh, kw)
             out = shapes[node.output[0]]
             macs = int(_prod(out) * _prod(w[1:]))
+            kind = "Conv (grouped)" if _attr(node, "group") > 1 else "Conv"
         elif node.op_type in ("Gemm", "MatMul") and node.output[0] in shapes:
             w = inits.get(node.input[1]) or shapes.get(node.input[1])
             if w:
                 k = w[1] if node.op_type == "Gemm" and _attr(node, "transB") else w[0]
                 macs = int(_prod(shapes[node.output[0]]) * k)
         if macs:
-            by_op[node.op_type] = by_op.get(node.op_type, 0) + macs
+            by_op[kind] = by_op.get(kind, 0) + macs
     total = sum(by_op.values())
     return {"gmacs": total / 1e9, "by_op_gmacs": {k: v / 1e9 for k, v in by_op.items()}}
 

@@ -66,7 +66,8 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
         f"# resnext-deploy bench: {m.get('arch') or m.get('name')}",
         "",
         f"- model: `{m.get('name')}` ({m.get('arch') or 'ONNX'}, {m.get('num_classes')} classes), "
-        f"{bench['macs_per_image']['gmacs']:.3f} GMAC per image",
+        f"{bench['macs_per_image']['gmacs']:.3f} GMAC per image ("
+        + ", ".join(f"{k} {v:.3f}" for k, v in bench["macs_per_image"].get("by_op_gmacs", {}).items()) + ")",
         f"- machine: {mach['cpu']} (family {mach.get('cpu_family')}, model {mach.get('cpu_model')}), {mach['cores']} cores, "
         f"flags {', '.join(mach['flags'])}; clock {_f(mach.get('clock_mhz_measured'), '.0f') or '?'} MHz measured "
         f"({_f(mach.get('clock_mhz_nominal'), '.0f')} MHz nominal){', virtual machine' if mach.get('hypervisor') else ''}",
@@ -98,6 +99,13 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
                          f"exit code {b['exit_code']} (gate {'passed' if b.get('gate_passed') else 'failed'})")
         lines += ["", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in (b.get("stages_s") or {}).items() if isinstance(v, (int, float))]
+    profiled = [r for r in bench["configurations"] if (r.get("profile") or {}).get("by_kind_ms")]
+    if profiled:
+        lines += ["", "## Where the time goes (batch 1, the runtime's own per-layer profiler, ms per inference)", ""]
+        for r in profiled:
+            p = r["profile"]
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in list(p["by_kind_ms"].items())[:6])
+            lines.append(f"- `{r['name']}` ({p['tool']}, sum {p['total_ms']:.2f}): {parts}")
     lines += ["", "## What each configuration is", ""]
     for r in bench["configurations"]:
         prep = r.get("prepare") or {}

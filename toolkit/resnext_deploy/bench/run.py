@@ -58,6 +58,7 @@ class BenchOptions:
     batch_size: int = 8
     warmup: int = 5
     predict_images: int = 100  # validation images every configuration classifies (agreement)
+    profile_runs: int = 20  # batch-1 runs under the runtime's own per-layer profiler (0: no profile)
     configs: Optional[List[str]] = None  # None = all
     measure_clock: bool = True
 
@@ -65,6 +66,8 @@ class BenchOptions:
         for k in ("rounds", "latency_iterations", "throughput_batches", "batch_size", "predict_images"):
             if int(getattr(self, k)) < 1:
                 raise BadInputError(f"bench option {k.replace('_', '-')} must be at least 1, got {getattr(self, k)}.")
+        if self.profile_runs < 0:
+            raise BadInputError(f"bench option profile-runs must be 0 (no profile) or more, got {self.profile_runs}.")
 
 
 @dataclass
@@ -265,6 +268,7 @@ def measure(configs: List[BenchConfig], inputs: Path, work: Path, opts: BenchOpt
             logits.parent.mkdir(parents=True, exist_ok=True)
             try:
                 w.call("predict", out=str(logits), batch=opts.batch_size)
+                prof = w.call("profile", runs=opts.profile_runs)["profile"] if opts.profile_runs > 0 else {}
                 fin = w.call("finish")
             except DeployError as exc:
                 results[name] = {"error": str(exc)}
@@ -281,6 +285,7 @@ def measure(configs: List[BenchConfig], inputs: Path, work: Path, opts: BenchOpt
                 "throughput_batch": opts.batch_size,
                 "peak_rss_mb": fin["peak_rss_mb"],
                 "details": fin.get("details", {}),
+                "profile": prof,
                 "threads": fin.get("threads", {}),
                 "logits": str(logits),
             })

@@ -101,6 +101,12 @@ class Session:
         np.save(out, np.concatenate(logits).astype(np.float32))
         return {"images": int(len(self.inputs))}
 
+    def profile(self, runs: int) -> Dict[str, Any]:
+        """Per-layer counters of this configuration at batch 1 (a separately compiled copy; see profile.py)."""
+        from .profile import profile
+
+        return {"profile": profile(self.spec["kind"], self.spec["path"], self.spec.get("settings") or {}, self.one, runs)}
+
     def finish(self) -> Dict[str, Any]:
         details = dict(getattr(self.runner, "details", {}) or {})
         self.runner.close()
@@ -146,7 +152,7 @@ def main() -> None:
             assert session is not None, "load first"
             handlers: Dict[str, Callable[..., Dict[str, Any]]] = {
                 "warmup": session.warmup, "latency": session.latency, "throughput": session.throughput,
-                "predict": session.predict, "finish": session.finish,
+                "predict": session.predict, "profile": session.profile, "finish": session.finish,
             }
             send({"ok": True, **handlers[op](**cmd)})
             if op == "finish":
