@@ -136,8 +136,10 @@ def test_gate_fails_for_real_when_calibration_collapses(tmp_path, fast_recipe):
     assert {"onnxruntime-int8", "openvino-int8"} <= failed
     assert report["dataset"]["calibration_images"] == 1
     # The report command re-gates a build with the same verdict
-    again = CliRunner().invoke(cli, ["report", str(out), "--recipe", str(fast_recipe)])
+    again = CliRunner().invoke(cli, ["report", str(out), "--recipe", str(fast_recipe), "--json"])
     assert again.exit_code == EXIT_GATE_FAILED
+    regated = json.loads(again.output)
+    assert regated["export"] == report["export"] and regated["check"] == report["check"]  # build sections kept
 
 
 def test_a_lenient_recipe_passes_the_same_collapsed_build(tmp_path, fast_recipe):

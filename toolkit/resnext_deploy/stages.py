@@ -249,10 +249,15 @@ def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = 
     report = make_report(
         model=data["model"], target=recipe.target, reference=data["reference"], results=data["results"], gate=gate,
         dataset=data["dataset"], stages=data.get("stages"), notes=data.get("notes"),
+        # keep what the build added (check, export, fallback, sensitivity, tensorrt ...): only the gate is redone
+        extra={k: v for k, v in data.items() if k not in _REPORT_CORE},
     )
     if out_dir:
         write_report(report, out_dir)
     return report
+
+
+_REPORT_CORE = {"schema", "schema_version", "model", "target", "reference", "dataset", "results", "gate", "stages", "notes"}
 
 
 def _schema(path: Path) -> Any:
