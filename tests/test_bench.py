@@ -98,6 +98,9 @@ def test_machine_versions_and_what_openvino_executes_are_recorded(demo_bench, de
     assert ours["execution"]["float_convolutions"] == []  # every convolution runs in 8 bits
     assert sum(ours["execution"]["convolutions_by_precision"].values()) == 13
     assert rows["openvino-fp32"]["details"]["static_batches"] == []  # the peer: as a user compiles it
+    # the threads each runtime really runs with are recorded
+    assert 1 <= rows["ours:openvino-int8"]["threads"]["threads"] <= m["cores"] and rows["ours:openvino-int8"]["threads"]["streams"] == 1
+    assert rows["pytorch-fp32"]["threads"]["threads"] >= 1 and "default" in str(rows["ort-fp32"]["threads"]["threads"])
     assert rows["openvino-fp32"]["details"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
     assert bench["build"]["stages_s"] == demo_build.report["stages"]
     macs = bench["macs_per_image"]

@@ -74,6 +74,8 @@ class OpenVinoRunner(Runner):
         self.details = {
             "config": {k: str(v) for k, v in self._config.items()},
             "static_batches": [b for b in self._compiled if b is not None],
+            "threads": _property(first, "INFERENCE_NUM_THREADS"),  # what the plugin chose, not what we asked
+            "streams": _property(first, "NUM_STREAMS"),
             "execution": execution_precisions(first),
         }
 
@@ -107,6 +109,14 @@ class OpenVinoRunner(Runner):
     def close(self) -> None:
         self._compiled = {}
         self._local = threading.local()
+
+
+def _property(compiled: Any, name: str) -> Any:
+    try:
+        value = compiled.get_property(name)
+        return int(value) if str(value).isdigit() else str(value)
+    except Exception:  # introspection only
+        return None
 
 
 def execution_precisions(compiled: Any) -> Dict[str, Any]:

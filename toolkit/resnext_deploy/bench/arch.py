@@ -108,7 +108,7 @@ def arch_inputs(
         module = load_torch_model(checkpoint, arch).module
         notes.append(f"Weights: the checkpoint '{checkpoint}' (sha256 {sha256_file(checkpoint)[:12]}).")
     else:
-        checkpoint = model_dir / "model.pth"
+        checkpoint = model_dir / f"{arch}.pth"  # the build names the model after the file
         if not checkpoint.is_file():
             from ..optional import require
             from .weights import seeded_model

@@ -103,9 +103,14 @@ class Session:
 
     def profile(self, runs: int) -> Dict[str, Any]:
         """Per-layer counters of this configuration at batch 1 (a separately compiled copy; see profile.py)."""
-        from .profile import profile
+        from .profile import make_profiler
 
-        return {"profile": profile(self.spec["kind"], self.spec["path"], self.spec.get("settings") or {}, self.one, runs)}
+        try:  # a profiler that fails must not take the configuration's timings with it
+            if not hasattr(self, "_profiler"):
+                self._profiler = make_profiler(self.spec["kind"], self.spec["path"], self.spec.get("settings") or {}, self.one)
+            return {"profile": self._profiler(runs) if self._profiler else {}}
+        except Exception as exc:
+            return {"profile": {"error": f"{type(exc).__name__}: {exc}"}}
 
     def finish(self) -> Dict[str, Any]:
         details = dict(getattr(self.runner, "details", {}) or {})
@@ -116,13 +121,24 @@ class Session:
 def thread_settings(details: Dict[str, Any]) -> Dict[str, Any]:
     """The threads each runtime really uses (its own report where it gives one)."""
     out: Dict[str, Any] = {}
-    for key in ("threads", "streams", "inference_threads"):
+    for key in ("threads", "streams"):
         if key in details:
             out[key] = details[key]
+    if out.get("threads") == 0 and "providers" in details:  # ONNX Runtime reports the setting, 0 = its default
+        out["threads"] = f"ONNX Runtime default: one per physical core ({_physical_cores()})"
     for env in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         if os.environ.get(env):
             out[env] = os.environ[env]
     return out
+
+
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except ImportError:
+        return os.cpu_count() or 1
 
 
 def main() -> None:
