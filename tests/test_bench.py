@@ -18,6 +18,7 @@ from resnext_deploy.errors import EXIT_BAD_INPUT
 ALL_CONFIGS = {
     "pytorch-fp32", "ort-fp32", "openvino-fp32", "nncf-int8", "ort-int8-default",
     "ours:onnxruntime-fp32", "ours:onnxruntime-int8", "ours:openvino-fp32", "ours:openvino-int8",
+    "ours:openvino-int8@THROUGHPUT",  # the recipe's LATENCY hint against THROUGHPUT
 }
 
 
@@ -98,6 +99,7 @@ def test_machine_versions_and_what_openvino_executes_are_recorded(demo_bench, de
     assert ours["execution"]["float_convolutions"] == []  # every convolution runs in 8 bits
     assert sum(ours["execution"]["convolutions_by_precision"].values()) == 13
     assert rows["openvino-fp32"]["details"]["static_batches"] == []  # the peer: as a user compiles it
+    assert rows["ours:openvino-int8@THROUGHPUT"]["details"]["config"]["PERFORMANCE_HINT"] == "THROUGHPUT"
     # the threads each runtime really runs with are recorded
     assert 1 <= rows["ours:openvino-int8"]["threads"]["threads"] <= m["cores"] and rows["ours:openvino-int8"]["threads"]["streams"] == 1
     assert rows["pytorch-fp32"]["threads"]["threads"] >= 1 and "default" in str(rows["ort-fp32"]["threads"]["threads"])

@@ -127,7 +127,7 @@ def write_plot(bench: Dict[str, Any], path: Path) -> Path:
 
     rows = [r for r in bench["configurations"] if "latency_ms" in r]
     names = [r["name"] for r in rows]
-    colors = ["#d62728" if r["role"] == "ours" else "#7f7f7f" for r in rows]
+    colors = [{"ours": "#d62728", "variant": "#f2a0a0"}.get(r["role"], "#7f7f7f") for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.8))
     p50 = [r["latency_ms"]["p50"] for r in rows]
     err = [r["latency_ms"]["p90"] - r["latency_ms"]["p50"] for r in rows]
@@ -143,7 +143,7 @@ def write_plot(bench: Dict[str, Any], path: Path) -> Path:
         for i, v in enumerate(vals):
             ax.text(v, i, " " + fmt.format(v), va="center", fontsize=8)
     fig.suptitle(f"{bench['model'].get('arch') or bench['model'].get('name')} on {bench['machine']['cpu']} "
-                 f"({bench['machine']['cores']} cores); red: our build, grey: peers", fontsize=10)
+                 f"({bench['machine']['cores']} cores); red: our build (light: a variant), grey: peers", fontsize=10)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
