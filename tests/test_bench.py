@@ -49,8 +49,9 @@ def test_every_configuration_runs_in_its_own_process_and_is_measured(demo_bench,
     # the float configurations agree with PyTorch on every image; INT8 nearly always (the demo is trained)
     for name in ("ort-fp32", "openvino-fp32", "ours:onnxruntime-fp32", "ours:openvino-fp32"):
         assert rows[name]["agreement"] == 1.0 and rows[name]["max_abs_logit_diff"] < 1e-3, name
+        assert rows[name]["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
     for name in ("nncf-int8", "ort-int8-default", "ours:onnxruntime-int8", "ours:openvino-int8"):
-        assert rows[name]["agreement"] >= 0.9, name
+        assert rows[name]["agreement"] >= 0.9 and 0.95 < rows[name]["mean_cosine"] < 1.0, name
     assert bench["agreement_reference"] == "pytorch-fp32"
     # the peers were made on the build's own calibration images, in their own processes
     cal = demo_build.report["dataset"]["calibration_images"]

@@ -22,21 +22,52 @@ from .optional import require
 log = logging.getLogger(__name__)
 
 FLAVOURS = ("uint8", "int8")
-# ORT's calibration session keeps every intermediate tensor of a batch alive (~330 MB per 224x224 image on
-# ResNeXt-50): batch 16 peaked at 5.5 GB, batch 8 at 2.8 GB; min-max ranges do not depend on the batch.
-CALIB_BATCH = 8
+# ORT's calibration session holds about 2.7x a batch's intermediate tensors (ResNeXt-50: 126 MB of activations
+# per 224x224 image, ~340 MB measured; batch 16 peaked at 5.5 GB, batch 8 at 2.8 GB). Min-max ranges do not depend
+# on the batch, so the batch is the largest (up to CALIB_BATCH) that keeps this under CALIB_MEMORY_MB.
+CALIB_BATCH = 16
+CALIB_MEMORY_MB = 2048
+_CALIB_MEMORY_FACTOR = 2.7
 
 
-def _calibration_reader(data: np.ndarray, input_name: str, progress: Optional[Callable[[int, int], None]]) -> Any:
+def activation_mb_per_image(proto: Any) -> Optional[float]:
+    """MB of intermediate tensors one image produces (shape inference; symbolic dims count as 1), or None."""
+    onnx = require("onnx", "quantize to INT8")
+    if not proto.graph.value_info:
+        try:
+            proto = onnx.shape_inference.infer_shapes(proto)
+        except Exception:  # a model shape inference cannot follow: no estimate
+            return None
+    sizes: Dict[str, int] = {}  # by name: a model shape-inferred twice may list a tensor twice
+    for vi in proto.graph.value_info:
+        t = vi.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        n = 1
+        for d in t.shape.dim:
+            n *= d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+        sizes[vi.name] = n * 4  # float32 in the calibration session
+    total = sum(sizes.values())
+    return total / 2**20 if total else None
+
+
+def calibration_batch(proto: Any) -> int:
+    """Images per calibration batch: as many as keep ORT's calibration session under CALIB_MEMORY_MB."""
+    per_image = activation_mb_per_image(proto)
+    if not per_image:
+        return 8
+    return int(max(1, min(CALIB_BATCH, CALIB_MEMORY_MB // (per_image * _CALIB_MEMORY_FACTOR))))
+
+
+def _calibration_reader(data: np.ndarray, input_name: str, progress: Optional[Callable[[int, int], None]],
+                        batch: int = 8) -> Any:
     quant = require("onnxruntime.quantization", "quantize to INT8")
 
     class _Reader(quant.CalibrationDataReader):
         """Feeds the preprocessed calibration images in fixed-size batches, in order."""
 
         def __init__(self) -> None:
-            self._chunks: Iterator[np.ndarray] = iter(
-                [data[i : i + CALIB_BATCH] for i in range(0, len(data), CALIB_BATCH)]
-            )
+            self._chunks: Iterator[np.ndarray] = iter([data[i : i + batch] for i in range(0, len(data), batch)])
             self._done = 0
 
         def get_next(self) -> Optional[Dict[str, np.ndarray]]:
@@ -106,6 +137,7 @@ def qdq_from_onnx(
         raise BadInputError("No calibration images: give a folder with readable images.")
     proto = onnx.load(str(fp32_path))
     input_name = proto.graph.input[0].name
+    batch = calibration_batch(proto)
     extra: Dict[str, Any] = {
         "WeightSymmetric": True,
         "ActivationSymmetric": flavour == "int8",
@@ -128,7 +160,7 @@ def qdq_from_onnx(
             quant.quantize_static(
                 str(fp32_path),
                 str(tmp),
-                _calibration_reader(calibration, input_name, progress),
+                _calibration_reader(calibration, input_name, progress, batch),
                 quant_format=quant.QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=quant.QuantType.QUInt8 if flavour == "uint8" else quant.QuantType.QInt8,
@@ -148,6 +180,7 @@ def qdq_from_onnx(
         "weights": "int8 symmetric per-channel",
         "calibration_method": method,
         "calibration_images": int(len(calibration)),
+        "calibration_batch": batch,
         "excluded_nodes": list(exclude_nodes),
     }
     if quantize_nodes:

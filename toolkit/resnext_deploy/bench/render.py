@@ -11,7 +11,7 @@ from ..html_report import html_page
 from ..optional import require
 
 COLUMNS = ["configuration", "role", "prec", "p50 ms", "p90 ms", "p99 ms", "img/s", "first ms", "load s", "RSS MB",
-           "agree", "vs PyTorch", "vs NNCF", "% peak"]
+           "agree", "cos", "vs PyTorch", "vs NNCF", "% peak"]
 
 
 def _f(v: Optional[float], fmt: str) -> str:
@@ -32,6 +32,7 @@ def table_rows(bench: Dict[str, Any]) -> List[List[str]]:
             _f(r.get("throughput_ips"), ".1f"), _f(r.get("first_inference_ms"), ".1f"), _f(r.get("load_s"), ".2f"),
             _f(r.get("peak_rss_mb"), ".0f"),
             _f(r["agreement"] * 100, ".1f") + "%" if "agreement" in r else "",
+            _f(r.get("mean_cosine"), ".4f"),
             _f(r.get("p50_ratio_vs_pytorch"), ".3f") + "x" if "p50_ratio_vs_pytorch" in r else "",
             _f(r.get("p50_ratio_vs_nncf"), ".3f") + "x" if "p50_ratio_vs_nncf" in r else "",
             _f(peak * 100, ".0f") + "%" if peak is not None else "",
@@ -85,7 +86,8 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
     lines += ["", "## Results", "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(bench)]
     lines += ["", "p50/p90/p99: batch-1 latency (ms); img/s: batch-{} throughput; vs PyTorch / vs NNCF: p50 divided by theirs, "
-              "the median over rounds of the per-round ratio (lower is faster); % peak: batch-1 MAC rate over the "
+              "the median over rounds of the per-round ratio (lower is faster); agree / cos: top-1 agreement with the float "
+              "model and the mean cosine of the logits to its logits; % peak: batch-1 MAC rate over the "
               "machine's peak at the configuration's precision.".format(bench["options"]["batch_size"])]
     if plot_name:
         lines += ["", f"![latency and throughput]({plot_name})"]

@@ -342,6 +342,9 @@ def _agreement(results: Dict[str, Dict[str, Any]], labels: Optional[np.ndarray])
         lg = np.load(r["logits"])
         r["agreement"] = float(np.mean(lg.argmax(1) == ref.argmax(1)))
         r["max_abs_logit_diff"] = float(np.abs(lg - ref).max())
+        # independent of how close the top two classes are (a random network's are close): the logits' direction
+        cos = np.sum(lg * ref, 1) / np.maximum(np.linalg.norm(lg, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
+        r["mean_cosine"] = float(cos.mean())
         if labels is not None and len(labels) == len(lg):
             r["top1"] = float(np.mean(lg.argmax(1) == labels))
     return ref_name
