@@ -91,7 +91,10 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
               "machine's peak at the configuration's precision.".format(bench["options"]["batch_size"])]
     if plot_name:
         lines += ["", f"![latency and throughput]({plot_name})"]
-    lines += ["", "## Targets", "", "| target | value | result |", "|---|---|---|"]
+    lines += ["", "## Targets", ""]
+    if bench.get("arch") != "resnext50_32x4d":
+        lines += ["The targets are set for ResNeXt-50 32x4d at 224x224; for this model they are for reference only.", ""]
+    lines += ["| target | value | result |", "|---|---|---|"]
     for t in bench["targets"]:
         lines.append(f"| {t['name']} | {_value(t)} | {_mark(t['met'])} |")
     if b:
