@@ -284,3 +284,26 @@ def test_markdown_pages_embed_their_png_plots(tmp_path):
     assert "<h1>Title</h1>" in page and "<th>a</th>" in page and "<td><code>x</code></td><td><b>2</b></td>" in page
     assert "<li>one</li>" in page and base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode() in page
     assert "[gone: missing.png]" in page
+
+
+def test_bench_of_an_arch_builds_it_in_a_child_process_and_times_the_build(tmp_path):
+    """--arch with --weights: natural images, labels from the float model, the build timed as its own process."""
+    from resnext_deploy.bench import BenchOptions, run_bench
+    from resnext_deploy.demo import DEMO_CHECKPOINT
+
+    opts = BenchOptions(rounds=1, latency_iterations=2, throughput_batches=1, warmup=1, predict_images=16, profile_runs=0,
+                        measure_clock=False, configs=["pytorch-fp32", "ours:openvino-int8"])
+    bench = run_bench(arch="resnext_demo", weights=DEMO_CHECKPOINT, out=tmp_path / "b", cache=tmp_path / "c", options=opts,
+                      calib_count=40, val_count=24)
+    build = bench["build"]
+    assert build["measured_here"] and build["exit_code"] in (0, 3) and 0 < build["wall_s"] and build["peak_rss_mb"] > 50
+    assert set(build["stages_s"]) >= {"export", "quantize", "compile", "evaluate", "total"}
+    targets = {t["name"]: t for t in bench["targets"]}
+    assert targets["build wall time <= 240 s"]["value"] == build["wall_s"]
+    assert targets["build peak RSS <= 6 GB"]["met"] == (build["peak_rss_mb"] <= 6144)
+    assert [r["name"] for r in bench["configurations"]] == ["pytorch-fp32", "ours:openvino-int8"]
+    # the validation images are labeled by the float model: the build's float reference scores (nearly) 100%
+    report = json.loads((tmp_path / "b" / "build" / "report.json").read_text())
+    assert report["dataset"]["calibration_images"] == 40 and report["dataset"]["validation_images"] == 24
+    assert next(r for r in report["results"] if r["artifact"] == "pytorch-fp32")["top1"] == 1.0
+    assert any("checkpoint" in n for n in bench["notes"]) and any("top-1" in n and "Labels" in n for n in bench["notes"])

@@ -78,6 +78,7 @@ def arch_inputs(
     val_count: int = 500,
     seed: int = 0,
     progress: Progress = None,
+    target: str = "x86-cpu",
 ) -> ArchInputs:
     """Everything `build` needs for ``arch`` without a download (cached under ``cache``)."""
     from ..models.resnext import ARCHS
@@ -86,26 +87,28 @@ def arch_inputs(
         raise BadInputError(f"Unknown --arch '{arch}'. Known architectures: {', '.join(sorted(ARCHS))}.")
     if weights is not None and not Path(weights).is_file():
         raise BadInputError(f"The weights file '{weights}' does not exist. Pass a torchvision-format checkpoint, or no --weights.")
-    spec_size = ARCHS[arch].input_size
-    spec = Preprocessing() if spec_size == 224 else Preprocessing(resize=int(round(spec_size * 256 / 224)), crop=spec_size)
+    from ..build import _preprocessing, resolve_model
+    from ..recipes import load_recipe
+
+    # The images are labeled exactly as the build will preprocess them: the checkpoint's own preprocessing
+    # (if it records one) with the recipe's overrides, else the architecture's default.
+    overrides = load_recipe(target=target).section("preprocess")
+    src = resolve_model(weights, arch, None, overrides) if weights is not None else None
+    spec = src.preprocessing if src is not None else _preprocessing(None, ARCHS[arch].input_size, overrides)
     cache = ensure_writable_dir(Path(cache) if cache else default_cache())
-    size = spec.resize
     if progress:
         progress("generate natural images", 0, 2)
-    calib = cached_natural_images(cache, calib_count, seed, size)
-    val_flat = cached_natural_images(cache, val_count, seed + 1, size)  # held out: another seed, other crops
+    calib = cached_natural_images(cache, calib_count, seed, spec.resize)
+    val_flat = cached_natural_images(cache, val_count, seed + 1, spec.resize)  # held out: another seed, other crops
     if progress:
         progress("generate natural images", 2, 2)
-    key = hashlib.sha256(f"{arch}|{seed}|{calib_count}|{GENERATOR_VERSION}|".encode()
+    key = hashlib.sha256(f"{arch}|{seed}|{calib_count}|{GENERATOR_VERSION}|{spec.to_dict()}|".encode()
                          + (sha256_file(weights).encode() if weights else b"seeded")).hexdigest()[:12]
     model_dir = cache / f"{arch}-{key}"
     model_dir.mkdir(exist_ok=True)
     notes: List[str] = []
-    from ..models.loading import load_torch_model
-
-    if weights is not None:
-        checkpoint = Path(weights)
-        module = load_torch_model(checkpoint, arch).module
+    if src is not None:
+        checkpoint = Path(weights)  # type: ignore[arg-type]
         notes.append(f"Weights: the checkpoint '{checkpoint}' (sha256 {sha256_file(checkpoint)[:12]}).")
     else:
         checkpoint = model_dir / f"{arch}.pth"  # the build names the model after the file
@@ -122,20 +125,19 @@ def arch_inputs(
                 torch.save({"state_dict": module.state_dict(), "arch": arch, "num_classes": ARCHS[arch].default_num_classes}, str(tmp))
             if progress:
                 progress("initialise weights, re-estimate BatchNorm", 1, 1)
-        else:
-            module = load_torch_model(checkpoint, arch).module
+        src = resolve_model(checkpoint, arch, None, overrides)
         notes.append(
             f"Weights: no checkpoint was given, so {arch} was initialised from seed {seed} (each residual branch's last "
             "BatchNorm scaled to 0.2, as trained ResNets keep their branches small), its BatchNorm statistics "
             "re-estimated on 128 calibration images and its classifier head centred on their features: activation "
             "ranges look like a trained network's, so INT8 timing is representative. It is not a trained classifier."
         )
-    num_classes = int(module.fc.out_features)
+    num_classes = int(src.num_classes or ARCHS[arch].default_num_classes)
     val = model_dir / f"val-n{val_count}-s{seed + 1}"
     if not val.is_dir():
         if progress:
             progress("label validation images", 0, 1)
-        label_by_model(module.eval(), val_flat, val, spec, num_classes)
+        label_by_model(src.module.eval(), val_flat, val, src.preprocessing, num_classes)
         if progress:
             progress("label validation images", 1, 1)
     notes.append(

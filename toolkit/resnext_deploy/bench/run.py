@@ -432,7 +432,7 @@ def run_bench(
     if arch is not None:
         from .arch import arch_inputs
 
-        inputs = arch_inputs(arch, weights, cache, calib_count, val_count, seed, progress)
+        inputs = arch_inputs(arch, weights, cache, calib_count, val_count, seed, progress, target)
         notes += inputs.notes
         if progress:
             progress("build (child process)", 0, 1)
