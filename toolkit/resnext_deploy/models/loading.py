@@ -320,15 +320,7 @@ def _from_state_dict(
     model = create(arch, num_classes)
     _load_weights(model, sd, p, arch, num_classes, explicit_classes)
     model.eval()
-    return LoadedModel(
-        module=model,
-        arch=arch,
-        num_classes=num_classes,
-        source=source,
-        labels=_labels(meta.get("labels"), p),
-        preprocessing=_preprocessing(meta.get("preprocessing"), p),
-        metadata=_plain_metadata(meta),
-    )
+    return _loaded(model, arch, num_classes, source, meta, p)
 
 
 def _from_module(
@@ -351,6 +343,11 @@ def _from_module(
     ckpt_arch = meta.get("arch") if meta.get("arch") is not None else detected
     arch = _resolve_arch(arch, ckpt_arch, p, required=False)
     num_classes = _resolve_num_classes_for_module(module, num_classes, meta.get("num_classes"), p)
+    return _loaded(module, arch, num_classes, source, meta, p)
+
+
+def _loaded(module: Any, arch: Optional[str], num_classes: Optional[int], source: str, meta: Mapping[str, Any], p: Path) -> LoadedModel:
+    """The LoadedModel, with labels/preprocessing/metadata taken (and validated) from the checkpoint's dict."""
     return LoadedModel(
         module=module,
         arch=arch,
