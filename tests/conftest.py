@@ -15,7 +15,7 @@ if str(ROOT / "toolkit") not in sys.path:  # run from a checkout without install
 @pytest.fixture(scope="session")
 def demo_build(tmp_path_factory):
     """The shipped demo built for x86-cpu with the shipped recipe: a BuildResult."""
-    from resnext_deploy.build import build
+    from resnext_deploy.pipeline.build import build
 
     out = tmp_path_factory.mktemp("demo-build") / "x86-cpu"
     return build(model=None, target="x86-cpu", out=out)
@@ -73,7 +73,7 @@ iterations = 5
 @pytest.fixture(scope="session")
 def jetson_build(tmp_path_factory, jetson_recipe):
     """The demo built for a Jetson target on this machine (no TensorRT, no GPU): ends in a bundle."""
-    from resnext_deploy.build import build
+    from resnext_deploy.pipeline.build import build
 
     out = tmp_path_factory.mktemp("jetson-build") / "jetson-orin-nx"
     return build(model=None, recipe_path=jetson_recipe, out=out)

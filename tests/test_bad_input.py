@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,7 +95,7 @@ def test_calibration_folder_missing_empty_or_unreadable(tmp_path, small_val):
 
 
 def test_odd_image_modes_are_converted_and_corrupt_files_skipped(tmp_path):
-    from resnext_deploy.datasets import load_calibration
+    from resnext_deploy.pipeline.datasets import load_calibration
     from resnext_deploy.preprocess import Preprocessing
 
     calib = tmp_path / "calib"
@@ -155,7 +154,7 @@ def test_user_model_needs_data_folders(tmp_path):
 
 
 def test_internal_errors_are_not_tracebacks(tmp_path, monkeypatch):
-    import resnext_deploy.build as build_mod
+    import resnext_deploy.pipeline.build as build_mod
 
     def boom(*a, **k):
         raise RuntimeError("simulated backend crash")

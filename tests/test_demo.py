@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnext_deploy import datasets, demo
+from resnext_deploy import demo
+from resnext_deploy.pipeline import datasets
 from resnext_deploy.demo import DEMO_CALIB, DEMO_CHECKPOINT, DEMO_DIR, DEMO_PREPROCESSING, DEMO_VAL
 
 LABELS = [str(i) for i in range(10)]

@@ -17,38 +17,49 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "toolkit" / "resnext_deploy"
 PY38 = (3, 8)
 
-#: Every module the device imports, relative to toolkit/resnext_deploy. Append yours (the bundle reader,
-#: the TensorRT backend, `compile --bundle`) here: the runtime and everything it imports must stay 3.8.
-ON_DEVICE_MODULES: List[str] = [
-    "__init__.py",
-    "errors.py",
-    "optional.py",
-    "artifacts.py",
-    "manifest.py",
-    "preprocess.py",
-    "backends/__init__.py",
-    "backends/base.py",
-    "backends/onnxruntime.py",
-    "backends/openvino.py",
-    "runtime/__init__.py",
-    "runtime/classifier.py",
-    "runtime/inputs.py",
-    "runtime/selection.py",
-    # `resnext-deploy compile --bundle` on the device (issue 3): numpy + TensorRT only
-    "__main__.py",
-    "cli.py",
-    "gate.py",
-    "evaluate.py",
-    "report.py",
-    "engine_plan.py",
-    "calib_cache.py",
-    "qdq_rules.py",
-    "bundle.py",
-    "ondevice.py",
-    "backends/tensorrt.py",
-    "backends/cuda_runtime.py",
-    "html_report.py",  # report.py writes report.html with it
-]
+#: The on-device boundary is the layout: the package root, backends/, runtime/ and tensorrt/ run on JetPack's
+#: Python (3.8 on JetPack 5) with numpy and one backend; pipeline/, accuracy/, bench/ and models/ are the
+#: workstation's. tensorrt/stage.py is the workstation half of the TensorRT package.
+ON_DEVICE_FOLDERS = ("", "backends", "runtime", "tensorrt")
+WORKSTATION_ONLY = {"tensorrt/stage.py"}
+WORKSTATION_PACKAGES = ("pipeline", "accuracy", "bench", "models")
+
+
+def _on_device_modules() -> List[str]:
+    found = []
+    for folder in ON_DEVICE_FOLDERS:
+        for path in sorted((PACKAGE / folder).glob("*.py")):
+            rel = path.relative_to(PACKAGE).as_posix()
+            if rel not in WORKSTATION_ONLY:
+                found.append(rel)
+    return found
+
+
+ON_DEVICE_MODULES: List[str] = _on_device_modules()
+
+
+def _imported_packages(rel: str) -> List[Tuple[int, str]]:
+    """Top-level resnext_deploy subpackages a module imports, lazily or not, as (line, package)."""
+    tree = ast.parse(_source(rel))
+    here = ["resnext_deploy"] + list(Path(rel).parent.parts)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+                target = base + (node.module.split(".") if node.module else [])
+                names = [a.name for a in node.names]
+            else:
+                target = (node.module or "").split(".")
+                names = [a.name for a in node.names]
+            if target[0] != "resnext_deploy":
+                continue
+            if len(target) > 1:
+                found.append((node.lineno, target[1]))
+            else:
+                found += [(node.lineno, n) for n in names]
+    return found
+
 
 _BUILTIN_GENERICS = {"list", "dict", "tuple", "set", "frozenset", "type"}
 
@@ -113,6 +124,18 @@ def test_vermin_minimum_version_is_at_most_38(rel):
     assert minimum is not None and tuple(minimum) <= PY38, (
         f"{rel} needs Python {minimum}:\n{visitor.output_text()}"
     )
+
+
+def test_the_boundary_is_drawn_from_the_layout():
+    assert "runtime/classifier.py" in ON_DEVICE_MODULES and "tensorrt/ondevice.py" in ON_DEVICE_MODULES
+    assert "tensorrt/stage.py" not in ON_DEVICE_MODULES and not any(m.startswith("pipeline/") for m in ON_DEVICE_MODULES)
+
+
+@pytest.mark.parametrize("rel", [m for m in ON_DEVICE_MODULES if m not in ("cli.py", "demo.py")])
+def test_on_device_modules_import_nothing_from_the_workstation_packages(rel):
+    """cli.py dispatches to both halves lazily and demo.py trains; every other on-device module stays on its side."""
+    bad = [(line, pkg) for line, pkg in _imported_packages(rel) if pkg in WORKSTATION_PACKAGES]
+    assert not bad, f"{rel} imports workstation packages at {bad}: the device has no torch, onnx or pipeline/"
 
 
 def test_the_checks_catch_39_only_code():

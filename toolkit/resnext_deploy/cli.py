@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
 import click
 
@@ -110,7 +110,7 @@ def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_cl
           recipe: Optional[Path], calib: Optional[Path], val: Optional[Path], out: Optional[Path], as_json: bool,
           sensitivity: Optional[bool]) -> None:
     """Run the whole pipeline and gate it; writes one build directory."""
-    from .build import build as run_build
+    from .pipeline.build import build as run_build
     from .report import render_table
 
     res = run_build(model, target, recipe, out, arch, num_classes, calib, val, ctx.obj["progress"], sensitivity=sensitivity)
@@ -152,7 +152,7 @@ _size_opt = click.option("--input-size", type=int, default=None, help="Crop size
 @_run
 def check(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], as_json: bool) -> None:
     """Lint a model before export: residual adds of unequal shapes, grouped convs whose channels don't divide."""
-    from .stages import check_file
+    from .pipeline.commands import check_file
 
     res = check_file(model, arch, num_classes)
     click.echo(json.dumps(res, indent=2) if as_json else res.get("summary", f"{res['model']}: passed {', '.join(res.get('checks', []))}"))
@@ -168,7 +168,7 @@ def check(model: Optional[Path], arch: Optional[str], num_classes: Optional[int]
 def export(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], out: Path, calib: Optional[Path],
            target: str, recipe: Optional[Path]) -> None:
     """Check, export to ONNX (opset >= 17, dynamic batch), simplify, and compare with PyTorch."""
-    from .stages import export_file
+    from .pipeline.commands import export_file
 
     art = export_file(model, out, arch, num_classes, calib, _recipe(target, recipe))
     click.echo(f"wrote {art.path} (max |onnx - torch| = {art.settings['max_abs_diff_vs_torch']:.3g}, sha256 {art.sha256[:12]})")
@@ -188,7 +188,7 @@ def export(model: Optional[Path], arch: Optional[str], num_classes: Optional[int
 def quantize(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Path], activations: str,
              input_size: Optional[int], target: str, recipe: Optional[Path]) -> None:
     """Calibrate and quantize to an INT8 Q/DQ ONNX (method, count and seed from the recipe)."""
-    from .stages import quantize_file
+    from .pipeline.commands import quantize_file
 
     art = quantize_file(onnx_path, out, calib, _recipe(target, recipe), activations, input_size, ctx.obj["progress"])
     click.echo(f"wrote {art.path} ({art.settings['calibration_method']}, {art.settings['calibration_images']} images, {activations} activations)")
@@ -215,8 +215,8 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
     if bundle is not None:
         if any(v is not None for v in (onnx_path, backend, precision, out)):
             raise click.UsageError("--bundle takes no --onnx/--backend/--precision/--out: the bundle's recipe says what to build.")
-        from .ondevice import compile_bundle
         from .report import render_table
+        from .tensorrt.ondevice import compile_bundle
 
         res = compile_bundle(bundle, ctx.obj["progress"])
         click.echo(render_table(res.report))
@@ -227,7 +227,7 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
         raise click.UsageError(f"compile needs {', '.join(missing)} (or --bundle DIR on the device).")
     if precision == "fp16" and backend != "tensorrt":
         raise click.UsageError(f"--precision fp16 is for --backend tensorrt; {backend} compiles fp32 or int8.")
-    from .stages import compile_file
+    from .pipeline.commands import compile_file
 
     art = compile_file(onnx_path, backend, precision, out, _recipe(target, recipe))
     click.echo(f"wrote {art.path} ({art.backend} {art.precision})")
@@ -246,8 +246,8 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
 def evaluate(ctx: click.Context, artifacts: tuple, reference: Path, val: Optional[Path], out: Optional[Path],
              input_size: Optional[int], target: str, recipe: Optional[Path]) -> None:
     """Accuracy, agreement, logit error, latency and size of artifacts (by path) on the same images."""
+    from .pipeline.commands import evaluate_files
     from .report import render_table
-    from .stages import evaluate_files
 
     ev = evaluate_files(reference, artifacts, val, _recipe(target, recipe), input_size, out, ctx.obj["progress"])
     click.echo(render_table(ev, with_gate=False))
@@ -264,8 +264,8 @@ def evaluate(ctx: click.Context, artifacts: tuple, reference: Path, val: Optiona
 @_run
 def report(source: Path, out: Optional[Path], as_json: bool, target: str, recipe: Optional[Path]) -> None:
     """Gate an evaluation JSON (or re-gate a build directory) with the recipe; exit 3 if a gate fails."""
+    from .pipeline.commands import report_from
     from .report import render_table
-    from .stages import report_from
 
     rep = report_from(source, _recipe(target, recipe), out)
     click.echo(json.dumps(rep, indent=2) if as_json else render_table(rep))
@@ -345,8 +345,8 @@ def sensitivity(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[
                 measure: Optional[str], subset: Optional[int], max_excluded: Optional[int], no_search: bool, compare_nncf: bool,
                 as_json: bool, input_size: Optional[int], target: str, recipe: Optional[Path]) -> None:
     """Rank the layers by how much INT8 error each brings, find the layers to leave in float, compare with NNCF."""
-    from .accuracy_study import comparison_rows, study_file
-    from .sensitivity import markdown_table
+    from .accuracy.sensitivity import markdown_table
+    from .accuracy.study import comparison_rows, study_file
 
     doc = study_file(onnx_path, out, _recipe(target, recipe), calib, val, input_size, activations, measure, subset,
                      max_excluded, not no_search, compare_nncf, ctx.obj["progress"])

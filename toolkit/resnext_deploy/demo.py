@@ -238,8 +238,8 @@ def train_demo(
     the first ``limit`` training images only (for smoke tests). Returns the metrics.
     """
     torch = require("torch", "train the demo model")
-    from . import datasets
     from .models.resnext import create
+    from .pipeline import datasets
 
     data_dir, out_path = Path(data_dir), Path(out_path)
     if epochs < 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
@@ -17,7 +17,6 @@ from .backends.base import Runner
 
 log = logging.getLogger(__name__)
 
-Progress = Optional[Callable[[str, int, int], None]]
 
 
 @dataclass
@@ -55,7 +54,9 @@ class Metrics:
 
 
 def predict_all(runner: Runner, data: np.ndarray, batch_size: int, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-    from .preprocess import batches  # here, not at the top: on a device `compile --bundle` runs without Pillow
+    from .preprocess import (
+        batches,  # here, not at the top: on a device `compile --bundle` runs without Pillow
+    )
 
     out = []
     for sl in batches(len(data), batch_size):

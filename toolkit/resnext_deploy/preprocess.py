@@ -6,7 +6,7 @@ calibration and evaluation did. Needs only numpy and Pillow (this module runs on
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple, Union
 

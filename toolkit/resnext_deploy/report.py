@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .artifacts import atomic_file
 from .errors import BadInputError
@@ -103,7 +103,9 @@ def render_table(report: Dict[str, Any], with_gate: bool = True) -> str:
     return "\n".join(out)
 
 
-def render_markdown(report: Dict[str, Any]) -> str:
+def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = ()) -> str:
+    """The report as Markdown; ``extra_sections`` (Markdown lines from the caller, e.g. the accuracy fallback's) go
+    after the gate and what the backend executes."""
     m, d = report["model"], report["dataset"]
     lines = [
         f"# resnext-deploy report: {m.get('name', '?')} on {report['target']}",
@@ -131,10 +133,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
         lines += ["", "## What the backend executes", ""]
         for a, e in execs:
             lines.append(f"- `{a}`: {json.dumps(e, sort_keys=True)}")
-    if report.get("fallback") or report.get("sensitivity"):
-        from .fallback import markdown_sections  # accuracy-driven quantization: fallback, layer sensitivity
-
-        lines += [""] + markdown_sections(report)
+    if extra_sections:
+        lines += [""] + list(extra_sections)
     if report.get("stages"):
         lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
         for k, v in report["stages"].items():
@@ -144,13 +144,13 @@ def render_markdown(report: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: Dict[str, Any], out_dir: Union[str, Path]) -> List[Path]:
+def write_report(report: Dict[str, Any], out_dir: Union[str, Path], extra_sections: Sequence[str] = ()) -> List[Path]:
     """Write report.json, report.md and report.html (the Markdown, plots embedded) into ``out_dir`` (each atomically)."""
     from .html_report import html_page
 
     out_dir = Path(out_dir)
     paths = []
-    md = render_markdown(report)
+    md = render_markdown(report, extra_sections)
     title = f"resnext-deploy report: {report['model'].get('name', '?')} on {report['target']}"
     for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=False)), ("report.md", md),
                        ("report.html", html_page(title, md, out_dir))):

@@ -11,7 +11,7 @@ from .base import Backend, Runner
 _REGISTRY: Dict[str, str] = {
     "onnxruntime": "resnext_deploy.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "resnext_deploy.backends.openvino:OpenVinoBackend",
-    "tensorrt": "resnext_deploy.backends.tensorrt:TensorRtBackend",
+    "tensorrt": "resnext_deploy.tensorrt.backend:TensorRtBackend",
 }
 
 _CACHE: Dict[str, Backend] = {}

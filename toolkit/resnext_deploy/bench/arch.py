@@ -14,18 +14,18 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, List, Union
 
 import numpy as np
 
 from ..artifacts import atomic_dir, atomic_file, ensure_writable_dir, sha256_file
 from ..errors import BadInputError
 from ..preprocess import Preprocessing, preprocess_paths
+from ..progress import Progress
 from .images import GENERATOR_VERSION, cached_natural_images
 
 log = logging.getLogger(__name__)
 
-Progress = Optional[Callable[[str, int, int], None]]
 
 
 @dataclass
@@ -87,14 +87,14 @@ def arch_inputs(
         raise BadInputError(f"Unknown --arch '{arch}'. Known architectures: {', '.join(sorted(ARCHS))}.")
     if weights is not None and not Path(weights).is_file():
         raise BadInputError(f"The weights file '{weights}' does not exist. Pass a torchvision-format checkpoint, or no --weights.")
-    from ..build import _preprocessing, resolve_model
+    from ..pipeline.source import preprocessing_for, resolve_model
     from ..recipes import load_recipe
 
     # The images are labeled exactly as the build will preprocess them: the checkpoint's own preprocessing
     # (if it records one) with the recipe's overrides, else the architecture's default.
     overrides = load_recipe(target=target).section("preprocess")
     src = resolve_model(weights, arch, None, overrides) if weights is not None else None
-    spec = src.preprocessing if src is not None else _preprocessing(None, ARCHS[arch].input_size, overrides)
+    spec = src.preprocessing if src is not None else preprocessing_for(None, ARCHS[arch].input_size, overrides)
     cache = ensure_writable_dir(Path(cache) if cache else default_cache())
     if progress:
         progress("generate natural images", 0, 2)

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -22,12 +22,18 @@ from ..artifacts import atomic_file, ensure_writable_dir
 from ..errors import BadInputError, DeployError
 from ..manifest import read_manifest
 from ..preprocess import Preprocessing
-from .machine import count_macs, library_versions, load_average, machine_info, peak_gmacs
+from ..progress import Progress
+from .machine import (
+    count_macs,
+    library_versions,
+    load_average,
+    machine_info,
+    peak_gmacs,
+)
 from .pool import Worker, run_child
 
 log = logging.getLogger(__name__)
 
-Progress = Optional[Callable[[str, int, int], None]]
 PathLike = Union[str, Path]
 
 BENCH_SCHEMA = "resnext-deploy/bench"
@@ -187,7 +193,7 @@ def configurations(build_dir: Path, manifest: Dict[str, Any], peers_dir: Path) -
 
 def _inputs(build_dir: Path, manifest: Dict[str, Any], work: Path, count: int) -> Dict[str, Any]:
     """The calibration images the build used (for the peers' quantizers) and validation images to classify."""
-    from ..datasets import load_calibration, load_labeled
+    from ..pipeline.datasets import load_calibration, load_labeled
 
     spec = Preprocessing.from_dict(manifest["preprocessing"])
     recipe = manifest.get("recipe") or {}

@@ -7,7 +7,7 @@ width = int(planes * width_per_group / 64) * groups.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 from ..optional import require

@@ -1,0 +1,242 @@
+"""A Jetson build on a machine without TensorRT: the bundle, its archive, the pending report, compile --bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from resnext_deploy.tensorrt.bundle import read_bundle, verify_bundle
+from resnext_deploy.tensorrt.calib_cache import read_calibration_cache, scales_from_qdq, tensor_names
+from resnext_deploy.cli import cli
+from resnext_deploy.errors import BadInputError
+from resnext_deploy.manifest import read_manifest, verify_artifacts
+from resnext_deploy.tensorrt.qdq_rules import check_qdq_model
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE_FILES = {
+    "README.md", "manifest.json", "recipe.toml", "model-fp32.onnx", "model-int8-qdq.onnx", "calibration.cache",
+    "golden/inputs.npy", "golden/reference-fp32.npy", "golden/reference-int8-qdq.npy", "golden/golden.json",
+}
+ENGINES = ["tensorrt-fp16", "tensorrt-int8", "tensorrt-dla0-fp16", "tensorrt-dla0-int8"]
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(jetson_build):
+    return jetson_build.out_dir / "resnext_demo-jetson-orin-nx-bundle"
+
+
+def _files(root: Path):
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def test_build_ends_in_a_bundle_and_its_archive(jetson_build, bundle_dir):
+    assert jetson_build.passed
+    assert _files(bundle_dir) == BUNDLE_FILES
+    assert (jetson_build.out_dir / "resnext_demo-jetson-orin-nx-bundle.tar.gz").is_file()
+    assert verify_bundle(bundle_dir) == []
+    # the build's own manifest lists every bundle file and the archive, and they verify
+    manifest = read_manifest(jetson_build.out_dir)
+    art = next(a for a in manifest["artifacts"] if a["name"] == "tensorrt-bundle")
+    assert set(art["files"]) == {"resnext_demo-jetson-orin-nx-bundle.tar.gz"} | {
+        f"resnext_demo-jetson-orin-nx-bundle/{f}" for f in BUNDLE_FILES}
+    assert verify_artifacts(manifest, jetson_build.out_dir) == []
+
+
+def test_report_marks_engines_pending_and_gates_the_qdq_model(jetson_build):
+    rows = {r["artifact"]: r for r in jetson_build.report["results"]}
+    assert [n for n in rows if rows[n].get("pending")] == ENGINES
+    assert all(rows[n]["backend"] == "tensorrt" and "compile --bundle" in rows[n]["reason"] for n in ENGINES)
+    q = rows["onnx-int8-int8"]  # the model TensorRT's INT8 engine is built from, measured in ONNX Runtime
+    assert q["backend"] == "onnxruntime" and q["precision"] == "int8" and q["images"] == 100
+    assert q["agreement"] >= 0.98 and q["max_abs_logit_diff"] > 0
+    gated = {c["artifact"] for c in jetson_build.report["gate"]["checks"]}
+    assert "onnx-int8-int8" in gated and not gated & set(ENGINES)
+    md = (jetson_build.out_dir / "report.md").read_text()
+    assert md.count("pending on device") == len(ENGINES)
+
+
+def test_manifest_hashes_and_contents(bundle_dir):
+    b = read_bundle(bundle_dir)
+    m = b.manifest
+    assert m["schema"] == "resnext-deploy/manifest" and m["target"] == "jetson-orin-nx"
+    assert {a["name"]: a["path"] for a in m["artifacts"]} == {"onnx-fp32": "model-fp32.onnx", "onnx-int8-int8": "model-int8-qdq.onnx"}
+    assert set(b.info["files"]) == BUNDLE_FILES - {"manifest.json", "model-fp32.onnx", "model-int8-qdq.onnx"}
+    assert [e["name"] for e in b.info["engines"]] == ENGINES
+    dla_int8 = b.info["engines"][3]
+    assert (dla_int8["source"], dla_int8["calibration_cache"], dla_int8["min_batch"], dla_int8["max_batch"]) == ("fp32", True, 1, 1)
+    assert m["preprocessing"]["crop"] == 32 and m["labels"] == [str(i) for i in range(10)]
+    assert b.tensorrt["dla_core"] == 0 and b.recipe["evaluation"]["iterations"] == 5
+    assert b.info["qdq_check"]["passed"] and check_qdq_model(bundle_dir / "model-int8-qdq.onnx", require_qdq=True).passed
+
+
+def test_golden_outputs_recomputed_with_onnxruntime_match(bundle_dir):
+    b = read_bundle(bundle_dir)
+    g = b.golden
+    assert g.inputs.shape == (12, 3, 32, 32) and g.inputs.dtype == np.float32
+    assert len(g.labels) == 12 and sorted(set(g.labels.tolist())) == list(range(10))  # spread over every class
+    sess = ort.InferenceSession(str(bundle_dir / "model-fp32.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": g.inputs})[0], g.reference_fp32, rtol=1e-5, atol=1e-5)
+    q = ort.InferenceSession(str(bundle_dir / "model-int8-qdq.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(q.run(None, {"input": g.inputs})[0], g.reference_qdq, rtol=1e-5, atol=1e-5)
+    assert (g.reference_fp32.argmax(1) == g.labels).mean() >= 0.9
+
+
+def test_calibration_cache_matches_the_fp32_onnx_beside_it(bundle_dir):
+    cache = read_calibration_cache(bundle_dir / "calibration.cache")
+    assert cache.header == "TRT-100300-EntropyCalibration2"
+    assert set(cache.scales) <= set(tensor_names(bundle_dir / "model-fp32.onnx"))
+    assert cache.scales == scales_from_qdq(bundle_dir / "model-int8-qdq.onnx")
+
+
+def test_readme_has_the_trtexec_lines(bundle_dir):
+    text = (bundle_dir / "README.md").read_text()
+    for fragment in [
+        "resnext-deploy compile --bundle .",
+        "trtexec --onnx=model-fp32.onnx --fp16 --minShapes=input:1x3x32x32 --optShapes=input:1x3x32x32 --maxShapes=input:8x3x32x32",
+        "trtexec --onnx=model-int8-qdq.onnx --int8 --fp16",
+        "--saveEngine=engines/tensorrt-int8.engine",
+        "--timingCacheFile=engines/timing.cache",
+        "--memPoolSize=workspace:1024",
+        "trtexec --onnx=model-fp32.onnx --int8 --fp16 --calib=calibration.cache --shapes=input:1x3x32x32 --useDLACore=0 --allowGPUFallback",
+        "TRT-100300-EntropyCalibration2",
+    ]:
+        assert fragment in text, fragment
+
+
+def test_archive_unpacked_elsewhere_is_complete(jetson_build, bundle_dir, tmp_path):
+    tar = jetson_build.out_dir / "resnext_demo-jetson-orin-nx-bundle.tar.gz"
+    with tarfile.open(tar) as t:
+        names = t.getnames()
+        assert all(n == bundle_dir.name or n.startswith(bundle_dir.name + "/") for n in names)
+        t.extractall(tmp_path, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    copy = tmp_path / bundle_dir.name
+    assert _files(copy) == BUNDLE_FILES
+    b = read_bundle(copy)
+    np.testing.assert_array_equal(b.golden.inputs, read_bundle(bundle_dir).golden.inputs)
+    for f in BUNDLE_FILES:
+        assert (copy / f).read_bytes() == (bundle_dir / f).read_bytes(), f
+
+
+def test_a_damaged_bundle_is_refused_naming_the_file(bundle_dir, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    data = bytearray((copy / "golden" / "reference-fp32.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "golden" / "reference-fp32.npy").write_bytes(bytes(data))
+    (copy / "calibration.cache").unlink()
+    with pytest.raises(BadInputError) as err:
+        read_bundle(copy)
+    assert "golden/reference-fp32.npy: sha256 differs" in str(err.value) and "calibration.cache: missing" in str(err.value)
+    res = CliRunner().invoke(cli, ["compile", "--bundle", str(copy)])
+    assert res.exit_code == 2 and "calibration.cache: missing" in res.output
+
+
+def test_compile_bundle_without_tensorrt_says_what_to_install(bundle_dir):
+    res = CliRunner().invoke(cli, ["compile", "--bundle", str(bundle_dir)])
+    assert res.exit_code == 5, res.output
+    assert "'tensorrt'" in res.output and "JetPack" in res.output and "pip install tensorrt" in res.output
+    assert "Traceback" not in res.output
+    assert not (bundle_dir / "engines").exists()  # nothing half-written
+
+
+def test_compile_needs_onnx_options_or_a_bundle():
+    res = CliRunner().invoke(cli, ["compile", "--backend", "openvino"])
+    assert res.exit_code == 2 and "--onnx" in res.output
+    res = CliRunner().invoke(cli, ["compile", "--bundle", "x", "--precision", "int8"])
+    assert res.exit_code == 2
+
+
+_DEVICE_SCRIPT = r"""
+import importlib.abc, json, sys
+BLOCKED = {"torch", "onnx", "onnxruntime", "openvino", "PIL", "tomli", "nncf", "sklearn", "matplotlib"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"blocked on the device: {name}")
+sys.meta_path.insert(0, Block())
+from resnext_deploy.tensorrt.bundle import read_bundle
+from resnext_deploy.errors import MissingDependencyError
+from resnext_deploy.tensorrt.ondevice import compile_bundle
+import resnext_deploy.tensorrt.backend, resnext_deploy.tensorrt.calib_cache, resnext_deploy.tensorrt.qdq_rules, resnext_deploy.cli
+b = read_bundle(sys.argv[1])
+try:
+    compile_bundle(sys.argv[1])
+    outcome = "built"
+except MissingDependencyError as exc:
+    outcome = f"exit {exc.exit_code}: {exc}"
+print(json.dumps({"golden": list(b.golden.inputs.shape), "outcome": outcome,
+                  "heavy": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}))
+"""
+
+
+def test_the_device_path_needs_only_numpy(bundle_dir):
+    """Reading the bundle and `compile --bundle` import nothing but numpy (and TensorRT, absent here)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "toolkit"))
+    proc = subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT, str(bundle_dir)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["golden"] == [12, 3, 32, 32] and out["heavy"] == []
+    assert out["outcome"].startswith("exit 5:") and "tensorrt" in out["outcome"]
+
+
+def test_cli_build_for_a_jetson_exits_0_and_shows_pending(jetson_recipe, tmp_path):
+    res = CliRunner().invoke(cli, ["-q", "build", "--recipe", str(jetson_recipe), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("pending on device") == len(ENGINES) and "gate PASSED" in res.output
+    assert (tmp_path / "b" / "resnext_demo-jetson-orin-nx-bundle.tar.gz").is_file()
+
+
+def test_runtime_loads_the_bundle_before_its_engines_exist(bundle_dir):
+    """Before `compile --bundle`, the runtime runs the bundle's ONNX in ONNX Runtime: the golden references."""
+    from resnext_deploy import runtime
+
+    g = read_bundle(bundle_dir).golden
+    with runtime.load(bundle_dir) as clf:
+        assert clf.backend == "onnxruntime"
+        np.testing.assert_allclose(clf.logits(g.inputs), g.reference_qdq if clf.precision == "int8" else g.reference_fp32,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_golden_tolerances_with_real_int8_logits(bundle_dir):
+    """The device's checks, fed the Q/DQ model's real logits: they pass the recipe's INT8 tolerances and fail
+    tolerances tighter than the measured error."""
+    from resnext_deploy.evaluate import compare_logits
+    from resnext_deploy.tensorrt.ondevice import golden_checks
+
+    b = read_bundle(bundle_dir)
+    cmp = compare_logits(b.golden.reference_qdq, b.golden.reference_fp32)
+    assert 0 < cmp["max_abs_logit_diff"] < b.tensorrt["int8_max_abs_diff"]
+    checks = golden_checks("tensorrt-int8", "int8", cmp, b.tensorrt)
+    assert [c.metric for c in checks] == ["golden_agreement", "golden_max_abs_logit_diff", "golden_min_cosine"]
+    assert all(c.passed for c in checks)
+    strict = dict(b.tensorrt, int8_max_abs_diff=cmp["max_abs_logit_diff"] / 2, int8_min_cosine=1.0)
+    failed = {c.metric for c in golden_checks("tensorrt-int8", "int8", cmp, strict) if not c.passed}
+    assert failed == {"golden_max_abs_logit_diff", "golden_min_cosine"}
+
+
+def test_bundle_manifest_carries_the_workstation_gate(bundle_dir, jetson_build):
+    gate = read_bundle(bundle_dir).manifest["gate"]
+    assert gate["passed"] is True
+    assert {c["artifact"] for c in gate["checks"]} == {"onnx-int8-int8"}
+
+
+def test_int8_vs_fp16_note_says_which_is_faster():
+    from resnext_deploy.tensorrt.ondevice import int8_vs_fp16_notes
+
+    rows = [{"artifact": n, "latency_ms": {"p50": p}} for n, p in
+            (("tensorrt-fp16", 1.0), ("tensorrt-int8", 1.25), ("tensorrt-dla0-fp16", 4.0), ("tensorrt-dla0-int8", 2.0))]
+    notes = int8_vs_fp16_notes(rows)
+    assert len(notes) == 2
+    assert "tensorrt-int8 vs tensorrt-fp16" in notes[0] and "0.80x" in notes[0] and "not faster" in notes[0]
+    assert "tensorrt-dla0-int8 vs tensorrt-dla0-fp16" in notes[1] and "2.00x" in notes[1] and "(faster" in notes[1]

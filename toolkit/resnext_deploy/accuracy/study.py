@@ -1,0 +1,252 @@
+"""Stage `sensitivity` on files: rank a model's layers, find the fallback list, and set NNCF beside it.
+
+What `resnext-deploy sensitivity --onnx m.onnx --out dir [--compare-nncf]` runs. On an FP32 ONNX and
+the recipe's calibration, gates and ``[fallback]`` settings it
+
+1. ranks the layers (:func:`sensitivity.analyze_sensitivity`, on ``fallback.subset`` validation images);
+2. checks plain INT8 against the gate's accuracy thresholds and, if it fails, searches the exclusion
+   list the build would use (:func:`fallback.search_exclusions`, quick checks in ONNX Runtime);
+3. with ``compare_nncf``, compiles our plain and fallback Q/DQ models for OpenVINO, runs NNCF's
+   ``quantize_with_accuracy_control`` on the same model, images and top-1 budget, and measures all of
+   them (and OpenVINO FP32) with the same runner on every validation image.
+
+It writes ``sensitivity.json`` (schema ``resnext-deploy/sensitivity`` v1), ``sensitivity.md`` and
+``sensitivity.png`` (plus the compared models) into one directory, swapped in whole at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .. import backends
+from ..artifacts import Artifact, atomic_dir, atomic_file
+from ..errors import BadInputError
+from ..evaluate import TimingConfig, evaluate_runner
+from ..pipeline.datasets import load_calibration, load_labeled
+from ..progress import Progress
+from ..recipes import Recipe
+from .fallback import quick_check, search_exclusions
+from .sensitivity import (
+    MEASURES,
+    VariantQuantizer,
+    analyze_sensitivity,
+    attach_plot,
+    markdown_section,
+    run_onnx_model,
+    strided_subset,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "resnext-deploy/sensitivity"
+SCHEMA_VERSION = 1
+FLAVOURS = ("uint8", "int8")
+
+
+def _folder(given: Union[str, Path, None], recipe_folder: str, demo_folder: Path) -> Path:
+    return Path(given or recipe_folder or demo_folder)
+
+
+def study_file(
+    onnx_path: Union[str, Path],
+    out: Union[str, Path],
+    recipe: Recipe,
+    calib: Union[str, Path, None] = None,
+    val: Union[str, Path, None] = None,
+    input_size: Optional[int] = None,
+    flavours: Sequence[str] = (),
+    measure: Optional[str] = None,
+    subset: Optional[int] = None,
+    max_excluded: Optional[int] = None,
+    search: bool = True,
+    compare_nncf: bool = False,
+    progress: Progress = None,
+) -> Dict[str, Any]:
+    """Run the study (see the module doc) and write it into ``out``; returns the sensitivity.json document.
+
+    ``None``/empty arguments take the recipe's values: flavours of its INT8 backends, ``fallback.measure``,
+    ``fallback.subset``, ``fallback.max_excluded_layers``.
+    """
+    from ..demo import DEMO_CALIB, DEMO_VAL
+    from ..pipeline.commands import _spec_for
+    from ..pipeline.steps import quantized_flavours
+
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise BadInputError(f"The ONNX model '{onnx_path}' does not exist. Export one first: resnext-deploy export --model M --out m.onnx.")
+    fb, cal_cfg, gates = recipe.section("fallback"), recipe.section("calibration"), recipe.section("gates")
+    measure = measure or fb["measure"]
+    if measure not in MEASURES:
+        raise BadInputError(f"Unknown sensitivity measure '{measure}'; use one of {', '.join(MEASURES)}.")
+    flavours = sorted(set(flavours or quantized_flavours(recipe).values() or ["int8"]))
+    bad = [f for f in flavours if f not in FLAVOURS]
+    if bad:
+        raise BadInputError(f"Unknown activation flavour(s) {bad}; use uint8 and/or int8.")
+    subset = fb["subset"] if subset is None else subset
+    cap = fb["max_excluded_layers"] if max_excluded is None else max_excluded
+    if subset <= 0 or cap < 0:
+        raise BadInputError(f"--subset must be positive and --max-excluded at least 0, got {subset} and {cap}.")
+    spec, _ = _spec_for(onnx_path, input_size, recipe)
+    calib_dir = _folder(calib, cal_cfg["folder"], DEMO_CALIB)
+    val_dir = _folder(val, recipe.section("evaluation")["folder"], DEMO_VAL)
+    cal = load_calibration(calib_dir, spec, cal_cfg["count"], cal_cfg["seed"])
+    valset = load_labeled(val_dir, spec, recipe.section("evaluation")["limit"] or None)
+    ort = recipe.backend("onnxruntime")
+    t_start = time.perf_counter()
+    doc: Dict[str, Any] = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "model": str(onnx_path),
+        "dataset": {"calibration": str(calib_dir), "calibration_images": len(cal.paths), "validation": str(val_dir),
+                    "validation_images": len(valset.paths)},
+        "gates": {k: gates[k] for k in ("max_top1_drop", "min_agreement")},
+        "max_excluded_layers": cap,
+    }
+    with atomic_dir(out) as d:
+        quantizer = VariantQuantizer(onnx_path, cal.data, cal_cfg["method"], cal_cfg["percentile"])
+        try:
+            reference = run_onnx_model(onnx_path, valset.data, ort)
+            idx = strided_subset(len(valset.data), subset)
+            sens = analyze_sensitivity(onnx_path, cal.data, valset.data[idx], flavours, cal_cfg["method"], cal_cfg["percentile"],
+                                       measure, ort, quantizer=quantizer, reference=reference[idx], progress=progress)
+            doc["sensitivity"] = sens.to_dict()
+            if search:
+                t = time.perf_counter()
+
+                def attempt(excluded: List[str]) -> Dict[str, Any]:
+                    record = quick_check(quantizer, flavours, excluded, valset.data, valset.labels, reference, gates, ort)
+                    record["passed"] = record["quick_passed"]
+                    return record
+
+                plain = attempt([])
+                found = {"passed": True, "excluded": [], "attempts": []} if plain["passed"] else search_exclusions(sens.ranking(), cap, attempt)
+                found["attempts"].insert(0, plain)
+                found["seconds"] = time.perf_counter() - t
+                doc["search"] = found
+            highlight = doc.get("search", {}).get("excluded", [])
+            attach_plot(doc["sensitivity"], d, highlight=highlight)
+            if compare_nncf:
+                doc["comparison"] = _compare(onnx_path, d, recipe, cal.data, valset, reference, quantizer, doc, cap)
+        finally:
+            quantizer.close()
+        doc["seconds"] = time.perf_counter() - t_start
+        for name, text in (("sensitivity.json", json.dumps(doc, indent=2)), ("sensitivity.md", render_markdown(doc))):
+            with atomic_file(d / name) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+    return doc
+
+
+def _compare(
+    onnx_path: Path, d: Path, recipe: Recipe, calibration: np.ndarray, valset: Any, reference: np.ndarray,
+    quantizer: VariantQuantizer, doc: Dict[str, Any], cap: int,
+) -> Dict[str, Any]:
+    """OpenVINO FP32, our plain and fallback INT8, and NNCF's accuracy control, measured alike."""
+    from .peers import nncf_accuracy_control
+
+    ov = backends.get("openvino")
+    ov_cfg = recipe.backend("openvino")
+    flavour = ov_cfg["activations"]
+    timing = TimingConfig.from_recipe(recipe.section("evaluation"))
+    rows: List[Dict[str, Any]] = []
+
+    def measure(name: str, source: Artifact, precision: str, folder: str, float_layers: List[str], seconds: Optional[float]) -> None:
+        art = ov.compile(source, d / folder, precision, ov_cfg, root=d)
+        with ov.load(art.abspath(d), ov_cfg) as runner:
+            m, _ = evaluate_runner(name, runner, valset.data, valset.labels, reference, timing, precision, art.size_bytes(d))
+        rows.append({"name": name, "float_layers": float_layers, "seconds": seconds, "path": art.path, "metrics": m.to_dict()})
+
+    fp32 = Artifact.from_files("onnx-fp32", [onnx_path], None, kind="onnx", backend="onnx", precision="fp32")
+    measure("openvino-fp32", fp32, "fp32", "openvino-fp32", [], None)
+    search = doc.get("search", {})
+    # The list that passed, or the longest one tried when none did (its cost is worth seeing beside NNCF's).
+    tried = search.get("excluded") or (search["attempts"][-1]["excluded"] if search.get("attempts") else [])
+    for name, excluded, seconds in (
+        ("ours: plain INT8", [], None),
+        ("ours: fallback", tried or None, doc["sensitivity"]["seconds"]["total"] + search.get("seconds", 0.0)),
+    ):
+        if excluded is None:  # no search, or plain INT8 passed: nothing beyond the plain model to show
+            continue
+        folder = "ours-plain" if not excluded else "ours-fallback"
+        path = quantizer.quantize(flavour, exclude=excluded, out=d / folder / f"model-int8-{flavour}.onnx")
+        src = Artifact.from_files(f"onnx-int8-{flavour}", [path], d, kind="onnx-qdq", backend="onnx", precision="int8")
+        measure(name, src, "int8", folder, list(excluded), seconds)
+    peer = nncf_accuracy_control(onnx_path, calibration, valset.data, valset.labels, recipe.section("gates")["max_top1_drop"],
+                                 d / "nncf", ov_cfg, timing, reference, max_layers=cap or None)
+    metrics = peer.pop("metrics")
+    peer["model"] = str(Path(peer["model"]).relative_to(d))
+    rows.append({"name": "nncf: accuracy control", "float_layers": peer["float_layers"], "seconds": peer["seconds"],
+                 "path": peer["model"], "metrics": metrics})
+    gates = recipe.section("gates")
+    ref_top1 = rows[0]["metrics"]["top1"]
+    for r in rows:
+        m = r["metrics"]
+        r["top1_drop_pct"] = (ref_top1 - m["top1"]) * 100.0
+        r["gate_passed"] = r["top1_drop_pct"] <= gates["max_top1_drop"] + 1e-9 and m["agreement"] >= gates["min_agreement"] - 1e-9
+    return {"backend": "openvino", "activations": flavour, "rows": rows, "nncf": peer}
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def comparison_rows(doc: Dict[str, Any]) -> List[List[str]]:
+    """Header + one row per compared model (strings), for Markdown and the console."""
+    head = ["model", "top-1", "top-1 drop pp", "agree", "min cos", "layers in float", "p50 ms", "img/s", "search s", "gate"]
+    out = [head]
+    for r in doc["comparison"]["rows"]:
+        m = r["metrics"]
+        out.append([
+            r["name"], f"{m['top1'] * 100:.2f}", f"{r['top1_drop_pct']:.2f}", f"{m['agreement'] * 100:.2f}", f"{m['min_cosine']:.4f}",
+            str(len(r["float_layers"])) if r["name"] != "openvino-fp32" else "all",
+            f"{m['latency_ms']['p50']:.2f}", f"{m['throughput_ips']:.0f}",
+            f"{r['seconds']:.1f}" if r.get("seconds") is not None else "",
+            "pass" if r["gate_passed"] else "FAIL",
+        ])
+    return out
+
+
+def render_markdown(doc: Dict[str, Any]) -> str:
+    ds = doc["dataset"]
+    lines = [
+        f"# Layer sensitivity of `{doc['model']}`", "",
+        f"- calibration: {ds['calibration_images']} images from `{ds['calibration']}`",
+        f"- validation: {ds['validation_images']} images from `{ds['validation']}`",
+        f"- gate: top-1 drop <= {doc['gates']['max_top1_drop']:g} pp, agreement >= {doc['gates']['min_agreement']:g}; "
+        f"at most {doc['max_excluded_layers']} layers in float",
+        f"- took {doc['seconds']:.1f} s", "",
+    ]
+    lines += markdown_section(doc["sensitivity"], top=max(10, min(30, len(doc["sensitivity"]["layers"]))))
+    if "search" in doc:
+        s = doc["search"]
+        lines += ["## Fallback search", ""]
+        if s["passed"] and not s["excluded"]:
+            lines.append("Plain INT8 passes the gate's accuracy checks: nothing to leave in float.")
+        elif s["passed"]:
+            lines.append(f"{len(s['excluded'])} layers in float pass the gate's accuracy checks (quick check, ONNX Runtime, every validation image):")
+            lines += [""] + [f"{i}. `{n}`" for i, n in enumerate(s["excluded"], 1)]
+        else:
+            lines.append(f"No list of up to {doc['max_excluded_layers']} layers passed.")
+        lines += ["", "| layers in float | " + " | ".join(f"top-1 drop / agree ({fl})" for fl in doc["sensitivity"]["flavours"]) + " | pass |",
+                  "|---|" + "---|" * len(doc["sensitivity"]["flavours"]) + "---|"]
+        for a in s["attempts"]:
+            cells = [f"{a['quick'][fl]['top1_drop_pct']:.2f} pp / {a['quick'][fl]['agreement'] * 100:.1f}%" for fl in doc["sensitivity"]["flavours"]]
+            lines.append(f"| {len(a['excluded'])} | " + " | ".join(cells) + f" | {'yes' if a['passed'] else 'no'} |")
+        lines.append("")
+    if "comparison" in doc:
+        c = doc["comparison"]
+        rows = comparison_rows(doc)
+        lines += ["## Beside NNCF's accuracy control", "",
+                  f"OpenVINO on this CPU, every validation image, batch-1 latency; our INT8 models are the {c['activations']}-activation "
+                  f"Q/DQ models the build compiles for OpenVINO. NNCF: `{c['nncf']['tool']}` {c['nncf']['nncf_version']}, metric top-1, "
+                  f"max_drop {c['nncf']['max_drop']:g} absolute, at most {c['nncf']['max_num_iterations']} iterations; its own "
+                  f"quantization before accuracy control scored {c['nncf']['quantized_metric']} against {c['nncf']['initial_metric']} in float.", "",
+                  "| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+        lines += ["", "Layers in float:", ""]
+        for r in c["rows"][1:]:
+            lines.append(f"- {r['name']}: " + (", ".join(f"`{n}`" for n in r["float_layers"]) or "none"))
+        lines += ["", "NNCF's log:", ""] + [f"    {line}".replace("\n", "\n    ") for line in c["nncf"]["log"]] + [""]
+    return "\n".join(lines) + "\n"

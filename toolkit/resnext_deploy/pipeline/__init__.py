@@ -1,0 +1,1 @@
+"""The workstation pipeline: intake, check, export, datasets, quantize, the build and the by-path stage commands."""

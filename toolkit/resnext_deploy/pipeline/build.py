@@ -1,0 +1,143 @@
+"""The whole pipeline: check -> export -> calibrate -> quantize -> compile -> evaluate -> report -> gate.
+
+``build()`` is what `resnext-deploy build` runs. It writes into a staging directory and swaps it in at
+the end, so a failed build never leaves a half-written directory and a re-run replaces a build whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from .. import backends
+from ..accuracy.fallback import accuracy_fallback, markdown_sections
+from ..artifacts import Artifact, atomic_dir, ensure_writable_dir, sha256_file
+from ..errors import BadInputError
+from ..gate import GateResult, apply_gates
+from ..manifest import folder_digest, make_manifest, write_manifest
+from ..progress import Progress, step_progress
+from ..recipes import load_recipe
+from ..report import make_report, write_report
+from .datasets import load_calibration, load_labeled
+from .source import data_folders, resolve_model
+from .steps import REFERENCE, evaluate_build, run_stages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    report: Dict[str, Any]
+    manifest: Dict[str, Any]
+    gate: GateResult
+    artifacts: List[Artifact] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.gate.passed
+
+
+def build(
+    model: Union[str, Path, None] = None,
+    target: Optional[str] = "x86-cpu",
+    recipe_path: Union[str, Path, None] = None,
+    out: Union[str, Path, None] = None,
+    arch: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    calib: Union[str, Path, None] = None,
+    val: Union[str, Path, None] = None,
+    progress: Progress = None,
+    sensitivity: Optional[bool] = None,
+) -> BuildResult:
+    """Run the whole pipeline for one model and one target; returns the result (the gate is not raised).
+
+    ``sensitivity`` analyses and reports the layers' INT8 sensitivity even when the gate passes (None:
+    the recipe's fallback.sensitivity); a failed accuracy gate triggers the fallback (fallback.py).
+    """
+    t_start = time.perf_counter()
+    recipe = load_recipe(recipe_path, None if recipe_path else target)
+    src = resolve_model(model, arch, num_classes, recipe.section("preprocess"))
+    out_dir = Path(out) if out else Path("build") / src.name / recipe.target
+    ensure_writable_dir(out_dir.parent)
+    calib_dir, val_dir = data_folders(src, recipe, Path(calib) if calib else None, Path(val) if val else None)
+    for name in recipe.enabled_backends():
+        # Without TensorRT (or a GPU) a TensorRT target ends in a bundle that builds on the device.
+        if name in backends.names() and name != "tensorrt" and not backends.get(name).available():
+            from ..optional import require
+
+            require(backends.get(name).module, f"build the {name} artifacts of target {recipe.target}")
+
+    cal_cfg, spec = recipe.section("calibration"), src.preprocessing
+    stages: Dict[str, float] = {}
+    t = time.perf_counter()
+    cal = load_calibration(calib_dir, spec, cal_cfg["count"], cal_cfg["seed"], step_progress(progress, "load calibration images"))
+    vlimit = recipe.section("evaluation")["limit"] or None
+    valset = load_labeled(val_dir, spec, vlimit, step_progress(progress, "load validation images"))
+    stages["load_images"] = time.perf_counter() - t
+    if src.num_classes and valset.labels is not None and valset.labels.max() >= src.num_classes:
+        raise BadInputError(
+            f"The validation folder '{val_dir}' has {int(valset.labels.max()) + 1} classes but the model has "
+            f"{src.num_classes} outputs. Use validation data with the model's classes."
+        )
+
+    with atomic_dir(out_dir) as stage_dir:
+        artifacts, report_extra, notes = run_stages(src, recipe, cal, stage_dir, stages, progress)
+        ref_art = next(a for a in artifacts if a.name == REFERENCE)
+        results, evaluated = evaluate_build(src, recipe, artifacts, valset, stage_dir, progress)
+        stages["evaluate"] = evaluated
+        gate = apply_gates(results, REFERENCE, recipe.section("gates"))
+        artifacts, results, gate = accuracy_fallback(
+            src, recipe, cal, valset, stage_dir, artifacts, results, gate, stages, report_extra, notes, progress, sensitivity
+        )
+        if "tensorrt" in recipe.enabled_backends():  # after any fallback: the bundle ships the final Q/DQ model
+            from ..tensorrt.stage import tensorrt_stage
+
+            t = time.perf_counter()
+            trt = tensorrt_stage(src, recipe, artifacts, valset, stage_dir, results, progress)
+            artifacts += trt.artifacts
+            results += trt.results
+            notes += trt.notes
+            report_extra.update(trt.extra)
+            stages["tensorrt"] = time.perf_counter() - t
+            gate = apply_gates(results, REFERENCE, recipe.section("gates"))  # engines built here are gated too
+        stages["total"] = time.perf_counter() - t_start
+        dataset = {
+            "validation": str(val_dir),
+            "validation_images": len(valset.paths),
+            "validation_skipped": len(valset.skipped),
+            "calibration": str(calib_dir),
+            "calibration_images": len(cal.paths),
+            "calibration_skipped": len(cal.skipped),
+            "calibration_method": cal_cfg["method"],
+            "calibration_seed": cal_cfg["seed"],
+            "throughput_batch": recipe.section("evaluation")["batch_size"],
+        }
+        model_info = src.describe()
+        report = make_report(
+            model=model_info, target=recipe.target, reference=REFERENCE, results=results, gate=gate,
+            dataset=dataset, stages=stages, notes=notes, extra=report_extra,
+        )
+        report_paths = write_report(report, stage_dir, markdown_sections(report))
+        manifest = make_manifest(
+            model=model_info,
+            target=recipe.target,
+            recipe=recipe.to_dict(),
+            recipe_source=recipe.source,
+            preprocessing=spec.to_dict(),
+            inputs={
+                "model": {"path": str(src.path), "sha256": model_info["source_sha256"]},
+                "calibration": {"folder": str(calib_dir), "files": len(cal.paths), "sha256": folder_digest(cal.paths)},
+                "validation": {"folder": str(val_dir), "files": len(valset.paths), "sha256": folder_digest(valset.paths)},
+            },
+            artifacts=artifacts,
+            reports={p.name: sha256_file(p) for p in report_paths},
+            gate=gate.to_dict(),
+            extra={"labels": src.labels, "reference": ref_art.name},
+        )
+        write_manifest(manifest, stage_dir)
+    log.info("build written to %s (%s)", out_dir, gate.summary())
+    return BuildResult(out_dir, report, manifest, gate, artifacts)

@@ -1,0 +1,508 @@
+"""Architecture lint run before export: catch broken residual adds and grouped convs with a clear message.
+
+:func:`check_model` runs one forward pass on a seeded random input under a
+``torch.overrides.TorchFunctionMode`` that inspects every addition *before* it executes: a residual add
+of two feature maps must add tensors of identical shape (PyTorch either fails with a cryptic size error
+or, worse, silently broadcasts). Forward hooks keep a stack of the running module paths, so a finding
+names the innermost module that did the add (e.g. ``layer2.0``, a Bottleneck). Every conv is also checked
+statically (channels divisible by groups, weight shape consistent) and, during the forward, for the
+number of input channels it actually receives. TorchScript models get only the static checks.
+
+Adds where one operand is a parameter or buffer (a bias, an embedding) or a scalar are not residual adds
+and are ignored. The model is left as it was: hooks are removed and train/eval flags restored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..errors import BadInputError, ModelCheckError
+from ..optional import require
+
+logger = logging.getLogger(__name__)
+
+#: Names of the tensor functions that perform an addition (torch.add, Tensor.add/add_, the + operators).
+ADD_NAMES = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
+
+_SHORTCUT_HINT = (
+    "Give the block a projection shortcut (1x1 conv with the block's stride + BatchNorm, `downsample` in "
+    "torchvision naming) or keep channels equal."
+)
+
+
+@dataclass
+class Finding:
+    """One problem found in the model; ``message`` is the full explanation for the user."""
+
+    kind: str  # "residual_add" | "conv_groups" | "conv_input_channels" | "forward_error"
+    module: str  # module path as in named_modules() ("" is the top-level module)
+    module_type: str
+    message: str
+    shapes: List[Tuple[int, ...]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_model` looked at and found."""
+
+    input_shape: Tuple[int, ...]
+    findings: List[Finding] = field(default_factory=list)
+    blocks_checked: int = 0  # distinct modules that performed at least one residual add
+    residual_adds: int = 0  # feature-map + feature-map additions verified during the forward
+    grouped_convs: int = 0  # convs with groups > 1
+    convs_checked: int = 0
+    dynamic_check: bool = True  # False when the forward-pass check was skipped (TorchScript)
+    blocks: List[str] = field(default_factory=list)
+    grouped_conv_names: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+    def summary(self) -> str:
+        status = "passed" if self.passed else f"FAILED ({len(self.findings)} problem(s))"
+        dyn = (
+            f"{self.residual_adds} residual add(s) in {self.blocks_checked} block(s)"
+            if self.dynamic_check
+            else "forward-pass check skipped"
+        )
+        return (
+            f"Architecture check {status}: input {tuple(self.input_shape)}, {dyn}, "
+            f"{self.convs_checked} conv(s) of which {self.grouped_convs} grouped."
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["passed"] = self.passed
+        return d
+
+
+class _StopForward(BaseException):
+    """Raised inside the checked forward after the first fatal finding (BaseException so a user's
+    ``except Exception`` in their forward cannot swallow it)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# public API
+
+
+def check_model(model: Any, input_shape: Optional[Sequence[int]] = None) -> CheckReport:
+    """Lint ``model`` (any ``torch.nn.Module``) with one forward pass on an input of ``input_shape``.
+
+    ``input_shape`` defaults to ``(1, 3, S, S)`` with S the model's ``spec.input_size`` if it has one,
+    else 224. Returns a :class:`CheckReport`; it never raises for problems in the model itself.
+    """
+    torch = require("torch", "check the model architecture")
+    nn = torch.nn
+    if not isinstance(model, nn.Module):
+        raise BadInputError(
+            f"The architecture check needs a torch.nn.Module, got a {type(model).__name__}. Load the model "
+            "first (resnext_deploy.models.loading.load_torch_model)."
+        )
+    shape = _resolve_input_shape(model, input_shape)
+    report = CheckReport(input_shape=shape)
+
+    flagged_convs = _static_conv_checks(torch, model, report)
+
+    if isinstance(model, torch.jit.ScriptModule):
+        report.dynamic_check = False
+        report.notes.append(
+            "TorchScript model: forward hooks and TorchFunctionMode do not apply inside TorchScript, so the "
+            "residual-add and input-channel checks were skipped; only the static conv checks ran."
+        )
+    else:
+        _dynamic_check(torch, model, shape, report, flagged_convs)
+
+    logger.info(report.summary())
+    for f in report.findings:
+        logger.debug("check finding [%s] %s", f.kind, f.message)
+    return report
+
+
+def check_or_raise(model: Any, input_shape: Optional[Sequence[int]] = None) -> CheckReport:
+    """Run :func:`check_model`; raise ModelCheckError listing every finding, or return the clean report."""
+    report = check_model(model, input_shape)
+    if not report.passed:
+        n = len(report.findings)
+        if n == 1:
+            body = report.findings[0].message
+        else:
+            body = " ".join(f"({i}) {f.message}" for i, f in enumerate(report.findings, 1))
+        raise ModelCheckError(
+            f"The model failed the architecture check before export (input shape {tuple(report.input_shape)}, "
+            f"{n} problem{'s' if n > 1 else ''}): {body}"
+        )
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _resolve_input_shape(model: Any, input_shape: Optional[Sequence[int]]) -> Tuple[int, ...]:
+    if input_shape is None:
+        size = getattr(getattr(model, "spec", None), "input_size", None)
+        size = size if isinstance(size, int) and size > 0 else 224
+        return (1, 3, size, size)
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) < 2 or any(s <= 0 for s in shape):
+        raise BadInputError(
+            f"Input shape {input_shape!r} for the architecture check is not valid; give positive sizes such as "
+            "(1, 3, 224, 224) (batch, channels, height, width)."
+        )
+    return shape
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return str(tuple(int(s) for s in shape))
+
+
+def _where(path: str, type_name: str, noun: str = "block") -> str:
+    return f"{noun} '{path}' ({type_name})" if path else f"the top-level module ({type_name})"
+
+
+def _type_name(module: Any) -> str:
+    # ScriptModules remember the Python class they came from.
+    return getattr(module, "original_name", None) or type(module).__name__
+
+
+_CONV_DIMS = {"Conv1d": 1, "Conv2d": 2, "Conv3d": 3}
+
+
+def _conv_dims(torch: Any, module: Any) -> Optional[int]:
+    """Spatial dims of a (non-transposed) conv, for both eager and TorchScript modules; None otherwise."""
+    nn = torch.nn
+    for cls, nd in ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3)):
+        if isinstance(module, cls):
+            return nd
+    if isinstance(module, torch.jit.ScriptModule):
+        return _CONV_DIMS.get(getattr(module, "original_name", ""))
+    return None
+
+
+def _int_attr(module: Any, name: str) -> Optional[int]:
+    try:
+        value = getattr(module, name)
+    except Exception:  # a ScriptModule raises if the attribute was not kept
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _static_conv_checks(torch: Any, model: Any, report: CheckReport) -> set:
+    """Check every conv's groups against its channel counts and weight shape; returns ids of flagged convs."""
+    flagged = set()
+    untyped = 0
+    for name, m in model.named_modules():
+        nd = _conv_dims(torch, m)
+        if nd is None:
+            continue
+        report.convs_checked += 1
+        in_ch, out_ch, groups = _int_attr(m, "in_channels"), _int_attr(m, "out_channels"), _int_attr(m, "groups")
+        weight = getattr(m, "weight", None)
+        wshape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
+        if groups is None and isinstance(m, torch.jit.ScriptModule):
+            groups = _graph_conv_groups(m)  # traced convs keep groups only as a constant in their graph
+        if groups is None:
+            untyped += 1
+            continue
+        if groups > 1:
+            report.grouped_convs += 1
+            report.grouped_conv_names.append(name)
+        problems: List[str] = []
+        if groups <= 0:
+            problems.append(f"groups={groups} is not a positive integer")
+        else:
+            if in_ch is not None and in_ch % groups:
+                problems.append(f"in_channels={in_ch} is not divisible by groups={groups}")
+            if out_ch is not None and out_ch % groups:
+                problems.append(f"out_channels={out_ch} is not divisible by groups={groups}")
+            if wshape is not None:
+                if len(wshape) != nd + 2:
+                    problems.append(f"its weight has shape {_fmt(wshape)}, expected {nd + 2} dimensions")
+                else:
+                    if in_ch is not None and wshape[1] * groups != in_ch:
+                        problems.append(
+                            f"its weight of shape {_fmt(wshape)} takes weight.shape[1] * groups = "
+                            f"{wshape[1]} * {groups} = {wshape[1] * groups} input channels, not in_channels={in_ch}"
+                        )
+                    if wshape[0] % groups:
+                        problems.append(
+                            f"its weight of shape {_fmt(wshape)} has {wshape[0]} output channels, not divisible by "
+                            f"groups={groups}"
+                        )
+                    if out_ch is not None and wshape[0] != out_ch:
+                        problems.append(
+                            f"its weight of shape {_fmt(wshape)} has {wshape[0]} output channels, not "
+                            f"out_channels={out_ch}"
+                        )
+        if problems:
+            flagged.add(id(m))
+            report.findings.append(
+                Finding(
+                    kind="conv_groups",
+                    module=name,
+                    module_type=_type_name(m),
+                    message=(
+                        f"Conv '{name or '<top level>'}' ({_type_name(m)}) is inconsistent: "
+                        + "; ".join(problems)
+                        + ". PyTorch would fail (or compute garbage) at this layer. Use a groups value that divides "
+                        "both in_channels and out_channels (in ResNeXt, groups = cardinality, e.g. 32) and a weight "
+                        "of shape (out_channels, in_channels // groups, *kernel_size); rebuild the layer rather than "
+                        "editing its attributes."
+                    ),
+                    shapes=[wshape] if wshape else [],
+                )
+            )
+    if untyped:
+        report.notes.append(
+            f"{untyped} conv(s) expose no groups value (neither as an attribute nor as a constant in their "
+            "TorchScript graph), so their groups could not be checked."
+        )
+    return flagged
+
+
+def _graph_conv_groups(module: Any) -> Optional[int]:
+    """Read ``groups`` from the convolution call in a TorchScript conv's graph, if it is a constant."""
+    index = {"aten::_convolution": 8, "aten::conv1d": 6, "aten::conv2d": 6, "aten::conv3d": 6}
+    try:
+        for node in module.graph.nodes():
+            i = index.get(node.kind())
+            if i is None:
+                continue
+            inputs = list(node.inputs())
+            if len(inputs) > i and inputs[i].node().kind() == "prim::Constant":
+                value = inputs[i].toIValue()
+                return value if isinstance(value, int) else None
+    except Exception:
+        return None
+    return None
+
+
+class _Frame:
+    __slots__ = ("path", "module", "inputs")
+
+    def __init__(self, path: str, module: Any, inputs: Tuple[Any, ...]) -> None:
+        self.path, self.module, self.inputs = path, module, inputs
+
+
+def _make_mode(torch: Any, on_add: Any) -> Any:
+    """A TorchFunctionMode that calls ``on_add(args, kwargs)`` before every addition."""
+    add_funcs = {torch.add, torch.Tensor.add, torch.Tensor.add_}
+    for name in ("__add__", "__radd__", "__iadd__"):
+        fn = getattr(torch.Tensor, name, None)
+        if fn is not None:
+            add_funcs.add(fn)
+
+    class _AddWatch(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            try:
+                is_add = func in add_funcs or getattr(func, "__name__", None) in ADD_NAMES
+            except TypeError:  # unhashable callable
+                is_add = getattr(func, "__name__", None) in ADD_NAMES
+            if is_add:
+                on_add(args, kwargs)
+            return func(*args, **kwargs)
+
+    return _AddWatch()
+
+
+def _dynamic_check(torch: Any, model: Any, shape: Tuple[int, ...], report: CheckReport, flagged_convs: set) -> None:
+    nn = torch.nn
+    Tensor = torch.Tensor
+    stack: List[_Frame] = []
+    weight_ids = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
+    blocks: Dict[str, None] = {}
+    root_type = _type_name(model)
+
+    def current() -> _Frame:
+        return stack[-1] if stack else _Frame("", model, ())
+
+    def fatal(finding: Finding) -> None:
+        report.findings.append(finding)
+        raise _StopForward()
+
+    # ---- hooks -----------------------------------------------------------------------------------
+    def pre_hook(module: Any, args: Tuple[Any, ...]) -> None:
+        path = paths.get(id(module), "?")
+        stack.append(_Frame(path, module, tuple(a for a in args if isinstance(a, Tensor))))
+        nd = conv_dims.get(id(module))
+        if nd is not None:
+            _check_conv_input(module, path, nd, args)
+
+    def post_hook(module: Any, args: Tuple[Any, ...], output: Any) -> None:
+        # Pop up to and including this module's frame (frames left by an exception the user's code caught).
+        while stack:
+            if stack.pop().module is module:
+                break
+
+    def _check_conv_input(module: Any, path: str, nd: int, args: Tuple[Any, ...]) -> None:
+        if id(module) in flagged_convs:
+            raise _StopForward()  # already reported statically; running it would only crash
+        x = args[0] if args else None
+        expected = _int_attr(module, "in_channels")
+        if not isinstance(x, Tensor) or expected is None or x.dim() not in (nd + 1, nd + 2):
+            return
+        got = int(x.shape[-(nd + 1)])
+        if got != expected:
+            fatal(
+                Finding(
+                    kind="conv_input_channels",
+                    module=path,
+                    module_type=_type_name(module),
+                    message=(
+                        f"Conv '{path}' ({_type_name(module)}) expects {expected} input channels (in_channels) but "
+                        f"receives a tensor of shape {_fmt(x.shape)} with {got} channels: the layer feeding it "
+                        f"produces a different width. Make the previous layer output {expected} channels, or build "
+                        f"this conv with in_channels={got}."
+                    ),
+                    shapes=[tuple(x.shape)],
+                )
+            )
+
+    # ---- additions -------------------------------------------------------------------------------
+    def on_add(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        a = args[0] if args else kwargs.get("input")
+        b = args[1] if len(args) > 1 else kwargs.get("other")
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+            return  # tensor + Python scalar
+        if a.dim() < 3 and b.dim() < 3:
+            return  # not feature maps (scalars, vectors, logits)
+        if a.dim() == 0 or b.dim() == 0:
+            return  # feature map + scalar tensor
+        if isinstance(a, nn.Parameter) or isinstance(b, nn.Parameter) or id(a) in weight_ids or id(b) in weight_ids:
+            return  # a bias / embedding add, not a residual one
+        frame = current()
+        report.residual_adds += 1
+        blocks.setdefault(frame.path, None)
+        if tuple(a.shape) == tuple(b.shape):
+            return
+        fatal(_add_finding(torch, frame, a, b, root_type))
+
+    # ---- run -------------------------------------------------------------------------------------
+    paths: Dict[int, str] = {}
+    conv_dims: Dict[int, int] = {}
+    handles = []
+    modes = [(m, m.training) for m in model.modules()]
+    skipped_script = 0
+    try:
+        for name, m in model.named_modules():
+            if isinstance(m, torch.jit.ScriptModule):
+                skipped_script += 1
+                continue
+            paths.setdefault(id(m), name)
+            nd = _conv_dims(torch, m)
+            if nd is not None:
+                conv_dims[id(m)] = nd
+            handles.append(m.register_forward_pre_hook(pre_hook))
+            handles.append(m.register_forward_hook(post_hook))
+        if skipped_script:
+            report.notes.append(
+                f"{skipped_script} TorchScript submodule(s) run without hooks: adds inside them were not checked."
+            )
+        x = _make_input(torch, model, shape)
+        model.eval()
+        try:
+            with torch.no_grad(), _make_mode(torch, on_add):
+                model(x)
+        except _StopForward:
+            pass
+        except Exception as exc:  # the forward failed somewhere our checks did not foresee
+            frame = current()
+            detail = " ".join(str(exc).split())
+            if len(detail) > 300:
+                detail = detail[:300] + "..."
+            report.findings.append(
+                Finding(
+                    kind="forward_error",
+                    module=frame.path,
+                    module_type=_type_name(frame.module),
+                    message=(
+                        f"The forward pass on an input of shape {_fmt(shape)} failed in "
+                        f"{_where(frame.path, _type_name(frame.module), noun='module')} with {type(exc).__name__}: "
+                        f"{detail}. Check that the model accepts this input shape (pass the right input shape) and "
+                        "that its layers' channel counts and strides agree."
+                    ),
+                )
+            )
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+        stack.clear()
+    report.blocks = list(blocks)
+    report.blocks_checked = len(report.blocks)
+
+
+def _make_input(torch: Any, model: Any, shape: Tuple[int, ...]) -> Any:
+    dtype, device = torch.float32, torch.device("cpu")
+    for t in list(model.parameters()) + list(model.buffers()):
+        device = t.device
+        if t.is_floating_point():
+            dtype = t.dtype
+            break
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def _add_finding(torch: Any, frame: _Frame, a: Any, b: Any, root_type: str) -> Finding:
+    sa, sb = tuple(int(s) for s in a.shape), tuple(int(s) for s in b.shape)
+    type_name = _type_name(frame.module) if frame.path else root_type
+    where = _where(frame.path, type_name)
+    try:
+        broadcast: Optional[Tuple[int, ...]] = tuple(torch.broadcast_shapes(sa, sb))
+    except RuntimeError:
+        broadcast = None
+    consequence = (
+        f"PyTorch would silently broadcast this to {_fmt(broadcast)} and produce wrong features"
+        if broadcast is not None
+        else "PyTorch would fail here with a size-mismatch error"
+    )
+
+    # Which operand is the identity shortcut? The one that *is* the block's input (or has its shape).
+    shortcut = main = None
+    ins = frame.inputs
+    if any(a is t for t in ins) and not any(b is t for t in ins):
+        shortcut, main = a, b
+    elif any(b is t for t in ins) and not any(a is t for t in ins):
+        shortcut, main = b, a
+    elif ins:
+        s0 = tuple(ins[0].shape)
+        if sa == s0 and sb != s0:
+            shortcut, main = a, b
+        elif sb == s0 and sa != s0:
+            shortcut, main = b, a
+
+    if shortcut is not None:
+        sm, ss = tuple(int(s) for s in main.shape), tuple(int(s) for s in shortcut.shape)
+        changes = []
+        if len(sm) == len(ss) and len(sm) >= 3:
+            if sm[1] != ss[1]:
+                changes.append(f"channels ({ss[1]} -> {sm[1]})")
+            if sm[2:] != ss[2:]:
+                changes.append(f"spatial size ({'x'.join(map(str, ss[2:]))} -> {'x'.join(map(str, sm[2:]))})")
+        what = " and ".join(changes) if changes else "shape"
+        message = (
+            f"Residual add in {where} adds a main path of shape {_fmt(sm)} to a shortcut of shape {_fmt(ss)}: "
+            f"the identity shortcut is used while the main path changes {what}; {consequence}. {_SHORTCUT_HINT}"
+        )
+        shapes = [sm, ss]
+    else:
+        message = (
+            f"Residual add in {where} adds tensors of shapes {_fmt(sa)} and {_fmt(sb)}: a residual add needs both "
+            f"operands of identical shape, and {consequence}. Make the shortcut produce the main path's shape: "
+            f"{_SHORTCUT_HINT[0].lower()}{_SHORTCUT_HINT[1:]}"
+        )
+        shapes = [sa, sb]
+    return Finding(kind="residual_add", module=frame.path, module_type=type_name, message=message, shapes=shapes)

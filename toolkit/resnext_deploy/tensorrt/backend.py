@@ -1,0 +1,367 @@
+"""TensorRT backend: engines built from ONNX with TensorRT's builder and ONNX parser, run with the tensor API.
+
+Written against TensorRT's Python API for 8.6 and 10.x (8.5+'s name-based tensor API, with the older
+binding API as a fallback). Engines are tied to the GPU and the TensorRT version that built them, so
+every engine gets a build record beside it (``<engine>.json``: TensorRT version, GPU name, compute
+capability, L4T release on a Jetson, flags, profile) and loading refuses an engine recorded for another
+machine. Needs numpy, TensorRT and the CUDA libraries only (device memory through ctypes); the module
+imports TensorRT lazily, so listing backends or reading records works anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ..artifacts import Artifact, atomic_file, sha256_file
+from . import cuda_runtime as cuda
+from ..backends.base import Backend, Runner
+from ..errors import BadInputError, InternalError, MissingDependencyError
+from ..optional import require
+
+log = logging.getLogger(__name__)
+
+RECORD_SCHEMA = "resnext-deploy/tensorrt-engine"
+TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+DEVICE_MODEL = Path("/proc/device-tree/model")
+
+
+def tensorrt_module(purpose: str = "build and run TensorRT engines") -> Any:
+    return require("tensorrt", purpose)
+
+
+def l4t_release(path: Path = TEGRA_RELEASE) -> Optional[str]:
+    """The L4T release of a Jetson from /etc/nv_tegra_release ('# R36 (release), REVISION: 4.3, ...' -> '36.4.3')."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def is_jetson() -> bool:
+    return TEGRA_RELEASE.is_file()
+
+
+def machine_record(trt: Any = None) -> Dict[str, Any]:
+    """What an engine is tied to on this machine: TensorRT version, GPU, compute capability, L4T release."""
+    gpu = cuda.gpu_info() or {}
+    model = None
+    try:
+        model = DEVICE_MODEL.read_text(errors="replace").strip("\x00\n ") or None
+    except OSError:
+        pass
+    return {
+        "tensorrt_version": str(trt.__version__) if trt is not None else None,
+        "gpu": gpu.get("name"),
+        "compute_capability": gpu.get("compute_capability"),
+        "l4t": l4t_release(),
+        "device_model": model,
+    }
+
+
+def incompatibility(recorded: Dict[str, Any], current: Dict[str, Any]) -> Optional[str]:
+    """Why an engine built on ``recorded`` cannot run on ``current`` (None when it can)."""
+    reasons = []
+    for key, what in (("tensorrt_version", "TensorRT"), ("gpu", "GPU"), ("compute_capability", "compute capability")):
+        if recorded.get(key) != current.get(key):
+            reasons.append(f"{what} {recorded.get(key)!s} when built, {current.get(key)!s} here")
+    return "; ".join(reasons) or None
+
+
+def record_path(engine: Path) -> Path:
+    return Path(str(engine) + ".json")
+
+
+def read_record(engine: Path) -> Dict[str, Any]:
+    path = record_path(engine)
+    if not path.is_file():
+        raise BadInputError(
+            f"The engine '{engine}' has no build record ('{path.name}') beside it, so resnext-deploy cannot tell "
+            "which TensorRT and GPU it is for. TensorRT engines only run where they were built: rebuild it on this "
+            "machine with `resnext-deploy compile --bundle <bundle directory>`."
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"The build record '{path}' is not valid JSON ({exc}); rebuild the engine.") from exc
+    return data.get("engine", data)
+
+
+def check_engine_matches(engine: Path, record: Dict[str, Any], current: Dict[str, Any]) -> None:
+    """Refuse an engine recorded for another TensorRT or GPU, saying how to rebuild it."""
+    why = incompatibility(record.get("machine", {}), current)
+    if why:
+        raise BadInputError(
+            f"The engine '{engine}' was built for another machine ({why}). TensorRT engines only run with the "
+            "TensorRT version and GPU that built them: rebuild it here with `resnext-deploy compile --bundle "
+            "<bundle directory>` (the bundle the build wrote, e.g. build/<model>/<target>/<model>-<target>-bundle)."
+        )
+
+
+def _logger(trt: Any) -> Any:
+    """A TensorRT logger that keeps errors (for our messages) and forwards everything to logging."""
+
+    class _Log(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: List[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            if severity in (trt.ILogger.ERROR, trt.ILogger.INTERNAL_ERROR):
+                self.errors.append(msg)
+                log.error("TensorRT: %s", msg)
+            elif severity == trt.ILogger.WARNING:
+                log.warning("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
+
+    return _Log()
+
+
+def _cache_calibrator(trt: Any, cache: bytes) -> Any:
+    """An INT8 calibrator that only hands TensorRT our calibration cache (implicit quantization)."""
+
+    class _FromCache(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: Any) -> Any:
+            return None  # no images here: TensorRT must take every scale from the cache
+
+        def read_calibration_cache(self) -> bytes:
+            return cache
+
+        def write_calibration_cache(self, data: Any) -> None:
+            pass
+
+    return _FromCache()
+
+
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    precision: str,
+    settings: Dict[str, Any],
+    dla_core: int = -1,
+    calibration_cache: Optional[bytes] = None,
+    timing_cache: Optional[Path] = None,
+    batch: Optional[tuple] = None,
+) -> Dict[str, Any]:
+    """Build one engine from ONNX; write it and its build record atomically; return the record.
+
+    ``precision`` fp16 sets FP16; int8 sets INT8 + FP16 (explicit quantization when the ONNX has Q/DQ,
+    implicit from ``calibration_cache`` otherwise). ``batch`` is (min, opt, max) of the dynamic batch axis.
+    """
+    trt = tensorrt_module()
+    t0 = time.perf_counter()
+    logger = _logger(trt)
+    major = int(str(trt.__version__).split(".")[0])
+    if not hasattr(trt.BuilderFlag, "FP16"):
+        raise MissingDependencyError(
+            f"TensorRT {trt.__version__} builds strongly typed networks only (no FP16/INT8 builder flags); "
+            "resnext-deploy builds with TensorRT 8.6 to 10.x. Install one of those (JetPack 5/6 ship them)."
+        )
+    builder = trt.Builder(logger)
+    # TensorRT 10 networks are always explicit-batch; 8.x needs the flag for ONNX.
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes(), str(onnx_path)):
+        errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise InternalError(f"TensorRT's ONNX parser rejected '{onnx_path}': {'; '.join(errs) or logger.errors}")
+    inp = network.get_input(0)
+    chw = tuple(int(d) for d in tuple(inp.shape)[1:])
+    lo, opt, hi = batch or (int(settings["min_batch"]), int(settings["opt_batch"]), int(settings["max_batch"]))
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings["workspace_mb"]) << 20)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(inp.name, (lo,) + chw, (opt,) + chw, (hi,) + chw)
+    config.add_optimization_profile(profile)
+    used = ["FP16"]
+    config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        used.insert(0, "INT8")
+        if calibration_cache is not None:
+            config.int8_calibrator = _cache_calibrator(trt, calibration_cache)
+            config.set_calibration_profile(profile)
+    elif precision != "fp16":
+        raise BadInputError(f"TensorRT engines are fp16 or int8 here, not '{precision}'.")
+    if dla_core >= 0:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(dla_core)
+        if settings.get("gpu_fallback", True):
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+            used.append("GPU_FALLBACK")
+    if timing_cache is not None:
+        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        if not config.set_timing_cache(cache, False):  # a cache from another GPU/TensorRT: start afresh
+            log.warning("timing cache %s does not match this TensorRT/GPU; starting a new one", timing_cache)
+            config.set_timing_cache(config.create_timing_cache(b""), False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise InternalError(f"TensorRT could not build the {precision} engine from '{onnx_path}': "
+                            f"{'; '.join(logger.errors[-3:]) or 'see the log (--verbose)'}")
+    with atomic_file(engine_path) as tmp:
+        tmp.write_bytes(serialized)
+    if timing_cache is not None:
+        with atomic_file(timing_cache) as tmp:
+            tmp.write_bytes(config.get_timing_cache().serialize())
+    record = {
+        "machine": machine_record(trt),
+        "precision": precision,
+        "flags": used,
+        "dla_core": int(dla_core),
+        "profile": {"input": inp.name, "min": [lo] + list(chw), "opt": [opt] + list(chw), "max": [hi] + list(chw)},
+        "workspace_mb": int(settings["workspace_mb"]),
+        "source": {"onnx": Path(onnx_path).name, "sha256": sha256_file(onnx_path)},
+        "quantization": ("implicit (calibration cache)" if calibration_cache is not None else "explicit (Q/DQ)")
+        if precision == "int8" else "none",
+        "timing_cache": timing_cache.name if timing_cache is not None else None,
+        "build_seconds": round(time.perf_counter() - t0, 2),
+    }
+    with atomic_file(record_path(engine_path)) as tmp:
+        tmp.write_text(json.dumps({"schema": RECORD_SCHEMA, "engine": record}, indent=2))
+    log.info("built %s (%s, %s) in %.1f s", engine_path, precision, "+".join(used), record["build_seconds"])
+    return record
+
+
+class TensorRtRunner(Runner):
+    """A deserialized engine with one execution context; ``infer`` splits/pads batches to the profile."""
+
+    backend = "tensorrt"
+
+    def __init__(self, path: Path, settings: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__()
+        trt = tensorrt_module("run TensorRT engines")
+        path = Path(path)
+        record = read_record(path)
+        check_engine_matches(path, record, machine_record(trt))
+        self._trt = trt
+        self._logger = _logger(trt)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if self._engine is None:
+            raise InternalError(f"TensorRT could not load '{path}': {'; '.join(self._logger.errors) or 'unknown error'}")
+        self._context = self._engine.create_execution_context()
+        self._lock = threading.Lock()
+        self._v3 = hasattr(self._context, "execute_async_v3")
+        self._in, self._out = self._io_names()
+        self._min, self._max = int(record["profile"]["min"][0]), int(record["profile"]["max"][0])
+        chw = tuple(record["profile"]["max"][1:])
+        self._stream = cuda.stream_create()
+        self._d_in = cuda.malloc(self._max * int(np.prod(chw)) * 4)
+        self._d_out = 0
+        self._out_cap = 0
+        self.details = {"tensorrt_version": str(trt.__version__), "flags": record.get("flags"),
+                        "dla_core": record.get("dla_core"), "quantization": record.get("quantization"),
+                        "gpu": record["machine"].get("gpu"), "api": "tensor (v3)" if self._v3 else "bindings (v2)"}
+
+    def _io_names(self) -> tuple:
+        e = self._engine
+        if hasattr(e, "num_io_tensors"):
+            names = [e.get_tensor_name(i) for i in range(e.num_io_tensors)]
+            ins = [n for n in names if e.get_tensor_mode(n) == self._trt.TensorIOMode.INPUT]
+            outs = [n for n in names if n not in ins]
+        else:  # TensorRT < 8.5: bindings
+            names = [e.get_binding_name(i) for i in range(e.num_bindings)]
+            ins = [n for i, n in enumerate(names) if e.binding_is_input(i)]
+            outs = [n for n in names if n not in ins]
+        if len(ins) != 1 or len(outs) != 1:
+            raise InternalError(f"Expected a classifier engine with one input and one output, got {ins} -> {outs}.")
+        return ins[0], outs[0]
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        ctx = self._context
+        if self._v3:
+            ctx.set_input_shape(self._in, tuple(chunk.shape))
+            out_shape = tuple(ctx.get_tensor_shape(self._out))
+        else:
+            e = self._engine
+            ctx.set_binding_shape(e.get_binding_index(self._in), tuple(chunk.shape))
+            out_shape = tuple(ctx.get_binding_shape(e.get_binding_index(self._out)))
+        out = np.empty(out_shape, dtype=np.float32)
+        if out.nbytes > self._out_cap:
+            cuda.free(self._d_out)
+            self._d_out, self._out_cap = cuda.malloc(out.nbytes), out.nbytes
+        cuda.copy_to_device(self._d_in, chunk.ctypes.data, chunk.nbytes, self._stream)
+        if self._v3:
+            ctx.set_tensor_address(self._in, self._d_in)
+            ctx.set_tensor_address(self._out, self._d_out)
+            ok = ctx.execute_async_v3(self._stream)
+        else:
+            e = self._engine
+            bindings = [0] * e.num_bindings
+            bindings[e.get_binding_index(self._in)] = self._d_in
+            bindings[e.get_binding_index(self._out)] = self._d_out
+            ok = ctx.execute_async_v2(bindings, self._stream)
+        if not ok:
+            raise InternalError(f"TensorRT failed to run a batch of {len(chunk)}: {'; '.join(self._logger.errors[-3:])}")
+        cuda.copy_to_host(out.ctypes.data, self._d_out, out.nbytes, self._stream)
+        cuda.stream_synchronize(self._stream)
+        return out
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        outs = []
+        with self._lock:  # one execution context: one batch at a time
+            for i in range(0, len(batch), self._max):
+                chunk = batch[i : i + self._max]
+                n = len(chunk)
+                if n < self._min:  # a static (DLA) profile: pad, then drop the padding
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self._min - n, axis=0)])
+                outs.append(self._run(chunk)[:n])
+        return np.concatenate(outs)
+
+    def close(self) -> None:
+        cuda.free(getattr(self, "_d_in", 0))
+        cuda.free(getattr(self, "_d_out", 0))
+        cuda.stream_destroy(getattr(self, "_stream", 0))
+        self._d_in = self._d_out = self._stream = 0
+        self._context = self._engine = self._runtime = None
+
+
+class TensorRtBackend(Backend):
+    name = "tensorrt"
+    module = "tensorrt"
+    kind = "tensorrt-engine"
+
+    def available(self) -> bool:
+        """TensorRT imports and a CUDA GPU answers: engines can be built and run here."""
+        from ..optional import available
+
+        return available(self.module) and cuda.gpu_info() is not None
+
+    def compile(
+        self, source: Artifact, out_dir: Path, precision: str, settings: Dict[str, Any], root: Optional[Path] = None
+    ) -> Artifact:
+        """A GPU engine from ``source`` (FP32 ONNX for fp16, the Q/DQ ONNX for int8), timing cache in out_dir."""
+        out_dir = Path(out_dir)
+        engine = out_dir / f"model-{precision}.engine"
+        cache = out_dir / "timing.cache" if settings.get("timing_cache", True) else None
+        record = build_engine(source.abspath(root), engine, precision, settings, timing_cache=cache)
+        return Artifact.from_files(
+            f"tensorrt-{precision}", [engine, record_path(engine)], root, kind=self.kind, backend=self.name,
+            precision=precision, parent=source.name, stage="compile", settings=record,
+        )
+
+    def load(self, path: Path, settings: Optional[Dict[str, Any]] = None) -> Runner:
+        return TensorRtRunner(Path(path), settings or {})
+
+    def version(self) -> str:
+        return str(tensorrt_module().__version__)

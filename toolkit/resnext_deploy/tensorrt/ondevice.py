@@ -1,0 +1,204 @@
+"""`resnext-deploy compile --bundle DIR`: on the device, build the bundle's engines and check them.
+
+Verifies the bundle, builds every planned engine with the local TensorRT (timing cache reused), runs the
+golden inputs through each and compares with the FP32 references under the recipe's tolerances, measures
+latency percentiles, and writes report.json / report.md and the engines into the bundle (its manifest
+then lists them, so the runtime loads them). Needs numpy and TensorRT only; runs on Python 3.8 (JetPack 5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Union
+
+from ..artifacts import Artifact, atomic_file
+from ..errors import BadInputError, MissingDependencyError
+from ..evaluate import (
+    Metrics,
+    TimingConfig,
+    compare_logits,
+    measure_latency,
+    topk_accuracy,
+)
+from ..gate import Check, GateResult
+from ..progress import Progress
+from ..report import make_report, write_report
+from .bundle import CALIB_CACHE, ENGINES_DIR, FP32_ONNX, QDQ_ONNX, Bundle, read_bundle
+from .calib_cache import read_calibration_cache, trt_version_tag
+from .engine_plan import EngineSpec
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class DeviceResult:
+    bundle: Path
+    report: Dict[str, Any]
+    gate: GateResult
+    engines: List[Path] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.gate.passed
+
+
+def _spec(d: Dict[str, Any]) -> EngineSpec:
+    names = {f.name for f in fields(EngineSpec)}
+    return EngineSpec(**{k: v for k, v in d.items() if k in names})
+
+
+def golden_checks(name: str, precision: str, cmp: Dict[str, float], cfg: Dict[str, Any]) -> List[Check]:
+    """The recipe's golden tolerances for one engine's logits compared with the FP32 references."""
+    agree, tol_abs, tol_cos = cfg["golden_min_agreement"], cfg[f"{precision}_max_abs_diff"], cfg[f"{precision}_min_cosine"]
+    return [
+        Check(name, "golden_agreement", cmp["agreement"], float(agree), ">=", cmp["agreement"] >= agree - 1e-9),
+        Check(name, "golden_max_abs_logit_diff", cmp["max_abs_logit_diff"], float(tol_abs), "<=",
+              cmp["max_abs_logit_diff"] <= tol_abs),
+        Check(name, "golden_min_cosine", cmp["min_cosine"], float(tol_cos), ">=", cmp["min_cosine"] >= tol_cos),
+    ]
+
+
+def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> DeviceResult:
+    """Build, check and time the bundle's engines on this machine; the gate result is returned, not raised."""
+    from . import cuda_runtime as cuda
+    from .backend import (
+        TensorRtRunner,
+        build_engine,
+        is_jetson,
+        machine_record,
+        record_path,
+        tensorrt_module,
+    )
+
+    t_start = time.perf_counter()
+    b = read_bundle(bundle_dir)
+    trt = tensorrt_module(f"build the engines of the bundle '{b.root}' on this device")
+    if cuda.gpu_info() is None:
+        raise MissingDependencyError(
+            "No NVIDIA GPU answered through the CUDA driver (libcuda). Building TensorRT engines needs the GPU and its "
+            "driver: run this on the Jetson (JetPack) or the GPU machine the bundle is for."
+        )
+    if b.recipe.get("device") == "jetson" and not is_jetson():
+        raise BadInputError(
+            f"The bundle '{b.root}' is for {b.manifest['target']} but this machine is not a Jetson (no "
+            "/etc/nv_tegra_release). TensorRT engines only run on the GPU that built them: copy the bundle to the "
+            "Jetson and run `resnext-deploy compile --bundle` there, or build with --target x86-gpu for this machine."
+        )
+    cfg = b.tensorrt
+    specs = [_spec(d) for d in b.info["engines"]]
+    here = machine_record(trt)
+    cache = read_calibration_cache(b.path(CALIB_CACHE))
+    notes = []
+    if cache.version != trt_version_tag(str(trt.__version__)):
+        notes.append(f"The calibration cache is labelled {cache.header}; it was relabelled for TensorRT {trt.__version__} "
+                     "(the scales are resnext-deploy's own and do not depend on the TensorRT version).")
+    cache_bytes = cache.with_version(str(trt.__version__)).to_bytes()
+    if cfg["tensorrt_version"] and not str(trt.__version__).startswith(cfg["tensorrt_version"]):
+        notes.append(f"The recipe expects TensorRT {cfg['tensorrt_version']}; this device has {trt.__version__}.")
+
+    engines_dir = b.path(ENGINES_DIR)
+    engines_dir.mkdir(exist_ok=True)
+    timing_cache = engines_dir / "timing.cache" if cfg["timing_cache"] else None
+    timing = TimingConfig.from_recipe(b.recipe["evaluation"])
+    golden = b.golden
+    checks: List[Check] = []
+    rows: List[Dict[str, Any]] = []
+    stages: Dict[str, float] = {}
+    arts: List[Artifact] = []
+    budget = float(b.recipe["gates"].get("max_latency_ms") or 0)
+    for i, spec in enumerate(specs):
+        if progress:
+            progress("build engines", i, len(specs))
+        engine = engines_dir / f"{spec.name}.engine"
+        onnx = b.path(QDQ_ONNX if spec.source == "qdq" else FP32_ONNX)
+        record = build_engine(onnx, engine, spec.precision, cfg, spec.dla_core,
+                              cache_bytes if spec.calibration_cache else None, timing_cache,
+                              (spec.min_batch, spec.opt_batch, spec.max_batch))
+        stages[f"build {spec.name}"] = record["build_seconds"]
+        art = Artifact.from_files(spec.name, [engine, record_path(engine)], b.root, kind="tensorrt-engine",
+                                  backend="tensorrt", precision=spec.precision,
+                                  parent="onnx-int8-int8" if spec.source == "qdq" else "onnx-fp32",
+                                  stage="compile", settings=record)
+        arts.append(art)
+        with TensorRtRunner(engine, cfg) as runner:
+            logits = runner.infer(golden.inputs)
+            cmp = compare_logits(logits, golden.reference_fp32)
+            timed = measure_latency(runner, golden.inputs, timing)
+            details = dict(runner.details)
+        if golden.reference_qdq is not None and spec.precision == "int8":
+            details["vs_int8_qdq_reference"] = compare_logits(logits, golden.reference_qdq)
+        labels = golden.labels
+        m = Metrics(
+            artifact=spec.name, backend="tensorrt", precision=spec.precision, images=int(len(logits)),
+            top1=topk_accuracy(logits, labels, 1) if labels is not None else float("nan"),
+            top5=topk_accuracy(logits, labels, 5) if labels is not None else float("nan"),
+            size_bytes=art.size_bytes(b.root), details=details, **cmp, **timed,
+        )
+        rows.append(m.to_dict())
+        checks += golden_checks(spec.name, spec.precision, cmp, cfg)
+        if budget > 0:
+            p50 = m.latency_ms["p50"]
+            checks.append(Check(spec.name, "latency_p50_ms", p50, budget, "<=", p50 <= budget))
+        log.info("%s: golden max|diff| %.4g, min cos %.6f, p50 %.3f ms", spec.name, cmp["max_abs_logit_diff"],
+                 cmp["min_cosine"], m.latency_ms["p50"])
+    if progress:
+        progress("build engines", len(specs), len(specs))
+    gate = GateResult(all(c.passed for c in checks), checks)
+    stages["total"] = time.perf_counter() - t_start
+    notes += _workstation_notes(b) + int8_vs_fp16_notes(rows)
+    report = make_report(
+        model=b.manifest["model"], target=b.manifest["target"], reference=b.manifest.get("reference", "onnx-fp32"),
+        results=rows, gate=gate, stages=stages, notes=notes,
+        dataset={"validation": "the bundle's golden images", "validation_images": int(len(golden.inputs)),
+                 "reference_outputs": "ONNX Runtime (CPU) on model-fp32.onnx, computed on the workstation",
+                 "calibration": "on the workstation (calibration.cache and the Q/DQ model's scales)",
+                 "calibration_images": b.recipe["calibration"]["count"],
+                 "calibration_method": b.recipe["calibration"]["method"],
+                 "calibration_seed": b.recipe["calibration"]["seed"],
+                 "throughput_batch": timing.batch_size},
+        extra={"device": here, "bundle": b.info.get("name"), "measured_on": "device",
+               "workstation_results": b.info.get("workstation_results", [])},
+    )
+    write_report(report, b.root)
+    _record_engines(b, arts, here, gate)
+    return DeviceResult(b.root, report, gate, [b.path(a.path) for a in arts])
+
+
+def int8_vs_fp16_notes(rows: List[Dict[str, Any]]) -> List[str]:
+    """INT8 against FP16 on the same device (GPU, DLA): TensorRT's INT8 grouped convolutions can be the slower."""
+    by = {r["artifact"]: r for r in rows}
+    out = []
+    for name, r in by.items():
+        other = by.get(name[: -len("int8")] + "fp16") if name.endswith("int8") else None
+        if other:
+            ratio = other["latency_ms"]["p50"] / r["latency_ms"]["p50"]
+            out.append(f"{name} vs {other['artifact']}: batch-1 p50 {r['latency_ms']['p50']:.3f} ms vs "
+                       f"{other['latency_ms']['p50']:.3f} ms, INT8 is {ratio:.2f}x the speed of FP16 "
+                       f"({'faster' if ratio > 1 else 'not faster'}; measured in this run).")
+    return out
+
+
+def _workstation_notes(b: Bundle) -> List[str]:
+    rows = {r["artifact"]: r for r in b.info.get("workstation_results", [])}
+    ref, q = rows.get("onnx-fp32"), rows.get("onnx-int8-int8")
+    if not (ref and q):
+        return []
+    return [f"Accuracy on the full validation set was measured on the workstation (ONNX Runtime, {ref['images']} images): "
+            f"FP32 top-1 {ref['top1'] * 100:.2f}%, the INT8 Q/DQ model {q['top1'] * 100:.2f}% "
+            f"(agreement {q['agreement'] * 100:.2f}%). Here: golden images only, against the FP32 reference logits."]
+
+
+def _record_engines(b: Bundle, arts: List[Artifact], machine: Dict[str, Any], gate: GateResult) -> None:
+    """List the engines in the bundle's manifest (the shipped files' hashes stay as they were)."""
+    manifest = dict(b.manifest)
+    built = {a.name for a in arts}
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["name"] not in built] + [a.to_dict() for a in arts]
+    manifest["device"] = {"machine": machine, "engines": sorted(built), "gate": gate.to_dict(),
+                          "reports": ["report.json", "report.md"]}
+    with atomic_file(b.root / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")

@@ -1,0 +1,319 @@
+"""The TensorRT part of `build`: check the Q/DQ model, write the calibration cache, and either build the
+engines here (TensorRT and a GPU present, and the target is this machine) or pack the bundle that builds
+them on the device.
+
+Either way the Q/DQ model TensorRT's INT8 engine comes from is also run in ONNX Runtime, so the report
+always has a real accuracy for the INT8 model; engine latency that can only be measured on the device is
+reported as pending, never guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from .. import backends
+from ..artifacts import Artifact
+from ..errors import InternalError
+from ..evaluate import TimingConfig, evaluate_runner
+from ..gate import apply_gates
+from ..pipeline.datasets import LoadedImages
+from ..progress import Progress
+from .bundle import (
+    CALIB_CACHE,
+    FP32_ONNX,
+    QDQ_ONNX,
+    Golden,
+    bundle_artifact,
+    tar_bundle,
+    write_bundle,
+)
+from .calib_cache import cache_from_qdq
+from .engine_plan import EngineSpec, plan_engines, trtexec_command
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "onnx-fp32"
+QDQ_ARTIFACT = "onnx-int8-int8"  # the int8-flavour Q/DQ model (quantize.py)
+
+
+@dataclass
+class TensorRtOutcome:
+    """What the TensorRT stage adds to a build."""
+
+    artifacts: List[Artifact] = field(default_factory=list)
+    results: List[Dict[str, Any]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def engines_here(recipe: Any) -> Optional[str]:
+    """None when this machine can build the recipe's engines, else why not (TensorRT, GPU, or not the device)."""
+    from .backend import is_jetson
+
+    if not backends.get("tensorrt").available():
+        return "TensorRT or an NVIDIA GPU is not available on this machine"
+    if recipe.data["device"] == "jetson" and not is_jetson():
+        return f"engines for {recipe.target} must be built on the Jetson itself (no x86 -> Jetson cross-build)"
+    return None
+
+
+def golden_indices(n: int, k: int) -> np.ndarray:
+    """``k`` evenly spread positions in ``range(n)`` (every class of a class-sorted set is represented)."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
+
+
+def tensorrt_stage(
+    src: Any, recipe: Any, artifacts: List[Artifact], valset: LoadedImages, stage_dir: Path,
+    results: List[Dict[str, Any]], progress: Progress = None,
+) -> TensorRtOutcome:
+    """Run after evaluation (and any accuracy fallback): Q/DQ check, calibration cache, then engines or the bundle."""
+    from .qdq_rules import check_qdq_model
+
+    cfg = recipe.backend("tensorrt")
+    out = TensorRtOutcome()
+    by_name = {a.name: a for a in artifacts}
+    fp32, qdq = by_name[REFERENCE], by_name.get(QDQ_ARTIFACT)
+    if qdq is None:
+        raise InternalError("The TensorRT stage needs the int8-flavour Q/DQ model; quantized_flavours() did not make it.")
+    check = check_qdq_model(qdq.abspath(stage_dir), require_qdq=True)
+    out.extra["qdq_check"] = check.to_dict()
+    if not check.passed:
+        raise InternalError("The TensorRT-flavour Q/DQ model breaks TensorRT's rules (a bug in resnext-deploy's "
+                            "quantization):\n" + check.summary())
+    cache = cache_from_qdq(qdq.abspath(stage_dir), cfg["tensorrt_version"])
+    out.extra["calibration_cache"] = {"tensors": len(cache.scales), "header": cache.header,
+                                      "method": recipe.section("calibration")["method"]}
+
+    timing = TimingConfig.from_recipe(recipe.section("evaluation"))
+    specs = plan_engines(cfg)
+    why_not = engines_here(recipe)
+    if why_not is None:
+        reference = _reference_logits(fp32, stage_dir, recipe, valset)
+        out.artifacts, rows = _build_engines_here(specs, fp32, qdq, cache, cfg, valset, reference, timing, stage_dir, progress)
+        out.results += rows
+        return out
+    for spec in specs:
+        out.results.append({"artifact": spec.name, "backend": "tensorrt", "precision": spec.precision, "pending": True,
+                            "reason": f"{why_not}: built and measured on the device by `resnext-deploy compile --bundle`",
+                            "details": {"engine": spec.to_dict()}})
+    bundle_name = f"{src.name}-{recipe.target}-bundle"
+    root = stage_dir / bundle_name
+    golden = _golden(src, recipe, fp32, qdq, valset, stage_dir, cfg["golden_images"])
+    manifest = _bundle_manifest(src, recipe, fp32, qdq, specs, out, results, valset, stage_dir)
+    write_bundle(root, fp32_onnx=fp32.abspath(stage_dir), qdq_onnx=qdq.abspath(stage_dir),
+                 calibration_cache=cache.to_bytes(), recipe_file=Path(recipe.source),
+                 golden=golden, manifest=manifest, readme=render_readme(src, recipe, specs, manifest, golden))
+    tar = tar_bundle(root, stage_dir / f"{bundle_name}.tar.gz")
+    out.artifacts.append(bundle_artifact(root, stage_dir, tar, parent=qdq.name))
+    out.extra["bundle"] = {"directory": bundle_name, "archive": tar.name, "engines": [s.name for s in specs],
+                           "golden_images": int(len(golden.inputs))}
+    out.notes.append(
+        f"TensorRT engines ({', '.join(s.name for s in specs)}) are pending: {why_not}. The bundle {bundle_name}/ "
+        f"(and {tar.name}) builds and checks them on the device: `resnext-deploy compile --bundle {bundle_name}`."
+    )
+    log.info("TensorRT bundle written: %s", root)
+    return out
+
+
+def evaluate_qdq(artifacts: List[Artifact], recipe: Any, valset: LoadedImages, reference: np.ndarray,
+                 timing: TimingConfig, root: Path, progress: Progress = None) -> Dict[str, Any]:
+    """The int8-flavour Q/DQ model (what TensorRT's INT8 engine is built from) measured in ONNX Runtime.
+
+    Part of every TensorRT build's evaluation, so the gate (and the accuracy fallback) judge the INT8 model
+    TensorRT will run even when the engines themselves can only be built on the device.
+    """
+    qdq = next(a for a in artifacts if a.name == QDQ_ARTIFACT)
+    with backends.get("onnxruntime").load(qdq.abspath(root), recipe.backend("onnxruntime")) as runner:
+        metrics, _ = evaluate_runner(qdq.name, runner, valset.data, valset.labels, reference, timing, "int8",
+                                     qdq.size_bytes(root), _sub(progress, f"evaluate {qdq.name}"))
+    row = metrics.to_dict()
+    row["details"]["role"] = "the Q/DQ model TensorRT builds its INT8 engine from, run by ONNX Runtime's CPU kernels"
+    return row
+
+
+def _sub(progress: Progress, name: str) -> Optional[Callable[[int, int], None]]:
+    return (lambda done, total: progress(name, done, total)) if progress else None
+
+
+def _reference_logits(fp32: Artifact, stage_dir: Path, recipe: Any, valset: LoadedImages) -> np.ndarray:
+    from ..evaluate import predict_all
+
+    with backends.get("onnxruntime").load(fp32.abspath(stage_dir), recipe.backend("onnxruntime")) as runner:
+        return predict_all(runner, valset.data, recipe.section("evaluation")["batch_size"])
+
+
+def _golden(src: Any, recipe: Any, fp32: Artifact, qdq: Artifact, valset: LoadedImages, stage_dir: Path, k: int) -> Golden:
+    idx = golden_indices(len(valset.data), k)
+    inputs = np.ascontiguousarray(valset.data[idx], dtype=np.float32)
+    ort = backends.get("onnxruntime")
+    with ort.load(fp32.abspath(stage_dir), recipe.backend("onnxruntime")) as r:
+        ref = r.infer(inputs)
+    with ort.load(qdq.abspath(stage_dir), recipe.backend("onnxruntime")) as r:
+        ref_q = r.infer(inputs)
+    files = [f"{valset.paths[i].parent.name}/{valset.paths[i].name}" for i in idx]  # <class>/<image>
+    labels = None if valset.labels is None else valset.labels[idx]
+    return Golden(inputs, ref, ref_q, labels, files)
+
+
+def _bundle_manifest(src: Any, recipe: Any, fp32: Artifact, qdq: Artifact, specs: List[EngineSpec],
+                     out: TensorRtOutcome, results: List[Dict[str, Any]], valset: LoadedImages, stage_dir: Path) -> Dict[str, Any]:
+    from ..manifest import make_manifest
+
+    def moved(a: Artifact, rel: str) -> Artifact:
+        return Artifact(a.name, rel, a.kind, a.backend, a.precision, a.parent, a.stage, {rel: a.sha256}, dict(a.settings))
+
+    measured = [r for r in results if r["artifact"] in (REFERENCE, QDQ_ARTIFACT)]
+    model = src.describe()
+    return make_manifest(
+        model=model, target=recipe.target, recipe=recipe.to_dict(), recipe_source=recipe.source,
+        preprocessing=src.preprocessing.to_dict(),
+        inputs={"model": {"path": str(src.path), "sha256": model["source_sha256"]},
+                "validation": {"folder": str(valset.paths[0].parents[1]) if valset.paths else "", "files": len(valset.paths)}},
+        artifacts=[moved(fp32, FP32_ONNX), moved(qdq, QDQ_ONNX)], reports={},
+        gate=apply_gates(measured, REFERENCE, recipe.section("gates")).to_dict(),  # the workstation's, on what ships
+        extra={
+            "labels": src.labels, "reference": REFERENCE,
+            "bundle": {
+                "name": f"{src.name}-{recipe.target}-bundle",
+                "engines": [s.to_dict() for s in specs],
+                "input": {"name": "input", "shape_chw": list(src.preprocessing.input_shape)},
+                "calibration_cache": dict(out.extra["calibration_cache"], file=CALIB_CACHE, for_model=FP32_ONNX),
+                "qdq_check": out.extra["qdq_check"],
+                "workstation_results": [r for r in measured if not r.get("pending")],
+            },
+        },
+    )
+
+
+def _build_engines_here(specs: List[EngineSpec], fp32: Artifact, qdq: Artifact, cache: Any, cfg: Dict[str, Any],
+                        valset: LoadedImages, reference: np.ndarray, timing: TimingConfig, stage_dir: Path,
+                        progress: Progress) -> "tuple":
+    """Build and evaluate every engine on this machine (a GPU box, or the Jetson itself)."""
+    from .backend import build_engine, record_path, tensorrt_module
+
+    trt = tensorrt_module()
+    cache_bytes = cache.with_version(str(trt.__version__)).to_bytes()
+    out_dir = stage_dir / "tensorrt"
+    out_dir.mkdir(exist_ok=True)
+    timing_cache = out_dir / "timing.cache" if cfg["timing_cache"] else None
+    arts, rows = [], []
+    for spec in specs:
+        engine = out_dir / f"{spec.name}.engine"
+        src = qdq if spec.source == "qdq" else fp32
+        record = build_engine(src.abspath(stage_dir), engine, spec.precision, cfg, spec.dla_core,
+                              cache_bytes if spec.calibration_cache else None, timing_cache,
+                              (spec.min_batch, spec.opt_batch, spec.max_batch))
+        art = Artifact.from_files(spec.name, [engine, record_path(engine)], stage_dir, kind="tensorrt-engine",
+                                  backend="tensorrt", precision=spec.precision, parent=src.name, stage="compile",
+                                  settings=record)
+        arts.append(art)
+        with backends.get("tensorrt").load(engine, cfg) as runner:
+            m, _ = evaluate_runner(spec.name, runner, valset.data, valset.labels, reference, timing, spec.precision,
+                                   art.size_bytes(stage_dir), _sub(progress, f"evaluate {spec.name}"))
+            rows.append(m.to_dict())
+    return arts, rows
+
+
+def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict[str, Any], golden: Golden) -> str:
+    """The bundle's README: what is inside, how to build and check on the device, the trtexec equivalents."""
+    cfg = recipe.backend("tensorrt")
+    b = manifest["bundle"]
+    chw = b["input"]["shape_chw"]
+    pre = manifest["preprocessing"]
+    jp = f"JetPack {cfg['jetpack']}, " if cfg["jetpack"] else ""
+    cache_hdr = b["calibration_cache"]["header"]
+    rows = []
+    for r in b["workstation_results"]:
+        rows.append(f"| `{r['artifact']}` | {r['precision']} | {r['top1'] * 100:.2f} | {r['top5'] * 100:.2f} | "
+                    f"{r['agreement'] * 100:.2f} | {r['max_abs_logit_diff']:.3g} |")
+    lines = [
+        f"# {src.name} for {recipe.target}: TensorRT bundle",
+        "",
+        f"Written by resnext-deploy on {manifest['created']} for {recipe.data['description'] or recipe.target}.",
+        "TensorRT engines only run with the GPU and TensorRT version that built them, and there is no x86 -> Jetson",
+        "cross-build, so this bundle carries what the device needs to build its engines and check them.",
+        "",
+        "## Contents",
+        "",
+        "| file | what |",
+        "|---|---|",
+        f"| `{FP32_ONNX}` | the float model (ONNX opset {recipe.section('export')['opset']}, dynamic batch): input `input` "
+        f"(N x {' x '.join(map(str, chw))}, float32, preprocessed as below), output `logits` |",
+        f"| `{QDQ_ONNX}` | the TensorRT-ready INT8 model: Q/DQ with int8 symmetric activations (zero-point 0), per-channel "
+        f"int8 weights, float biases, no Q/DQ on the output; {b['qdq_check']['quantize_nodes']} QuantizeLinear, "
+        f"{len(b['qdq_check']['violations'])} violations of TensorRT's Q/DQ rules |",
+        f"| `{CALIB_CACHE}` | activation scales for `{FP32_ONNX}` ({b['calibration_cache']['tensors']} tensors, "
+        f"{b['calibration_cache']['method']} calibration), header `{cache_hdr}`: for implicit INT8 (DLA, trtexec `--calib`) |",
+        "| `recipe.toml` | the recipe this was built with (every resolved value is in `manifest.json`) |",
+        "| `manifest.json` | sha256 of every file, preprocessing, labels, engine plan, what the workstation measured |",
+        f"| `golden/` | {len(golden.inputs)} preprocessed validation images (`inputs.npy`), their FP32 reference logits "
+        "(`reference-fp32.npy`, ONNX Runtime) and the Q/DQ model's (`reference-int8-qdq.npy`) |",
+        "",
+        f"Preprocessing (the device must do the same): resize the shorter side to {pre['resize']} ({pre['interpolation']}), "
+        f"center-crop {pre['crop']}, RGB, scale to [0, 1], subtract mean {pre['mean']}, divide by std {pre['std']}, NCHW float32.",
+        "",
+        "## Accuracy measured on the workstation (ONNX Runtime, "
+        f"{b['workstation_results'][0]['images']} validation images)",
+        "",
+        "| model | precision | top-1 % | top-5 % | agreement with FP32 % | max abs logit diff |",
+        "|---|---|---|---|---|---|",
+    ] + rows + [
+        "",
+        "Engine accuracy and latency are measured on the device.",
+        "",
+        f"## On the device ({jp}TensorRT {cfg['tensorrt_version']} expected)",
+        "",
+        "Install resnext-deploy with JetPack's Python (`pip3 install resnext-deploy-*.whl`; building engines needs only "
+        "numpy and TensorRT, which JetPack provides, plus click for the command line), then:",
+        "",
+        "```bash",
+        "resnext-deploy compile --bundle .",
+        "# or without the command line: python3 -c \"from resnext_deploy.tensorrt.ondevice import compile_bundle; compile_bundle('.')\"",
+        "```",
+        "",
+        "It verifies every file against `manifest.json`, builds the engines below into `engines/` (with the timing cache "
+        "`engines/timing.cache`, reused by later builds), runs the golden inputs through each engine and compares the "
+        "logits with the FP32 references under the recipe's tolerances, measures batch-1 latency percentiles, and writes "
+        "`report.json` / `report.md`. Exit codes: 0 every check passed, 3 a tolerance or latency check failed, "
+        "2 the bundle is incomplete or altered, 5 TensorRT is missing.",
+        "",
+        "| engine | precision | from | quantization | device | batch min/opt/max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in specs:
+        lines.append(f"| `{s.name}` | {s.precision} | `{QDQ_ONNX if s.source == 'qdq' else FP32_ONNX}` | {s.quantization} | "
+                     f"{s.device} | {s.min_batch}/{s.opt_batch}/{s.max_batch} |")
+    tol = (f"Tolerances on the golden images: top-1 agreement with FP32 >= {cfg['golden_min_agreement']}; FP16 engines "
+           f"max |diff| <= {cfg['fp16_max_abs_diff']} and cosine >= {cfg['fp16_min_cosine']}; INT8 engines max |diff| <= "
+           f"{cfg['int8_max_abs_diff']} and cosine >= {cfg['int8_min_cosine']}.")
+    lines += ["", tol, "", "## Without resnext-deploy: trtexec", "",
+              "The same engines with TensorRT's `trtexec` (on a Jetson: `/usr/src/tensorrt/bin/trtexec`):", "", "```bash",
+              "mkdir -p engines"]
+    for s in specs:
+        onnx_file = QDQ_ONNX if s.source == "qdq" else FP32_ONNX
+        lines.append(trtexec_command(s, onnx_file, "input", chw, f"engines/{s.name}.engine", CALIB_CACHE, "engines/timing.cache"))
+    gpu_int8 = next((s for s in specs if s.precision == "int8" and s.dla_core < 0), None)
+    if gpu_int8 is not None:
+        implicit = EngineSpec(gpu_int8.name + "-calib", "int8", "fp32", -1, False, True, gpu_int8.min_batch,
+                              gpu_int8.opt_batch, gpu_int8.max_batch, gpu_int8.workspace_mb)
+        lines += ["# or INT8 from the float model and the calibration cache (implicit quantization, older TensorRT):",
+                  trtexec_command(implicit, FP32_ONNX, "input", chw, f"engines/{implicit.name}.engine", CALIB_CACHE,
+                                  "engines/timing.cache")]
+    lines += [
+        "# latency of an engine (add --useDLACore=N for a DLA engine):",
+        f"trtexec --loadEngine=engines/{specs[0].name}.engine --shapes=input:1x{'x'.join(map(str, chw))}",
+        "```",
+        "",
+        f"TensorRT only reads a calibration cache whose header names its own version (`{cache_hdr}` is TensorRT "
+        f"{cfg['tensorrt_version']}). With another TensorRT, relabel the first line: TRT-<major*1000+minor*100+patch>"
+        "-EntropyCalibration2 for TensorRT 8.x (8.6.2 -> 8602), TRT-<major*10000+minor*100+patch>-EntropyCalibration2 "
+        "for 10.x (10.3.0 -> 100300); `resnext-deploy compile --bundle` does this itself. The scales come from "
+        "resnext-deploy's calibration, not from TensorRT's calibrator, so relabelling does not change them.",
+        "",
+    ]
+    return "\n".join(lines)
