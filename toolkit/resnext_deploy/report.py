@@ -103,6 +103,16 @@ def render_table(report: Dict[str, Any], with_gate: bool = True) -> str:
     return "\n".join(out)
 
 
+def _skipped(d: Dict[str, Any], which: str) -> str:
+    """' (2 files skipped: a.jpg (truncated), b.txt (not an image))': the first five; report.json has them all."""
+    n, files = d.get(f"{which}_skipped"), d.get(f"{which}_skipped_files") or []
+    if not n:
+        return ""
+    shown = ", ".join(f"`{Path(f['path']).name}` ({f['reason']})" for f in files[:5])
+    more = f" and {n - 5} more, listed in report.json" if n > 5 else ""
+    return f" ({n} file{'s' if n != 1 else ''} skipped{': ' + shown if shown else ''}{more})"
+
+
 def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = ()) -> str:
     """The report as Markdown; ``extra_sections`` (Markdown lines from the caller, e.g. the accuracy fallback's) go
     after the gate and what the backend executes."""
@@ -112,8 +122,9 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = ()) 
         "",
         f"- model: `{m.get('name')}` ({m.get('arch') or 'ONNX'}, {m.get('num_classes')} classes), source `{m.get('source')}`",
         f"- validation: {d.get('validation_images')} images from `{d.get('validation')}`"
-        + (f" ({d['validation_skipped']} unreadable files skipped)" if d.get("validation_skipped") else ""),
-        f"- calibration: {d.get('calibration_images')} images from `{d.get('calibration')}`, method {d.get('calibration_method')}, seed {d.get('calibration_seed')}",
+        + _skipped(d, "validation"),
+        f"- calibration: {d.get('calibration_images')} images from `{d.get('calibration')}`, method {d.get('calibration_method')}, seed {d.get('calibration_seed')}"
+        + _skipped(d, "calibration"),
         f"- reference (float model): `{report['reference']}`; agreement and logit error are measured against it",
         f"- latency: batch 1, percentiles after warm-up; throughput at batch {d.get('throughput_batch')}",
         "",

@@ -21,7 +21,7 @@ from ..manifest import folder_digest, make_manifest, write_manifest
 from ..progress import Progress, step_progress
 from ..recipes import load_recipe
 from ..report import make_report, write_report
-from .datasets import load_calibration, load_labeled
+from .datasets import load_calibration, load_labeled, skipped_records
 from .source import data_folders, resolve_model
 from .steps import REFERENCE, evaluate_build, run_stages
 
@@ -109,9 +109,11 @@ def build(
             "validation": str(val_dir),
             "validation_images": len(valset.paths),
             "validation_skipped": len(valset.skipped),
+            "validation_skipped_files": skipped_records(valset.skipped),
             "calibration": str(calib_dir),
             "calibration_images": len(cal.paths),
             "calibration_skipped": len(cal.skipped),
+            "calibration_skipped_files": skipped_records(cal.skipped),
             "calibration_method": cal_cfg["method"],
             "calibration_seed": cal_cfg["seed"],
             "throughput_batch": recipe.section("evaluation")["batch_size"],

@@ -20,7 +20,7 @@ from ..preprocess import Preprocessing
 from ..progress import Progress, step_progress
 from ..recipes import Recipe, load_recipe
 from ..report import make_report, read_report, write_report
-from .datasets import load_calibration, load_labeled
+from .datasets import load_calibration, load_labeled, skipped_records
 from .source import ModelSource, preprocessing_for, resolve_model
 from .steps import REFERENCE
 
@@ -160,7 +160,8 @@ def quantize_file(
     cal = load_calibration(folder, spec, cal_cfg["count"], cal_cfg["seed"], step_progress(progress, "load calibration images"))
     art = qdq_from_onnx(onnx_path, out, cal.data, activations, cal_cfg["method"], cal_cfg["percentile"],
                         parent=str(onnx_path), progress=step_progress(progress, "calibrate"))
-    write_sidecar(out, art, spec, labels, calibration={"folder": str(folder), "images": len(cal.paths), "skipped": len(cal.skipped)})
+    write_sidecar(out, art, spec, labels, calibration={"folder": str(folder), "images": len(cal.paths), "skipped": len(cal.skipped),
+                                                    "skipped_files": skipped_records(cal.skipped)})
     return art
 
 
@@ -224,7 +225,8 @@ def evaluate_files(
         "reference": REFERENCE,
         "model": {"name": reference.stem, "source": str(reference)},
         "dataset": {"validation": str(folder), "validation_images": len(valset.paths),
-                    "validation_skipped": len(valset.skipped), "throughput_batch": cfg.batch_size},
+                    "validation_skipped": len(valset.skipped), "validation_skipped_files": skipped_records(valset.skipped),
+                    "throughput_batch": cfg.batch_size},
         "results": results,
     }
     if out:
