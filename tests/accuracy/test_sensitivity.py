@@ -12,8 +12,9 @@ from resnext_deploy.demo import DEMO_CALIB, DEMO_PREPROCESSING, DEMO_VAL
 from resnext_deploy.errors import BadInputError
 from resnext_deploy.accuracy.fallback import quick_check, search_exclusions
 from resnext_deploy.pipeline.quantize import qdq_from_onnx
+from resnext_deploy.sampling import evenly_spaced
 from resnext_deploy.accuracy.sensitivity import (
-    VariantQuantizer, analyze_sensitivity, attach_plot, markdown_section, quantizable_layers, run_onnx_model, strided_subset,
+    VariantQuantizer, analyze_sensitivity, attach_plot, markdown_section, quantizable_layers, run_onnx_model,
 )
 
 torch = pytest.importorskip("torch")
@@ -60,7 +61,7 @@ def quantizer(models, data):
 @pytest.fixture(scope="module")
 def ranked(models, data, quantizer):
     """The hostile model's sensitivity (int8 activations, 100 validation images)."""
-    images = data[1].data[strided_subset(len(data[1].data), 100)]
+    images = data[1].data[evenly_spaced(len(data[1].data), 100)]
     return analyze_sensitivity(models[3], data[0], images, ["int8"], quantizer=quantizer)
 
 
@@ -119,7 +120,7 @@ def test_excluded_layers_carry_no_qdq(quantizer, tmp_path):
 
 
 def test_sensitivity_ranks_the_hostile_layers_first_and_is_deterministic(models, data, quantizer, ranked):
-    images = data[1].data[strided_subset(len(data[1].data), 100)]
+    images = data[1].data[evenly_spaced(len(data[1].data), 100)]
     runs = [ranked, analyze_sensitivity(models[3], data[0], images, ["int8"], quantizer=quantizer)]
     first = runs[0]
     assert first.baseline["int8"]["nsr"] > 0.5 and first.baseline["int8"]["agreement"] < 0.5  # plain INT8 is broken

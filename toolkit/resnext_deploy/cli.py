@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 import click
 
+from . import backends
 from .errors import EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_OK, DeployError
 
 log = logging.getLogger("resnext_deploy")
@@ -196,7 +197,7 @@ def quantize(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Pat
 
 @cli.command(name="compile")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None, help="FP32 ONNX, or a Q/DQ ONNX for int8.")
-@click.option("--backend", type=click.Choice(["openvino", "onnxruntime", "tensorrt"]), default=None)
+@click.option("--backend", type=click.Choice(backends.names()), default=None)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="fp16: TensorRT only.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
@@ -225,8 +226,9 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
     missing = [n for n, v in (("--onnx", onnx_path), ("--backend", backend), ("--precision", precision), ("--out", out)) if v is None]
     if missing:
         raise click.UsageError(f"compile needs {', '.join(missing)} (or --bundle DIR on the device).")
-    if precision == "fp16" and backend != "tensorrt":
-        raise click.UsageError(f"--precision fp16 is for --backend tensorrt; {backend} compiles fp32 or int8.")
+    if precision not in backends.get(backend).precisions:
+        builds = ", ".join(backends.get(backend).precisions)
+        raise click.UsageError(f"--precision {precision}: {backend} compiles {builds}.")
     from .pipeline.commands import compile_file
 
     art = compile_file(onnx_path, backend, precision, out, _recipe(target, recipe))
@@ -296,7 +298,7 @@ def demo_train(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--build", "build_dir", type=click.Path(path_type=Path), required=True, help="Build directory or bundle (has manifest.json).")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "openvino", "onnxruntime"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(["auto"] + backends.by_preference()), default="auto", show_default=True,
               help="auto: TensorRT engine, then OpenVINO, then ONNX Runtime, whichever this machine can run.")
 @click.option("--precision", type=click.Choice(["auto", "int8", "fp16", "fp32"]), default="auto", show_default=True, help="auto prefers INT8.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)

@@ -37,12 +37,6 @@ class ArtifactIntegrityError(BadInputError):
     """An artifact's files differ from the sha256 its manifest recorded (damaged, edited or swapped)."""
 
 
-class GateFailedError(DeployError):
-    """An accuracy or latency gate did not hold."""
-
-    exit_code = EXIT_GATE_FAILED
-
-
 class MissingDependencyError(DeployError):
     """An optional package is needed for this step and is not installed."""
 

@@ -21,47 +21,13 @@ else:  # JetPack's Python 3.8 / 3.10
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 
 DEFAULTS: Dict[str, Any] = {
     "target": "",
     "description": "",
     "device": "cpu",  # cpu | gpu | jetson
-    "backends": {
-        "onnxruntime": {
-            "precisions": [],
-            "activations": "uint8",  # QDQ activation type: ORT's CPU kernels are fast with uint8
-            "graph_optimization": "extended",
-            "threads": 0,  # 0 = ONNX Runtime's default (all cores)
-        },
-        "openvino": {
-            "precisions": [],
-            "activations": "uint8",  # measured on ResNeXt-50: the int8 (symmetric) flavour ran ~10% slower in OpenVINO
-            "inference_precision": "f32",  # the CPU default may be bf16: slower here and less exact
-            "performance_hint": "LATENCY",
-            "threads": 0,
-            "streams": 1,
-            "static_batches": [1, 8],  # a static-shape compiled model per batch size (others: the dynamic one)
-        },
-        "tensorrt": {
-            "precisions": [],
-            "workspace_mb": 1024,
-            "min_batch": 1,
-            "opt_batch": 1,
-            "max_batch": 8,
-            "dla_core": -1,  # -1 = no DLA; >= 0 also builds DLA engines on that core (static batch = opt_batch)
-            "gpu_fallback": True,  # layers DLA cannot run go to the GPU instead of failing the build
-            "timing_cache": True,  # save the builder's timing cache beside the engines and reuse it
-            "tensorrt_version": "10.3.0",  # the device's TensorRT (JetPack 6.1/6.2): labels the calibration cache
-            "jetpack": "",  # the JetPack release the recipe is for (shown in the bundle README)
-            "golden_images": 16,  # preprocessed validation images shipped with FP32 reference outputs
-            "golden_min_agreement": 1.0,  # share of golden images whose top-1 must match the FP32 reference
-            "fp16_max_abs_diff": 0.1,  # largest |engine - FP32 reference| logit allowed on golden images
-            "fp16_min_cosine": 0.9995,  # smallest cosine of engine vs FP32 reference logits
-            "int8_max_abs_diff": 1.0,
-            "int8_min_cosine": 0.99,
-        },
-    },
+    # [backends.<name>]: each backend's own defaults (backends/, Backend.defaults) plus "precisions": [] (not built)
+    "backends": {},
     "export": {"opset": 17, "tolerance": 1e-3, "simplify": True},
     "calibration": {
         "method": "minmax",
@@ -93,6 +59,15 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 
+def defaults() -> Dict[str, Any]:
+    """DEFAULTS with every registered backend's section filled in from the backend itself."""
+    from . import backends
+
+    out = copy.deepcopy(DEFAULTS)
+    out["backends"] = {n: dict({"precisions": []}, **copy.deepcopy(backends.get(n).defaults)) for n in backends.names()}
+    return out
+
+
 @dataclass
 class Recipe:
     """A validated recipe: ``data`` has every key of DEFAULTS."""
@@ -111,7 +86,7 @@ class Recipe:
         return self.data["backends"][name]
 
     def enabled_backends(self) -> List[str]:
-        return [b for b in BACKENDS if self.data["backends"][b]["precisions"]]
+        return [b for b, cfg in self.data["backends"].items() if cfg["precisions"]]
 
     def to_dict(self) -> Dict[str, Any]:
         return copy.deepcopy(self.data)
@@ -143,38 +118,24 @@ def _merge(base: Dict[str, Any], override: Dict[str, Any], where: str, source: s
     return out
 
 
-def _validate(data: Dict[str, Any], source: str) -> None:
-    method = data["calibration"]["method"]
-    if method not in CALIBRATION_METHODS:
+def calibration_settings(section: Optional[Dict[str, Any]] = None, source: str = "the calibration settings") -> Dict[str, Any]:
+    """A ``[calibration]`` section with the defaults filled in, checked (the one place calibration keys are checked)."""
+    cal = _merge(DEFAULTS["calibration"], section or {}, "calibration", source)
+    if cal["method"] not in CALIBRATION_METHODS:
         raise BadInputError(
-            f"calibration.method = '{method}' in {source} is not one of {', '.join(CALIBRATION_METHODS)}."
+            f"calibration.method = '{cal['method']}' in {source} is not one of {', '.join(CALIBRATION_METHODS)}."
         )
-    if data["calibration"]["count"] <= 0:
-        raise BadInputError(f"calibration.count must be positive in {source}, got {data['calibration']['count']}.")
+    if cal["count"] <= 0:
+        raise BadInputError(f"calibration.count must be positive in {source}, got {cal['count']}.")
+    return cal
+
+
+def _validate(data: Dict[str, Any], source: str) -> None:
+    calibration_settings(data["calibration"], source)
+    from . import backends
+
     for name, cfg in data["backends"].items():
-        bad = [p for p in cfg["precisions"] if p not in PRECISIONS]
-        if bad:
-            raise BadInputError(
-                f"backends.{name}.precisions in {source} has {bad}; allowed: {', '.join(PRECISIONS)}."
-            )
-    for name in ("onnxruntime", "openvino"):
-        act = data["backends"][name]["activations"]
-        if act not in ("uint8", "int8"):
-            raise BadInputError(f"backends.{name}.activations in {source} must be 'uint8' or 'int8', got '{act}'.")
-    trt = data["backends"]["tensorrt"]
-    if trt["precisions"]:
-        if "fp32" in trt["precisions"]:
-            raise BadInputError(f"backends.tensorrt.precisions in {source} has 'fp32'; TensorRT engines are 'fp16' or 'int8'.")
-        if not 1 <= trt["min_batch"] <= trt["opt_batch"] <= trt["max_batch"]:
-            raise BadInputError(
-                f"backends.tensorrt batch profile in {source} must satisfy 1 <= min_batch <= opt_batch <= max_batch, "
-                f"got {trt['min_batch']}/{trt['opt_batch']}/{trt['max_batch']}."
-            )
-        if trt["dla_core"] < -1 or trt["golden_images"] < 1 or trt["workspace_mb"] <= 0:
-            raise BadInputError(
-                f"backends.tensorrt in {source} needs dla_core >= -1, golden_images >= 1 and workspace_mb > 0, got "
-                f"{trt['dla_core']}, {trt['golden_images']}, {trt['workspace_mb']}."
-            )
+        backends.get(name).validate(cfg, source)
     fb = data["fallback"]
     if fb["measure"] not in ("quantize-one", "float-one", "both") or fb["max_excluded_layers"] < 0 or fb["subset"] <= 0:
         raise BadInputError(
@@ -214,7 +175,7 @@ def load_recipe(path: Union[str, Path, None] = None, target: Optional[str] = Non
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"Recipe file '{path}' is not valid TOML: {exc}.") from exc
-    data = _merge(DEFAULTS, raw, "", str(path))
+    data = _merge(defaults(), raw, "", str(path))
     if not data["target"]:
         data["target"] = target or path.stem
     _validate(data, str(path))

@@ -30,13 +30,14 @@ import numpy as np
 from ..artifacts import Artifact
 from ..evaluate import topk_accuracy
 from ..gate import GateResult, apply_gates
-from ..progress import Progress
+from ..sampling import evenly_spaced
+from ..pipeline.context import BuildContext
+from ..pipeline.steps import REFERENCE, evaluate_build, quantized_flavours, run_stages
 from .sensitivity import (
     VariantQuantizer,
     analyze_sensitivity,
     attach_plot,
     run_onnx_model,
-    strided_subset,
 )
 
 log = logging.getLogger(__name__)
@@ -110,23 +111,17 @@ def _adopt(attempt_dir: Path, stage_dir: Path) -> None:
 
 
 def accuracy_fallback(
-    src: Any, recipe: Any, cal: Any, valset: Any, stage_dir: Path, artifacts: List[Artifact],
-    results: List[Dict[str, Any]], gate: GateResult, stages: Dict[str, float], report_extra: Dict[str, Any],
-    notes: List[str], progress: Progress = None, analyze: Optional[bool] = None,
+    ctx: BuildContext, artifacts: List[Artifact], results: List[Dict[str, Any]], gate: GateResult,
+    analyze: Optional[bool] = None,
 ) -> Tuple[List[Artifact], List[Dict[str, Any]], GateResult]:
     """The build's fallback step (see the module doc). Returns the artifacts, results and gate to keep.
 
     ``analyze`` (the CLI's --sensitivity; None = the recipe's ``fallback.sensitivity``) runs and reports
-    the sensitivity analysis even when the gate passed. Adds ``sensitivity`` and ``fallback`` to
-    ``report_extra`` and writes the plot into ``stage_dir``.
+    the sensitivity analysis even when the gate passed. Adds ``sensitivity`` and ``fallback`` to the
+    context's report sections and writes the plot into its staging directory.
     """
-    from ..pipeline.steps import (
-        REFERENCE,
-        evaluate_build,
-        quantized_flavours,
-        run_stages,
-    )
-
+    recipe, cal, valset, stage_dir = ctx.recipe, ctx.calibration, ctx.validation, ctx.staging
+    stages, report_extra, notes, progress = ctx.timings, ctx.extra, ctx.notes, ctx.progress
     cfg = recipe.section("fallback")
     analyze = cfg["sensitivity"] if analyze is None else analyze
     failing = _int8_accuracy_failures(gate, results)
@@ -145,12 +140,12 @@ def accuracy_fallback(
     cal_cfg, gates = recipe.section("calibration"), recipe.section("gates")
     ort_settings = recipe.backend("onnxruntime")
     fp32 = next(a for a in artifacts if a.name == REFERENCE).abspath(stage_dir)
-    quantizer = VariantQuantizer(fp32, cal.data, cal_cfg["method"], cal_cfg["percentile"])
+    quantizer = VariantQuantizer(fp32, cal.data, cal_cfg)
     try:
-        reference = run_onnx_model(fp32, valset.data, ort_settings)
-        subset = strided_subset(len(valset.data), cfg["subset"])
+        reference = ctx.reference_logits  # computed once, by the build's evaluation
+        subset = evenly_spaced(len(valset.data), cfg["subset"])
         sens = analyze_sensitivity(
-            fp32, cal.data, valset.data[subset], flavours, cal_cfg["method"], cal_cfg["percentile"], cfg["measure"],
+            fp32, cal.data, valset.data[subset], flavours, cal_cfg, cfg["measure"],
             ort_settings, quantizer=quantizer, reference=reference[subset], progress=progress,
         )
         report_extra["sensitivity"] = attach_plot(sens.to_dict(), stage_dir)
@@ -170,12 +165,12 @@ def accuracy_fallback(
                 return record
             attempt_dir = Path(tempfile.mkdtemp(prefix=f".{stage_dir.name}.fallback-", dir=stage_dir.parent))
             try:
-                attempt_stages: Dict[str, float] = {}
-                arts, extra, more_notes = run_stages(src, recipe, cal, attempt_dir, attempt_stages, progress, exclude_nodes=excluded)
-                res, seconds = evaluate_build(src, recipe, arts, valset, attempt_dir, progress)
+                trial = ctx.attempt(attempt_dir)
+                arts = run_stages(trial, exclude_nodes=excluded)
+                res = evaluate_build(trial, arts)
                 new_gate = apply_gates(res, REFERENCE, gates)
-                attempt_stages["evaluate"] = seconds
-                record.update(built=True, passed=new_gate.passed, gate=new_gate.to_dict(), stages=attempt_stages)
+                extra, more_notes = trial.extra, trial.notes
+                record.update(built=True, passed=new_gate.passed, gate=new_gate.to_dict(), stages=trial.timings)
                 log.info("fallback: %d layers in float: %s", len(excluded), new_gate.summary())
                 if new_gate.passed:
                     _adopt(attempt_dir, stage_dir)

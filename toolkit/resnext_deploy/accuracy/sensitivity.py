@@ -22,7 +22,6 @@ The error measure is the noise-to-signal ratio of the logits, ``sum((q - f)^2) /
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -35,6 +34,7 @@ import numpy as np
 from .. import backends
 from ..artifacts import atomic_file, sha256_file
 from ..errors import BadInputError
+from ..recipes import calibration_settings
 from ..evaluate import compare_logits, predict_all
 from ..optional import require
 from ..progress import Progress
@@ -72,28 +72,22 @@ def logit_error(logits: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
     return {"nsr": num / max(den, 1e-30), **err}
 
 
-def strided_subset(n: int, count: int) -> np.ndarray:
-    """Indices of ``count`` of ``n`` items at an even stride (every class of a sorted folder stays in)."""
-    if count <= 0 or count >= n:
-        return np.arange(n)
-    return np.linspace(0, n - 1, count).round().astype(int)
-
-
 class VariantQuantizer:
     """Q/DQ variants of one float model from one calibration (ORT's calibration cache in ``work_dir``)."""
 
     def __init__(
-        self, fp32_path: Union[str, Path], calibration: np.ndarray, method: str = "minmax",
-        percentile: float = 99.999, work_dir: Union[str, Path, None] = None,
+        self, fp32_path: Union[str, Path], images: np.ndarray, calibration: Optional[Dict[str, Any]] = None,
+        work_dir: Union[str, Path, None] = None,
     ) -> None:
+        """``calibration``: the recipe's ``[calibration]`` section (None = the defaults)."""
         self.fp32_path = Path(fp32_path)
-        self.calibration = calibration
-        self.method, self.percentile = method, percentile
+        self.images = images
+        self.settings = calibration_settings(calibration)
         self._tmp = None if work_dir else tempfile.TemporaryDirectory(prefix="resnext-deploy-variants-")
         self.work_dir = Path(work_dir) if work_dir else Path(self._tmp.name)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         # The cache holds ranges for this model, these images and this method only: key it by all three.
-        self.cache = self.work_dir / f"calibration-{method}-{percentile:g}.json"
+        self.cache = self.work_dir / f"calibration-{self.settings['method']}-{self.settings['percentile']:g}.json"
         self.calibration_seconds = 0.0
         self.quantize_seconds = 0.0
         self.count = 0
@@ -105,7 +99,7 @@ class VariantQuantizer:
         out = Path(out) if out else self.work_dir / f"variant-{flavour}.onnx"
         first = not self.cache.is_file()
         t = time.perf_counter()
-        qdq_from_onnx(self.fp32_path, out, self.calibration, flavour, self.method, self.percentile,
+        qdq_from_onnx(self.fp32_path, out, self.images, flavour, self.settings,
                       exclude_nodes=exclude, parent=None, calibration_cache=self.cache, quantize_nodes=only)
         spent = time.perf_counter() - t
         if first:
@@ -157,8 +151,7 @@ def analyze_sensitivity(
     calibration: np.ndarray,
     images: np.ndarray,
     flavours: Sequence[str] = ("int8",),
-    method: str = "minmax",
-    percentile: float = 99.999,
+    calibration_cfg: Optional[Dict[str, Any]] = None,
     measure: str = "quantize-one",
     ort_settings: Optional[Dict[str, Any]] = None,
     quantizer: Optional[VariantQuantizer] = None,
@@ -181,7 +174,7 @@ def analyze_sensitivity(
         raise BadInputError(f"'{fp32_path}' has no Conv/Gemm/MatMul layer with weights: nothing to analyse.")
     t_start = time.perf_counter()
     own = quantizer is None
-    q = quantizer or VariantQuantizer(fp32_path, calibration, method, percentile)
+    q = quantizer or VariantQuantizer(fp32_path, calibration, calibration_cfg)
     eval_seconds = 0.0
     total, done = len(flavours) * (1 + len(layers) * (2 if measure == "both" else 1)), 0
 
@@ -230,7 +223,8 @@ def analyze_sensitivity(
     seconds.update(evaluate=eval_seconds, total=time.perf_counter() - t_start)
     result = SensitivityResult(
         measure=measure, ranked_by=ranked_by, flavours=list(flavours), images=int(len(images)),
-        calibration={"method": method, "images": int(len(calibration)), **({"percentile": percentile} if method == "percentile" else {})},
+        calibration={"method": q.settings["method"], "images": int(len(calibration)),
+                     **({"percentile": q.settings["percentile"]} if q.settings["method"] == "percentile" else {})},
         baseline=baseline, layers=rows, seconds=seconds, variants=done,
     )
     log.info("sensitivity: %d layers x %d flavours on %d images in %.1f s; most sensitive: %s",
@@ -332,9 +326,3 @@ def attach_plot(d: Dict[str, Any], out_dir: Union[str, Path], name: str = PLOT_N
     path = write_plot(d, Path(out_dir) / name, highlight=highlight)
     d["plot"] = {"path": name, "sha256": sha256_file(path)}
     return d
-
-
-def write_json(d: Dict[str, Any], path: Union[str, Path]) -> Path:
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(d, indent=2), encoding="utf-8")
-    return Path(path)

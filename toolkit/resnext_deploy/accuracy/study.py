@@ -29,6 +29,7 @@ from ..artifacts import Artifact, atomic_dir, atomic_file
 from ..errors import BadInputError
 from ..evaluate import TimingConfig, evaluate_runner
 from ..pipeline.datasets import load_calibration, load_labeled
+from ..sampling import evenly_spaced
 from ..progress import Progress
 from ..recipes import Recipe
 from .fallback import quick_check, search_exclusions
@@ -39,7 +40,6 @@ from .sensitivity import (
     attach_plot,
     markdown_section,
     run_onnx_model,
-    strided_subset,
 )
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def study_file(
     ``fallback.subset``, ``fallback.max_excluded_layers``.
     """
     from ..demo import DEMO_CALIB, DEMO_VAL
-    from ..pipeline.commands import _spec_for
+    from ..pipeline.commands import preprocessing_of
     from ..pipeline.steps import quantized_flavours
 
     onnx_path = Path(onnx_path)
@@ -92,7 +92,7 @@ def study_file(
     cap = fb["max_excluded_layers"] if max_excluded is None else max_excluded
     if subset <= 0 or cap < 0:
         raise BadInputError(f"--subset must be positive and --max-excluded at least 0, got {subset} and {cap}.")
-    spec, _ = _spec_for(onnx_path, input_size, recipe)
+    spec, _ = preprocessing_of(onnx_path, input_size, recipe)
     calib_dir = _folder(calib, cal_cfg["folder"], DEMO_CALIB)
     val_dir = _folder(val, recipe.section("evaluation")["folder"], DEMO_VAL)
     cal = load_calibration(calib_dir, spec, cal_cfg["count"], cal_cfg["seed"])
@@ -107,11 +107,11 @@ def study_file(
         "max_excluded_layers": cap,
     }
     with atomic_dir(out) as d:
-        quantizer = VariantQuantizer(onnx_path, cal.data, cal_cfg["method"], cal_cfg["percentile"])
+        quantizer = VariantQuantizer(onnx_path, cal.data, cal_cfg)
         try:
             reference = run_onnx_model(onnx_path, valset.data, ort)
-            idx = strided_subset(len(valset.data), subset)
-            sens = analyze_sensitivity(onnx_path, cal.data, valset.data[idx], flavours, cal_cfg["method"], cal_cfg["percentile"],
+            idx = evenly_spaced(len(valset.data), subset)
+            sens = analyze_sensitivity(onnx_path, cal.data, valset.data[idx], flavours, cal_cfg,
                                        measure, ort, quantizer=quantizer, reference=reference[idx], progress=progress)
             doc["sensitivity"] = sens.to_dict()
             if search:

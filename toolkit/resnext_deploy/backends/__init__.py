@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Dict, List
 
 from ..errors import BadInputError
-from .base import Backend, Runner
+from .base import Backend, BuildAddition, Runner
 
 _REGISTRY: Dict[str, str] = {
     "onnxruntime": "resnext_deploy.backends.onnxruntime:OnnxRuntimeBackend",
@@ -35,9 +36,24 @@ def get(name: str) -> Backend:
     return _CACHE[name]
 
 
+def by_preference() -> List[str]:
+    """Registered backends, the runtime's preferred first."""
+    return sorted(_REGISTRY, key=lambda n: (get(n).preference, n))
+
+
+def for_file(path: Path) -> str:
+    """The backend that runs an artifact file, from its suffix."""
+    name = path.name.lower()
+    for n in _REGISTRY:
+        if name.endswith(get(n).suffixes):
+            return n
+    known = ", ".join(f"{s} ({n})" for n in _REGISTRY for s in get(n).suffixes)
+    raise BadInputError(f"Cannot tell which backend runs '{path}': expected one of {known}.")
+
+
 def available() -> List[str]:
     """Backends whose package imports on this machine."""
     return [n for n in _REGISTRY if get(n).available()]
 
 
-__all__ = ["Backend", "Runner", "available", "get", "names", "register"]
+__all__ = ["Backend", "BuildAddition", "Runner", "available", "by_preference", "for_file", "get", "names", "register"]

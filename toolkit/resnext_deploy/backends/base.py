@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..artifacts import Artifact
+from ..errors import BadInputError
 
 
 class Runner(abc.ABC):
@@ -35,14 +37,66 @@ class Runner(abc.ABC):
         self.close()
 
 
+@dataclass
+class BuildAddition:
+    """What a backend adds to a build after its evaluation (e.g. TensorRT's engines or device bundle)."""
+
+    artifacts: List[Artifact] = field(default_factory=list)
+    results: List[Dict[str, Any]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
 class Backend(abc.ABC):
-    """A deployment backend. Subclasses import their package lazily, through optional.require."""
+    """A deployment backend. Subclasses import their package lazily, through optional.require.
+
+    A backend declares what the rest of the toolkit needs to know about it, so that nothing outside
+    ``backends/`` (and ``tensorrt/``) tests a backend's name: its recipe defaults, the precisions it
+    compiles, the Q/DQ flavour its INT8 comes from, where its artifacts are built, the files it runs and
+    its rank when the runtime picks an artifact.
+    """
 
     name: str = ""
     #: the Python module whose presence makes this backend available
     module: str = ""
     #: the artifact kind `compile` produces
     kind: str = ""
+    #: precisions `compile` builds
+    precisions: Tuple[str, ...] = ("fp32", "int8")
+    #: artifact file suffixes this backend runs (how the by-path stage commands tell the backend of a file)
+    suffixes: Tuple[str, ...] = ()
+    #: rank when a build has several runnable artifacts (lower first)
+    preference: int = 100
+    #: True when its artifacts can only be built on the device (the workstation build ends in a bundle)
+    builds_on_device: bool = False
+    #: the recipe's ``[backends.<name>]`` keys and their defaults (besides ``precisions``, default ``[]``)
+    defaults: Dict[str, Any] = {}
+
+    def int8_flavour(self, settings: Dict[str, Any]) -> Optional[str]:
+        """Activation type of the Q/DQ model its INT8 artifact compiles from; None when it builds no INT8."""
+        return settings.get("activations", "int8") if "int8" in settings["precisions"] else None
+
+    def validate(self, settings: Dict[str, Any], source: str) -> None:
+        """Check this backend's recipe section (unknown keys and types are checked by recipes.py)."""
+        bad = [p for p in settings["precisions"] if p not in self.precisions]
+        if bad:
+            raise BadInputError(
+                f"backends.{self.name}.precisions in {source} has {bad}; {self.name} builds {', '.join(self.precisions)}."
+            )
+        act = settings.get("activations")
+        if act is not None and act not in ("uint8", "int8"):
+            raise BadInputError(f"backends.{self.name}.activations in {source} must be 'uint8' or 'int8', got '{act}'.")
+
+    # ``ctx`` below is the build's pipeline.context.BuildContext: typed Any because backends/ is on the device
+    # side of the boundary and never imports the workstation's pipeline/.
+
+    def workstation_results(self, ctx: Any, artifacts: List[Artifact]) -> List[Dict[str, Any]]:
+        """Extra evaluation rows the build measures on the workstation for this backend (default: none)."""
+        return []
+
+    def finish_build(self, ctx: Any, artifacts: List[Artifact], results: List[Dict[str, Any]]) -> Optional[BuildAddition]:
+        """Run after evaluation and any accuracy fallback (default: nothing to add)."""
+        return None
 
     def available(self) -> bool:
         from ..optional import available

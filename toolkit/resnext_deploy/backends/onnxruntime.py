@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 _LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL", "none": "ORT_DISABLE_ALL"}
 
 
-def _session_options(ort: Any, settings: Dict[str, Any], level: str) -> Any:
+def session_options(ort: Any, settings: Dict[str, Any], level: str) -> Any:
+    """ONNX Runtime SessionOptions from recipe settings (threads, graph optimization level)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
     threads = int(settings.get("threads", 0) or 0)
@@ -34,7 +35,7 @@ class OrtRunner(Runner):
         super().__init__()
         ort = require("onnxruntime", "run ONNX Runtime models")
         # The artifact is already optimized offline; the layout-level ("all") passes run here, at load.
-        opts = _session_options(ort, settings, settings.get("runtime_optimization", "all"))
+        opts = session_options(ort, settings, settings.get("runtime_optimization", "all"))
         self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self.details = {"providers": self._session.get_providers(), "threads": opts.intra_op_num_threads}
@@ -51,6 +52,13 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     module = "onnxruntime"
     kind = "ort-optimized"
+    suffixes = (".onnx",)
+    preference = 30
+    defaults = {
+        "activations": "uint8",  # QDQ activation type: ORT's CPU kernels are fast with uint8
+        "graph_optimization": "extended",
+        "threads": 0,  # 0 = ONNX Runtime's default (all cores)
+    }
 
     def compile(
         self, source: Artifact, out_dir: Path, precision: str, settings: Dict[str, Any], root: Optional[Path] = None
@@ -59,7 +67,7 @@ class OnnxRuntimeBackend(Backend):
         level = settings.get("graph_optimization", "extended")
         out = Path(out_dir) / f"model-{precision}.ort.onnx"
         with atomic_file(out) as tmp:
-            opts = _session_options(ort, settings, level)
+            opts = session_options(ort, settings, level)
             opts.optimized_model_filepath = str(tmp)
             ort.InferenceSession(str(source.abspath(root)), opts, providers=["CPUExecutionProvider"])
         recorded = {k: settings[k] for k in ("graph_optimization", "threads", "activations") if k in settings}

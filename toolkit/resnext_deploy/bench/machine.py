@@ -9,7 +9,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -196,14 +195,3 @@ def load_average() -> Optional[List[float]]:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
-
-
-def wait_for_quiet(max_load: float, max_wait_s: float, step_s: float = 60.0) -> Dict[str, Any]:
-    """Wait (up to ``max_wait_s``) until the 1-minute load average is at most ``max_load``; returns what happened."""
-    t0 = time.monotonic()
-    load = load_average()
-    while load and load[0] > max_load and time.monotonic() - t0 < max_wait_s:
-        log.info("load average %.2f > %.2f: waiting", load[0], max_load)
-        time.sleep(min(step_s, max(0.0, max_wait_s - (time.monotonic() - t0))))
-        load = load_average()
-    return {"waited_s": round(time.monotonic() - t0, 1), "load_average": load, "max_load": max_load}

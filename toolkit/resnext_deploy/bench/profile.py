@@ -70,7 +70,7 @@ def _grouped_convs(path: str) -> Set[str]:
 def onnxruntime_profiler(path: str, settings: Dict[str, Any], sample: np.ndarray) -> Profiler:
     """Per-operator time from ONNX Runtime's own profiler, with the session options the runner uses."""
     ort = require("onnxruntime", "profile ONNX Runtime models")
-    from ..backends.onnxruntime import _session_options
+    from ..backends.onnxruntime import session_options
 
     grouped = _grouped_convs(path)
     x = np.ascontiguousarray(sample, dtype=np.float32)
@@ -79,7 +79,7 @@ def onnxruntime_profiler(path: str, settings: Dict[str, Any], sample: np.ndarray
         # ORT writes one trace per session, at the end: a fresh session per run of the profiler.
         tmp = tempfile.mkdtemp(prefix="ort-profile-")
         try:
-            opts = _session_options(ort, settings, settings.get("runtime_optimization", "all"))
+            opts = session_options(ort, settings, settings.get("runtime_optimization", "all"))
             opts.enable_profiling = True
             opts.profile_file_prefix = str(Path(tmp) / "p")
             sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])

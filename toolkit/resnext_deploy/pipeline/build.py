@@ -21,6 +21,7 @@ from ..manifest import folder_digest, make_manifest, write_manifest
 from ..progress import Progress, step_progress
 from ..recipes import load_recipe
 from ..report import make_report, write_report
+from .context import BuildContext
 from .datasets import load_calibration, load_labeled, skipped_records
 from .source import data_folders, resolve_model
 from .steps import REFERENCE, evaluate_build, run_stages
@@ -65,11 +66,12 @@ def build(
     ensure_writable_dir(out_dir.parent)
     calib_dir, val_dir = data_folders(src, recipe, Path(calib) if calib else None, Path(val) if val else None)
     for name in recipe.enabled_backends():
-        # Without TensorRT (or a GPU) a TensorRT target ends in a bundle that builds on the device.
-        if name in backends.names() and name != "tensorrt" and not backends.get(name).available():
+        be = backends.get(name)
+        # A backend whose artifacts are built on the device (TensorRT) ends in a bundle here: not needed now.
+        if not be.builds_on_device and not be.available():
             from ..optional import require
 
-            require(backends.get(name).module, f"build the {name} artifacts of target {recipe.target}")
+            require(be.module, f"build the {name} artifacts of target {recipe.target}")
 
     cal_cfg, spec = recipe.section("calibration"), src.preprocessing
     stages: Dict[str, float] = {}
@@ -85,25 +87,24 @@ def build(
         )
 
     with atomic_dir(out_dir) as stage_dir:
-        artifacts, report_extra, notes = run_stages(src, recipe, cal, stage_dir, stages, progress)
+        ctx = BuildContext(src, recipe, cal, valset, stage_dir, progress, stages)
+        artifacts = run_stages(ctx)
         ref_art = next(a for a in artifacts if a.name == REFERENCE)
-        results, evaluated = evaluate_build(src, recipe, artifacts, valset, stage_dir, progress)
-        stages["evaluate"] = evaluated
+        results = evaluate_build(ctx, artifacts)
         gate = apply_gates(results, REFERENCE, recipe.section("gates"))
-        artifacts, results, gate = accuracy_fallback(
-            src, recipe, cal, valset, stage_dir, artifacts, results, gate, stages, report_extra, notes, progress, sensitivity
-        )
-        if "tensorrt" in recipe.enabled_backends():  # after any fallback: the bundle ships the final Q/DQ model
-            from ..tensorrt.stage import tensorrt_stage
-
+        artifacts, results, gate = accuracy_fallback(ctx, artifacts, results, gate, sensitivity)
+        for name in recipe.enabled_backends():  # after any fallback: e.g. TensorRT's bundle ships the final Q/DQ model
             t = time.perf_counter()
-            trt = tensorrt_stage(src, recipe, artifacts, valset, stage_dir, results, progress)
-            artifacts += trt.artifacts
-            results += trt.results
-            notes += trt.notes
-            report_extra.update(trt.extra)
-            stages["tensorrt"] = time.perf_counter() - t
-            gate = apply_gates(results, REFERENCE, recipe.section("gates"))  # engines built here are gated too
+            added = backends.get(name).finish_build(ctx, artifacts, results)
+            if added is None:
+                continue
+            artifacts += added.artifacts
+            results += added.results
+            ctx.notes += added.notes
+            ctx.extra.update(added.extra)
+            stages[name] = time.perf_counter() - t
+            gate = apply_gates(results, REFERENCE, recipe.section("gates"))  # what it built here is gated too
+        notes, report_extra = ctx.notes, ctx.extra
         stages["total"] = time.perf_counter() - t_start
         dataset = {
             "validation": str(val_dir),

@@ -53,7 +53,8 @@ def read_sidecar(path: PathLike) -> Dict[str, Any]:
         raise BadInputError(f"The sidecar '{p}' is not valid JSON ({exc}); delete it or re-run the stage that wrote it.") from exc
 
 
-def _spec_for(path: PathLike, input_size: Optional[int], recipe: Recipe) -> Tuple[Preprocessing, Optional[List[str]]]:
+def preprocessing_of(path: PathLike, input_size: Optional[int], recipe: Recipe) -> Tuple[Preprocessing, Optional[List[str]]]:
+    """The preprocessing and labels of a model file: its sidecar's, else the default for ``input_size``, recipe overrides on top."""
     meta = read_sidecar(path)
     if meta.get("preprocessing"):
         spec = Preprocessing.from_dict({**meta["preprocessing"], **recipe.section("preprocess")})
@@ -150,7 +151,7 @@ def quantize_file(
     from .quantize import qdq_from_onnx
 
     onnx_path = _require_file(onnx_path, "ONNX model")
-    spec, labels = _spec_for(onnx_path, input_size, recipe)
+    spec, labels = preprocessing_of(onnx_path, input_size, recipe)
     cal_cfg = recipe.section("calibration")
     folder = calib or cal_cfg["folder"]
     if not folder:
@@ -158,7 +159,7 @@ def quantize_file(
 
         folder = DEMO_CALIB
     cal = load_calibration(folder, spec, cal_cfg["count"], cal_cfg["seed"], step_progress(progress, "load calibration images"))
-    art = qdq_from_onnx(onnx_path, out, cal.data, activations, cal_cfg["method"], cal_cfg["percentile"],
+    art = qdq_from_onnx(onnx_path, out, cal.data, activations, cal_cfg,
                         parent=str(onnx_path), progress=step_progress(progress, "calibrate"))
     write_sidecar(out, art, spec, labels, calibration={"folder": str(folder), "images": len(cal.paths), "skipped": len(cal.skipped),
                                                     "skipped_files": skipped_records(cal.skipped)})
@@ -180,15 +181,8 @@ def compile_file(onnx_path: PathLike, backend: str, precision: str, out_dir: Pat
 
 
 def backend_of(path: Path) -> str:
-    """Which backend runs an artifact file, from its name."""
-    name = path.name.lower()
-    if name.endswith(".xml"):
-        return "openvino"
-    if name.endswith(".onnx"):
-        return "onnxruntime"
-    if name.endswith((".engine", ".plan")):
-        return "tensorrt"
-    raise BadInputError(f"Cannot tell which backend runs '{path}': expected .onnx, .xml (OpenVINO) or .engine/.plan.")
+    """Which backend runs an artifact file, from its suffix (each backend declares its own)."""
+    return backends.for_file(path)
 
 
 def evaluate_files(
@@ -197,7 +191,7 @@ def evaluate_files(
 ) -> Dict[str, Any]:
     """Evaluate artifacts (by path) against an FP32 ONNX reference on labeled images; optionally write JSON."""
     reference = _require_file(reference, "reference ONNX model")
-    spec, labels = _spec_for(reference, input_size, recipe)
+    spec, labels = preprocessing_of(reference, input_size, recipe)
     folder = val or recipe.section("evaluation")["folder"]
     if not folder:
         from ..demo import DEMO_VAL

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import BadInputError
 from ..preprocess import Preprocessing, load_image, preprocess_image
 from ..progress import StepProgress
+from ..sampling import evenly_spaced
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def load_labeled(
         index = {p: i for i, p in enumerate(files)}
         pairs = [(p, labels[index[p]]) for p in usable]
         if limit < len(pairs):
-            pick = np.linspace(0, len(pairs) - 1, limit).round().astype(int)
+            pick = evenly_spaced(len(pairs), limit)
             pairs = [pairs[i] for i in pick]
         files, labels = [p for p, _ in pairs], [lab for _, lab in pairs]
     arrays, kept, late = _load(files, spec, progress)

@@ -17,6 +17,7 @@ import numpy as np
 from ..artifacts import Artifact, atomic_file
 from ..errors import BadInputError, InternalError
 from ..optional import require
+from ..recipes import calibration_settings
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,9 @@ def _output_producers(proto: Any) -> List[str]:
 def qdq_from_onnx(
     fp32_path: Union[str, Path],
     out_path: Union[str, Path],
-    calibration: np.ndarray,
+    images: np.ndarray,
     flavour: str = "uint8",
-    method: str = "minmax",
-    percentile: float = 99.999,
+    calibration: Optional[Dict[str, Any]] = None,
     exclude_nodes: Sequence[str] = (),
     parent: Optional[str] = "onnx-fp32",
     root: Optional[Path] = None,
@@ -112,7 +112,10 @@ def qdq_from_onnx(
     calibration_cache: Union[str, Path, None] = None,
     quantize_nodes: Sequence[str] = (),
 ) -> Artifact:
-    """Quantize ``fp32_path`` with ORT's static QDQ quantizer, calibrated on ``calibration`` (NCHW float32).
+    """Quantize ``fp32_path`` with ORT's static QDQ quantizer, calibrated on ``images`` (NCHW float32).
+
+    ``calibration`` is the recipe's ``[calibration]`` section (method, percentile, ...; None = the defaults),
+    checked by the same code that checks recipes.
 
     ``exclude_nodes`` are node names left in float (the fallback of accuracy-driven quantization);
     ``quantize_nodes``, when given, are the only nodes quantized (per-layer sensitivity analysis).
@@ -125,14 +128,14 @@ def qdq_from_onnx(
     onnx = require("onnx", "quantize to INT8")
     if flavour not in FLAVOURS:
         raise BadInputError(f"Unknown activation flavour '{flavour}'; use one of {FLAVOURS}.")
+    cal = calibration_settings(calibration)
+    method = cal["method"]
     methods = {
         "minmax": quant.CalibrationMethod.MinMax,
         "percentile": quant.CalibrationMethod.Percentile,
         "entropy": quant.CalibrationMethod.Entropy,
     }
-    if method not in methods:
-        raise BadInputError(f"Unknown calibration method '{method}'; use one of {', '.join(methods)}.")
-    if len(calibration) == 0:
+    if len(images) == 0:
         raise BadInputError("No calibration images: give a folder with readable images.")
     proto = onnx.load(str(fp32_path))
     input_name = proto.graph.input[0].name
@@ -144,7 +147,7 @@ def qdq_from_onnx(
         "QDQOpTypePerChannelSupportToAxis": {"Gemm": 0, "MatMul": 1},
     }
     if method == "percentile":
-        extra["CalibPercentile"] = percentile
+        extra["CalibPercentile"] = cal["percentile"]
     if flavour == "int8":
         extra["OpTypesToExcludeOutputQuantization"] = _output_producers(proto)
         # Keep biases in float: TensorRT's DequantizeLinear takes only int8 input, and an int32 bias DQ
@@ -159,7 +162,7 @@ def qdq_from_onnx(
             quant.quantize_static(
                 str(fp32_path),
                 str(tmp),
-                _calibration_reader(calibration, input_name, progress, batch),
+                _calibration_reader(images, input_name, progress, batch),
                 quant_format=quant.QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=quant.QuantType.QUInt8 if flavour == "uint8" else quant.QuantType.QInt8,
@@ -178,14 +181,14 @@ def qdq_from_onnx(
         "activations": flavour,
         "weights": "int8 symmetric per-channel",
         "calibration_method": method,
-        "calibration_images": int(len(calibration)),
+        "calibration_images": int(len(images)),
         "calibration_batch": batch,
         "excluded_nodes": list(exclude_nodes),
     }
     if quantize_nodes:
         settings["quantized_nodes_only"] = list(quantize_nodes)
     if method == "percentile":
-        settings["percentile"] = percentile
+        settings["percentile"] = cal["percentile"]
     return Artifact.from_files(
         f"onnx-int8-{flavour}", [out_path], root, kind="onnx-qdq", backend="onnx", precision="int8",
         parent=parent, stage="quantize", settings=settings,

@@ -4,46 +4,37 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from .. import backends
 from ..artifacts import Artifact
 from ..evaluate import TimingConfig, evaluate_runner
-from ..progress import Progress, step_progress
 from ..recipes import Recipe
-from .datasets import LoadedImages
-from .source import ModelSource
+from .context import BuildContext
 
 #: the float reference every artifact is compared with: the exported model in ONNX Runtime
 REFERENCE = "onnx-fp32"
 
 
 def quantized_flavours(recipe: Recipe) -> Dict[str, str]:
-    """backend -> activation flavour of the Q/DQ model it compiles its INT8 artifact from."""
+    """backend -> activation flavour of the Q/DQ model it compiles its INT8 artifact from (each backend declares it)."""
     out = {}
     for name in recipe.enabled_backends():
-        cfg = recipe.backend(name)
-        if name == "tensorrt":  # always: the TensorRT bundle ships the Q/DQ model and its calibration cache
-            out[name] = "int8"
-        elif "int8" in cfg["precisions"]:
-            out[name] = cfg["activations"]
+        flavour = backends.get(name).int8_flavour(recipe.backend(name))
+        if flavour:
+            out[name] = flavour
     return out
 
 
-def run_stages(
-    src: ModelSource, recipe: Recipe, cal: LoadedImages, stage_dir: Path, stages: Dict[str, float], progress: Progress,
-    exclude_nodes: Sequence[str] = (),
-) -> Tuple[List[Artifact], Dict[str, Any], List[str]]:
-    """check, export, quantize, compile into ``stage_dir``; returns the artifacts, report extras and notes.
+def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Artifact]:
+    """check, export, quantize, compile into ``ctx.staging``; returns the artifacts (timings, notes, sections on ``ctx``).
 
-    ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see fallback.py).
+    ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see accuracy/fallback.py).
     """
     from .quantize import qdq_from_onnx
 
+    src, recipe, stage_dir, stages = ctx.source, ctx.recipe, ctx.staging, ctx.timings
     artifacts: List[Artifact] = []
-    extra: Dict[str, Any] = {}
-    notes: List[str] = []
     onnx_dir = stage_dir / "onnx"
     onnx_dir.mkdir()
     fp32_path = onnx_dir / "model-fp32.onnx"
@@ -53,74 +44,85 @@ def run_stages(
 
         report = check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
         stages["check"] = time.perf_counter() - t
-        extra["check"] = report.to_dict() if hasattr(report, "to_dict") else {"passed": True}
+        ctx.extra["check"] = report.to_dict() if hasattr(report, "to_dict") else {"passed": True}
         from .export import onnx_from_torch
 
         t = time.perf_counter()
         exp = recipe.section("export")
-        res = onnx_from_torch(src.module, fp32_path, cal.data[:8], exp["opset"], exp["tolerance"], exp["simplify"], root=stage_dir)
-        extra["export"] = res.to_dict()
+        res = onnx_from_torch(src.module, fp32_path, ctx.calibration.data[:8], exp["opset"], exp["tolerance"], exp["simplify"], root=stage_dir)
+        ctx.extra["export"] = res.to_dict()
         artifacts.append(res.artifact)
     else:
         shutil.copyfile(src.path, fp32_path)
         artifacts.append(Artifact.from_files(REFERENCE, [fp32_path], stage_dir, kind="onnx", backend="onnx", precision="fp32", stage="export", settings={"copied_from": str(src.path)}))
-        notes.append("The model was given as ONNX: the architecture check and the PyTorch comparison were skipped.")
+        ctx.notes.append("The model was given as ONNX: the architecture check and the PyTorch comparison were skipped.")
     stages["export"] = time.perf_counter() - t
 
     t = time.perf_counter()
     cal_cfg = recipe.section("calibration")
+    flavours = quantized_flavours(recipe)
     qdq: Dict[str, Artifact] = {}
-    for flavour in sorted(set(quantized_flavours(recipe).values())):
+    for flavour in sorted(set(flavours.values())):
         qdq[flavour] = qdq_from_onnx(
-            fp32_path, onnx_dir / f"model-int8-{flavour}.onnx", cal.data, flavour, cal_cfg["method"],
-            cal_cfg["percentile"], root=stage_dir, progress=step_progress(progress, f"calibrate ({flavour} activations)"),
+            fp32_path, onnx_dir / f"model-int8-{flavour}.onnx", ctx.calibration.data, flavour, cal_cfg,
+            root=stage_dir, progress=ctx.step(f"calibrate ({flavour} activations)"),
             exclude_nodes=exclude_nodes,
         )
         artifacts.append(qdq[flavour])
     stages["quantize"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    flavours = quantized_flavours(recipe)
     for name in recipe.enabled_backends():
-        if name not in backends.names() or name == "tensorrt":  # TensorRT: tensorrt_stage, after evaluation
-            continue
         be, cfg = backends.get(name), recipe.backend(name)
+        if be.builds_on_device:  # its artifacts come from its finish_build hook, after evaluation
+            continue
         for precision in cfg["precisions"]:
             source = qdq[flavours[name]] if precision == "int8" else artifacts[0]
             artifacts.append(be.compile(source, stage_dir / name, precision, cfg, root=stage_dir))
     stages["compile"] = time.perf_counter() - t
-    return artifacts, extra, notes
+    return artifacts
 
 
-def evaluate_build(
-    src: ModelSource, recipe: Recipe, artifacts: List[Artifact], valset: LoadedImages, root: Path, progress: Progress
-) -> Tuple[List[Dict[str, Any]], float]:
-    """Evaluate the reference (FP32 ONNX in ONNX Runtime), PyTorch eager when we have it, and every compiled artifact."""
-    t = time.perf_counter()
-    cfg = TimingConfig.from_recipe(recipe.section("evaluation"))
-    ort_backend = backends.get("onnxruntime")
+def evaluate_reference(ctx: BuildContext, artifacts: List[Artifact]) -> Dict[str, Any]:
+    """The float reference (FP32 ONNX in ONNX Runtime) on the validation images; keeps its logits on ``ctx``."""
+    cfg = TimingConfig.from_recipe(ctx.recipe.section("evaluation"))
     ref_art = next(a for a in artifacts if a.name == REFERENCE)
-    results: List[Dict[str, Any]] = []
-    labels = valset.labels
-    with ort_backend.load(ref_art.abspath(root), recipe.backend("onnxruntime")) as runner:
-        metrics, reference = evaluate_runner(
-            REFERENCE, runner, valset.data, labels, None, cfg, "fp32", ref_art.size_bytes(root), step_progress(progress, f"evaluate {REFERENCE}")
+    with backends.get("onnxruntime").load(ref_art.abspath(ctx.staging), ctx.recipe.backend("onnxruntime")) as runner:
+        metrics, ctx.reference_logits = evaluate_runner(
+            REFERENCE, runner, ctx.validation.data, ctx.validation.labels, None, cfg, "fp32",
+            ref_art.size_bytes(ctx.staging), ctx.step(f"evaluate {REFERENCE}"),
         )
-        results.append(metrics.to_dict())
-    if src.module is not None:
+    return metrics.to_dict()
+
+
+def evaluate_artifact(ctx: BuildContext, art: Artifact, runner_backend: Optional[str] = None, role: str = "") -> Dict[str, Any]:
+    """One artifact against the reference logits, run by its own backend (or ``runner_backend``, e.g. a Q/DQ ONNX in ORT)."""
+    assert ctx.reference_logits is not None, "evaluate the reference first"
+    cfg = TimingConfig.from_recipe(ctx.recipe.section("evaluation"))
+    name = runner_backend or art.backend
+    with backends.get(name).load(art.abspath(ctx.staging), ctx.recipe.backend(name)) as runner:
+        metrics, _ = evaluate_runner(art.name, runner, ctx.validation.data, ctx.validation.labels, ctx.reference_logits,
+                                     cfg, art.precision, art.size_bytes(ctx.staging), ctx.step(f"evaluate {art.name}"))
+    row = metrics.to_dict()
+    if role:
+        row["details"]["role"] = role
+    return row
+
+
+def evaluate_build(ctx: BuildContext, artifacts: List[Artifact]) -> List[Dict[str, Any]]:
+    """The reference, PyTorch eager when we have the module, every compiled artifact, and what backends add."""
+    t = time.perf_counter()
+    results = [evaluate_reference(ctx, artifacts)]
+    if ctx.source.module is not None:
         from ..models.runner import TorchRunner
 
-        with TorchRunner(src.module, threads=recipe.backend("onnxruntime")["threads"]) as runner:
-            metrics, _ = evaluate_runner("pytorch-fp32", runner, valset.data, labels, reference, cfg, "fp32", src.path.stat().st_size, step_progress(progress, "evaluate pytorch-fp32"))
+        cfg = TimingConfig.from_recipe(ctx.recipe.section("evaluation"))
+        with TorchRunner(ctx.source.module, threads=ctx.recipe.backend("onnxruntime")["threads"]) as runner:
+            metrics, _ = evaluate_runner("pytorch-fp32", runner, ctx.validation.data, ctx.validation.labels, ctx.reference_logits,
+                                         cfg, "fp32", ctx.source.path.stat().st_size, ctx.step("evaluate pytorch-fp32"))
             results.append(metrics.to_dict())
-    for art in artifacts:
-        if art.backend not in backends.names():
-            continue
-        with backends.get(art.backend).load(art.abspath(root), recipe.backend(art.backend)) as runner:
-            metrics, _ = evaluate_runner(art.name, runner, valset.data, labels, reference, cfg, art.precision, art.size_bytes(root), step_progress(progress, f"evaluate {art.name}"))
-            results.append(metrics.to_dict())
-    if "tensorrt" in recipe.enabled_backends():
-        from ..tensorrt.stage import evaluate_qdq
-
-        results.append(evaluate_qdq(artifacts, recipe, valset, reference, cfg, root, progress))
-    return results, time.perf_counter() - t
+    results += [evaluate_artifact(ctx, art) for art in artifacts if art.backend in backends.names()]
+    for name in ctx.recipe.enabled_backends():
+        results += backends.get(name).workstation_results(ctx, artifacts)
+    ctx.timings["evaluate"] = time.perf_counter() - t
+    return results

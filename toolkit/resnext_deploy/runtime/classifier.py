@@ -193,8 +193,9 @@ def _batch_size(manifest: Dict[str, Any], backend: str, batch_size: Optional[int
     recipe = manifest.get("recipe") or {}
     if batch_size is None:
         batch_size = int((recipe.get("evaluation") or {}).get("batch_size", 8))
-        if backend == "tensorrt":  # an engine's optimization profile caps the batch
-            batch_size = min(batch_size, int(recipe.get("backends", {}).get("tensorrt", {}).get("max_batch", batch_size)))
+        cap = (recipe.get("backends", {}).get(backend) or {}).get("max_batch")
+        if cap:  # a backend with a batch profile (TensorRT engines' optimization profile) caps the batch
+            batch_size = min(batch_size, int(cap))
     if int(batch_size) < 1:
         raise BadInputError(f"batch_size must be at least 1, got {batch_size}.")
     return int(batch_size)

@@ -18,7 +18,8 @@ from ..errors import BadInputError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
-BACKEND_ORDER: Tuple[str, ...] = ("tensorrt", "openvino", "onnxruntime")
+#: the registered backends, preferred first (each declares its ``preference``)
+BACKEND_ORDER: Tuple[str, ...] = tuple(backends.by_preference())
 PRECISION_ORDER: Tuple[str, ...] = ("int8", "fp16", "fp32")
 #: artifact backends that another backend executes (ONNX files run in ONNX Runtime)
 _RUN_BY = {"onnx": "onnxruntime"}
@@ -28,8 +29,9 @@ BUNDLE_HINT = "Build the engines on the device with `resnext-deploy compile --bu
 
 
 def _unbuilt_bundle(manifest: Dict[str, Any]) -> bool:
-    """A Jetson bundle (manifest with a "bundle" section) that lists no TensorRT engine yet."""
-    return "bundle" in manifest and not any(a.get("backend") == "tensorrt" for a in manifest.get("artifacts", []))
+    """A device bundle (manifest with a "bundle" section) that lists none of the artifacts built on the device yet."""
+    on_device = {n for n in backends.names() if backends.get(n).builds_on_device}
+    return "bundle" in manifest and not any(a.get("backend") in on_device for a in manifest.get("artifacts", []))
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,8 @@ def choose(
             status[c.backend] = backend_status(c.backend)
         return status[c.backend] is None
 
-    if backend == "tensorrt" and _unbuilt_bundle(manifest):
-        raise BadInputError(f"{where} is a TensorRT bundle whose engines are not built yet. {BUNDLE_HINT}")
+    if backend != "auto" and backends.get(backend).builds_on_device and _unbuilt_bundle(manifest):
+        raise BadInputError(f"{where} is a {backend} bundle whose engines are not built yet. {BUNDLE_HINT}")
     wanted = [
         c for c in allc
         if (artifact is None or c.artifact.name == artifact)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..artifacts import Artifact, atomic_file, sha256_file
 from . import cuda_runtime as cuda
-from ..backends.base import Backend, Runner
+from ..backends.base import Backend, BuildAddition, Runner
 from ..errors import BadInputError, InternalError, MissingDependencyError
 from ..optional import require
 
@@ -340,6 +340,61 @@ class TensorRtBackend(Backend):
     name = "tensorrt"
     module = "tensorrt"
     kind = "tensorrt-engine"
+    precisions = ("fp16", "int8")
+    suffixes = (".engine", ".plan")
+    preference = 10
+    # Engines only run with the GPU and TensorRT that built them, and nothing cross-builds x86 -> Jetson.
+    builds_on_device = True
+    defaults = {
+        "workspace_mb": 1024,
+        "min_batch": 1,
+        "opt_batch": 1,
+        "max_batch": 8,
+        "dla_core": -1,  # -1 = no DLA; >= 0 also builds DLA engines on that core (static batch = opt_batch)
+        "gpu_fallback": True,  # layers DLA cannot run go to the GPU instead of failing the build
+        "timing_cache": True,  # save the builder's timing cache beside the engines and reuse it
+        "tensorrt_version": "10.3.0",  # the device's TensorRT (JetPack 6.1/6.2): labels the calibration cache
+        "jetpack": "",  # the JetPack release the recipe is for (shown in the bundle README)
+        "golden_images": 16,  # preprocessed validation images shipped with FP32 reference outputs
+        "golden_min_agreement": 1.0,  # share of golden images whose top-1 must match the FP32 reference
+        "fp16_max_abs_diff": 0.1,  # largest |engine - FP32 reference| logit allowed on golden images
+        "fp16_min_cosine": 0.9995,  # smallest cosine of engine vs FP32 reference logits
+        "int8_max_abs_diff": 1.0,
+        "int8_min_cosine": 0.99,
+    }
+
+    def int8_flavour(self, settings: Dict[str, Any]) -> Optional[str]:
+        """Always the int8 (symmetric, zero-point 0) flavour: the bundle ships the Q/DQ model and its calibration cache."""
+        return "int8" if settings["precisions"] else None
+
+    def validate(self, settings: Dict[str, Any], source: str) -> None:
+        if "fp32" in settings["precisions"]:
+            raise BadInputError(f"backends.tensorrt.precisions in {source} has 'fp32'; TensorRT engines are 'fp16' or 'int8'.")
+        super().validate(settings, source)
+        if not settings["precisions"]:
+            return
+        if not 1 <= settings["min_batch"] <= settings["opt_batch"] <= settings["max_batch"]:
+            raise BadInputError(
+                f"backends.tensorrt batch profile in {source} must satisfy 1 <= min_batch <= opt_batch <= max_batch, "
+                f"got {settings['min_batch']}/{settings['opt_batch']}/{settings['max_batch']}."
+            )
+        if settings["dla_core"] < -1 or settings["golden_images"] < 1 or settings["workspace_mb"] <= 0:
+            raise BadInputError(
+                f"backends.tensorrt in {source} needs dla_core >= -1, golden_images >= 1 and workspace_mb > 0, got "
+                f"{settings['dla_core']}, {settings['golden_images']}, {settings['workspace_mb']}."
+            )
+
+    def workstation_results(self, ctx: Any, artifacts: List[Artifact]) -> List[Dict[str, Any]]:
+        """The Q/DQ model TensorRT's INT8 engine comes from, run in ONNX Runtime: a real accuracy even without a GPU."""
+        from .stage import evaluate_qdq  # the workstation half of this package
+
+        return [evaluate_qdq(ctx, artifacts)]
+
+    def finish_build(self, ctx: Any, artifacts: List[Artifact], results: List[Dict[str, Any]]) -> Optional[BuildAddition]:
+        """Engines here when TensorRT and the GPU are this machine's, else the bundle that builds them on the device."""
+        from .stage import tensorrt_stage
+
+        return tensorrt_stage(ctx, artifacts, results)
 
     def available(self) -> bool:
         """TensorRT imports and a CUDA GPU answers: engines can be built and run here."""

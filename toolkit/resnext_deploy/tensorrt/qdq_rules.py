@@ -316,12 +316,3 @@ def check_qdq_model(model: Union[str, Path, Any], require_qdq: bool = False) -> 
         report.violations.append(Violation("no-qdq", label, "model", "has no QuantizeLinear/DequantizeLinear nodes; "
                                            "an explicitly quantized INT8 engine needs a Q/DQ model."))
     return report
-
-
-def check_qdq_or_raise(model: Union[str, Path], require_qdq: bool = True) -> QdqReport:
-    """Check and raise BadInputError listing every violation (what `build` does for TensorRT targets)."""
-    report = check_qdq_model(model, require_qdq)
-    if not report.passed:
-        raise BadInputError(report.summary() + "\nFix the quantization (resnext-deploy quantize --activations int8 "
-                            "makes a TensorRT-ready model) and run `resnext-deploy check --model` again.")
-    return report

@@ -10,9 +10,8 @@ reported as pending, never guessed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -22,7 +21,11 @@ from ..errors import InternalError
 from ..evaluate import TimingConfig, evaluate_runner
 from ..gate import apply_gates
 from ..pipeline.datasets import LoadedImages
-from ..progress import Progress
+from ..backends.base import BuildAddition
+from ..pipeline.context import BuildContext
+from ..pipeline.steps import REFERENCE, evaluate_artifact
+from ..progress import Progress, step_progress
+from ..sampling import evenly_spaced
 from .bundle import (
     CALIB_CACHE,
     FP32_ONNX,
@@ -37,18 +40,11 @@ from .engine_plan import EngineSpec, plan_engines, trtexec_command
 
 log = logging.getLogger(__name__)
 
-REFERENCE = "onnx-fp32"
 QDQ_ARTIFACT = "onnx-int8-int8"  # the int8-flavour Q/DQ model (quantize.py)
 
 
-@dataclass
-class TensorRtOutcome:
-    """What the TensorRT stage adds to a build."""
-
-    artifacts: List[Artifact] = field(default_factory=list)
-    results: List[Dict[str, Any]] = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
-    extra: Dict[str, Any] = field(default_factory=dict)
+#: what the TensorRT stage adds to a build
+TensorRtOutcome = BuildAddition
 
 
 def engines_here(recipe: Any) -> Optional[str]:
@@ -62,17 +58,13 @@ def engines_here(recipe: Any) -> Optional[str]:
     return None
 
 
-def golden_indices(n: int, k: int) -> np.ndarray:
-    """``k`` evenly spread positions in ``range(n)`` (every class of a class-sorted set is represented)."""
-    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
 
 
-def tensorrt_stage(
-    src: Any, recipe: Any, artifacts: List[Artifact], valset: LoadedImages, stage_dir: Path,
-    results: List[Dict[str, Any]], progress: Progress = None,
-) -> TensorRtOutcome:
+def tensorrt_stage(ctx: BuildContext, artifacts: List[Artifact], results: List[Dict[str, Any]]) -> TensorRtOutcome:
     """Run after evaluation (and any accuracy fallback): Q/DQ check, calibration cache, then engines or the bundle."""
     from .qdq_rules import check_qdq_model
+
+    src, recipe, valset, stage_dir, progress = ctx.source, ctx.recipe, ctx.validation, ctx.staging, ctx.progress
 
     cfg = recipe.backend("tensorrt")
     out = TensorRtOutcome()
@@ -93,7 +85,7 @@ def tensorrt_stage(
     specs = plan_engines(cfg)
     why_not = engines_here(recipe)
     if why_not is None:
-        reference = _reference_logits(fp32, stage_dir, recipe, valset)
+        reference = ctx.reference_logits
         out.artifacts, rows = _build_engines_here(specs, fp32, qdq, cache, cfg, valset, reference, timing, stage_dir, progress)
         out.results += rows
         return out
@@ -120,35 +112,19 @@ def tensorrt_stage(
     return out
 
 
-def evaluate_qdq(artifacts: List[Artifact], recipe: Any, valset: LoadedImages, reference: np.ndarray,
-                 timing: TimingConfig, root: Path, progress: Progress = None) -> Dict[str, Any]:
+def evaluate_qdq(ctx: BuildContext, artifacts: List[Artifact]) -> Dict[str, Any]:
     """The int8-flavour Q/DQ model (what TensorRT's INT8 engine is built from) measured in ONNX Runtime.
 
     Part of every TensorRT build's evaluation, so the gate (and the accuracy fallback) judge the INT8 model
     TensorRT will run even when the engines themselves can only be built on the device.
     """
     qdq = next(a for a in artifacts if a.name == QDQ_ARTIFACT)
-    with backends.get("onnxruntime").load(qdq.abspath(root), recipe.backend("onnxruntime")) as runner:
-        metrics, _ = evaluate_runner(qdq.name, runner, valset.data, valset.labels, reference, timing, "int8",
-                                     qdq.size_bytes(root), _sub(progress, f"evaluate {qdq.name}"))
-    row = metrics.to_dict()
-    row["details"]["role"] = "the Q/DQ model TensorRT builds its INT8 engine from, run by ONNX Runtime's CPU kernels"
-    return row
-
-
-def _sub(progress: Progress, name: str) -> Optional[Callable[[int, int], None]]:
-    return (lambda done, total: progress(name, done, total)) if progress else None
-
-
-def _reference_logits(fp32: Artifact, stage_dir: Path, recipe: Any, valset: LoadedImages) -> np.ndarray:
-    from ..evaluate import predict_all
-
-    with backends.get("onnxruntime").load(fp32.abspath(stage_dir), recipe.backend("onnxruntime")) as runner:
-        return predict_all(runner, valset.data, recipe.section("evaluation")["batch_size"])
+    return evaluate_artifact(ctx, qdq, runner_backend="onnxruntime",
+                             role="the Q/DQ model TensorRT builds its INT8 engine from, run by ONNX Runtime's CPU kernels")
 
 
 def _golden(src: Any, recipe: Any, fp32: Artifact, qdq: Artifact, valset: LoadedImages, stage_dir: Path, k: int) -> Golden:
-    idx = golden_indices(len(valset.data), k)
+    idx = evenly_spaced(len(valset.data), k)
     inputs = np.ascontiguousarray(valset.data[idx], dtype=np.float32)
     ort = backends.get("onnxruntime")
     with ort.load(fp32.abspath(stage_dir), recipe.backend("onnxruntime")) as r:
@@ -214,7 +190,7 @@ def _build_engines_here(specs: List[EngineSpec], fp32: Artifact, qdq: Artifact, 
         arts.append(art)
         with backends.get("tensorrt").load(engine, cfg) as runner:
             m, _ = evaluate_runner(spec.name, runner, valset.data, valset.labels, reference, timing, spec.precision,
-                                   art.size_bytes(stage_dir), _sub(progress, f"evaluate {spec.name}"))
+                                   art.size_bytes(stage_dir), step_progress(progress, f"evaluate {spec.name}"))
             rows.append(m.to_dict())
     return arts, rows
 
