@@ -152,3 +152,4 @@ def test_the_checks_catch_39_only_code():
     assert _runtime_builtin_generics(ast.parse(future + "X = list[int]\n")) == [(3, "list")]
     assert _runtime_builtin_generics(ast.parse(future + "def f(x: list[int]) -> dict[str, Any]: ...\n")) == []
     assert _runtime_builtin_generics(ast.parse("def f(x: list[int]): ...\n")) == [(1, "list")]
+

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
-from pathlib import Path
+import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -87,16 +88,23 @@ class Backend(abc.ABC):
         if act is not None and act not in ("uint8", "int8"):
             raise BadInputError(f"backends.{self.name}.activations in {source} must be 'uint8' or 'int8', got '{act}'.")
 
-    # ``ctx`` below is the build's pipeline.context.BuildContext: typed Any because backends/ is on the device
-    # side of the boundary and never imports the workstation's pipeline/.
+    #: module (by name, imported only when a build runs) whose ``workstation_results(ctx, artifacts)`` and
+    #: ``finish_build(ctx, artifacts, results)`` extend the workstation build; "" = none. A name, not an
+    #: import: the hooks live on the workstation side of the device boundary.
+    build_hooks: str = ""
 
     def workstation_results(self, ctx: Any, artifacts: List[Artifact]) -> List[Dict[str, Any]]:
-        """Extra evaluation rows the build measures on the workstation for this backend (default: none)."""
-        return []
+        """Extra evaluation rows the build measures on the workstation for this backend (``ctx``: a BuildContext)."""
+        hooks = self._hooks()
+        return list(hooks.workstation_results(ctx, artifacts)) if hooks else []
 
     def finish_build(self, ctx: Any, artifacts: List[Artifact], results: List[Dict[str, Any]]) -> Optional[BuildAddition]:
-        """Run after evaluation and any accuracy fallback (default: nothing to add)."""
-        return None
+        """What this backend adds after evaluation and any accuracy fallback (None: nothing)."""
+        hooks = self._hooks()
+        return hooks.finish_build(ctx, artifacts, results) if hooks else None
+
+    def _hooks(self) -> Any:
+        return importlib.import_module(self.build_hooks) if self.build_hooks else None
 
     def available(self) -> bool:
         from ..optional import available

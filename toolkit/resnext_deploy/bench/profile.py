@@ -105,10 +105,11 @@ def onnxruntime_profiler(path: str, settings: Dict[str, Any], sample: np.ndarray
     return run
 
 
+#: each runtime's own per-layer profiler, by the configuration's kind (PyTorch eager has none)
+PROFILERS = {"openvino": openvino_profiler, "onnxruntime": onnxruntime_profiler}
+
+
 def make_profiler(kind: str, path: str, settings: Dict[str, Any], sample: np.ndarray) -> Optional[Profiler]:
-    """A profiler for a configuration's runtime, or None (PyTorch eager is not profiled)."""
-    if kind == "openvino":
-        return openvino_profiler(path, settings, sample)
-    if kind == "onnxruntime":
-        return onnxruntime_profiler(path, settings, sample)
-    return None
+    """A profiler for a configuration's runtime, or None."""
+    make = PROFILERS.get(kind)
+    return make(path, settings, sample) if make else None

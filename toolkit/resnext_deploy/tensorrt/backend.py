@@ -22,7 +22,7 @@ import numpy as np
 
 from ..artifacts import Artifact, atomic_file, sha256_file
 from . import cuda_runtime as cuda
-from ..backends.base import Backend, BuildAddition, Runner
+from ..backends.base import Backend, Runner
 from ..errors import BadInputError, InternalError, MissingDependencyError
 from ..optional import require
 
@@ -345,6 +345,8 @@ class TensorRtBackend(Backend):
     preference = 10
     # Engines only run with the GPU and TensorRT that built them, and nothing cross-builds x86 -> Jetson.
     builds_on_device = True
+    # The Q/DQ model's workstation accuracy, then engines here or the device bundle (the workstation half).
+    build_hooks = "resnext_deploy.tensorrt.stage"
     defaults = {
         "workspace_mb": 1024,
         "min_batch": 1,
@@ -383,18 +385,6 @@ class TensorRtBackend(Backend):
                 f"backends.tensorrt in {source} needs dla_core >= -1, golden_images >= 1 and workspace_mb > 0, got "
                 f"{settings['dla_core']}, {settings['golden_images']}, {settings['workspace_mb']}."
             )
-
-    def workstation_results(self, ctx: Any, artifacts: List[Artifact]) -> List[Dict[str, Any]]:
-        """The Q/DQ model TensorRT's INT8 engine comes from, run in ONNX Runtime: a real accuracy even without a GPU."""
-        from .stage import evaluate_qdq  # the workstation half of this package
-
-        return [evaluate_qdq(ctx, artifacts)]
-
-    def finish_build(self, ctx: Any, artifacts: List[Artifact], results: List[Dict[str, Any]]) -> Optional[BuildAddition]:
-        """Engines here when TensorRT and the GPU are this machine's, else the bundle that builds them on the device."""
-        from .stage import tensorrt_stage
-
-        return tensorrt_stage(ctx, artifacts, results)
 
     def available(self) -> bool:
         """TensorRT imports and a CUDA GPU answers: engines can be built and run here."""

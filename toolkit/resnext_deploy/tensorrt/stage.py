@@ -293,3 +293,16 @@ def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict
         "",
     ]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ the backend's build hooks (Backend.build_hooks)
+
+
+def workstation_results(ctx: BuildContext, artifacts: List[Artifact]) -> List[Dict[str, Any]]:
+    """The Q/DQ model TensorRT's INT8 engine comes from, run in ONNX Runtime: a real accuracy even without a GPU."""
+    return [evaluate_qdq(ctx, artifacts)]
+
+
+def finish_build(ctx: BuildContext, artifacts: List[Artifact], results: List[Dict[str, Any]]) -> TensorRtOutcome:
+    """Engines here when TensorRT and the GPU are this machine's, else the bundle that builds them on the device."""
+    return tensorrt_stage(ctx, artifacts, results)
