@@ -182,11 +182,20 @@ def test_forward_failure_becomes_a_finding() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.* is deprecated in recent torch
-def test_torchscript_gets_static_checks_only() -> None:
+@pytest.mark.parametrize("how", ["trace", "script"])
+def test_torchscript_gets_the_forward_pass_check(how) -> None:
     model = _demo().eval()
-    traced = torch.jit.trace(model, torch.zeros(SHAPE))
-    report = check_model(traced, SHAPE)
-    assert report.passed
-    assert not report.dynamic_check
-    assert any("TorchScript" in n for n in report.notes)
-    assert report.grouped_convs == 3 and report.residual_adds == 0
+    ts = torch.jit.trace(model, torch.zeros(SHAPE)) if how == "trace" else torch.jit.script(model)
+    report = check_model(ts, SHAPE)
+    assert report.passed and report.complete and report.dynamic_check
+    assert report.grouped_convs == 3 and report.residual_adds == 3
+    assert report.blocks == ["layer1.0", "layer2.0", "layer3.0"]  # the same names as in eager mode
+
+
+def test_scripted_submodule_in_an_eager_model_is_reported_as_not_covered() -> None:
+    model = _demo().eval()
+    model.layer2 = torch.jit.script(model.layer2)
+    report = check_model(model, SHAPE)
+    assert report.passed and not report.complete
+    assert any("TorchScript submodule" in u for u in report.uncovered)
+    assert "INCOMPLETE" in report.summary()

@@ -144,7 +144,15 @@ def _recipe(target: Optional[str], recipe: Optional[Path]) -> Any:
 
 _target_opt = click.option("--target", default="x86-cpu", show_default=True, help="Target whose recipe supplies the settings.")
 _recipe_opt = click.option("--recipe", type=click.Path(path_type=Path), default=None, help="Your own recipe TOML.")
-_size_opt = click.option("--input-size", type=int, default=None, help="Crop size for an ONNX without a sidecar (default 224).")
+_size_opt = click.option("--input-size", type=int, default=None,
+                         help="Crop size, with --preprocessing imagenet or the recipe's [preprocess], for an ONNX whose input shape is dynamic.")
+
+
+_preprocessing_opt = click.option(
+    "--preprocessing", "preprocessing", default=None, metavar="imagenet|FILE.json",
+    help="How the model sees images when the ONNX has no sidecar and sits in no build directory: 'imagenet' (ImageNet's "
+         "mean/std, resize 256/224 of the crop) or a JSON file (a build's manifest.json, a sidecar, or a dict of "
+         "resize, crop, mean, std).")
 
 
 @cli.command()
@@ -178,20 +186,26 @@ def export(model: Optional[Path], arch: Optional[str], num_classes: Optional[int
 @cli.command()
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), required=True, help="FP32 ONNX model.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The Q/DQ ONNX file to write.")
-@click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration images (default: the recipe's, else the demo's).")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Calibration images (default: the recipe's, else the ones the ONNX's build used; the demo's only for the demo).")
 @click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
               help="uint8 for ONNX Runtime's CPU kernels; int8 (symmetric, zero-point 0) for TensorRT.")
 @_size_opt
+@_preprocessing_opt
 @_target_opt
 @_recipe_opt
 @click.pass_context
 @_run
 def quantize(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Path], activations: str,
-             input_size: Optional[int], target: str, recipe: Optional[Path]) -> None:
-    """Calibrate and quantize to an INT8 Q/DQ ONNX (method, count and seed from the recipe)."""
+             input_size: Optional[int], preprocessing: Optional[str], target: str, recipe: Optional[Path]) -> None:
+    """Calibrate and quantize to an INT8 Q/DQ ONNX (method, count and seed from the recipe).
+
+    Preprocessing and the default calibration folder come from the ONNX's sidecar or the manifest.json of the
+    build it sits in; an ONNX with neither needs --preprocessing (and --calib)."""
     from .pipeline.commands import quantize_file
 
-    art = quantize_file(onnx_path, out, calib, _recipe(target, recipe), activations, input_size, ctx.obj["progress"])
+    art = quantize_file(onnx_path, out, calib, _recipe(target, recipe), activations, input_size, ctx.obj["progress"],
+                        preprocessing=preprocessing)
     click.echo(f"wrote {art.path} ({art.settings['calibration_method']}, {art.settings['calibration_images']} images, {activations} activations)")
 
 
@@ -238,20 +252,26 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
 @cli.command()
 @click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--reference", type=click.Path(path_type=Path), required=True, help="The FP32 ONNX everything is compared with.")
-@click.option("--val", type=click.Path(path_type=Path), default=None, help="Labeled images, ImageFolder layout (default: the demo's).")
+@click.option("--val", type=click.Path(path_type=Path), default=None,
+              help="Labeled images, ImageFolder layout (default: the recipe's, else the ones the reference's build used; the demo's only for the demo).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the evaluation JSON here (input of `report`).")
 @_size_opt
+@_preprocessing_opt
 @_target_opt
 @_recipe_opt
 @click.pass_context
 @_run
 def evaluate(ctx: click.Context, artifacts: tuple, reference: Path, val: Optional[Path], out: Optional[Path],
-             input_size: Optional[int], target: str, recipe: Optional[Path]) -> None:
-    """Accuracy, agreement, logit error, latency and size of artifacts (by path) on the same images."""
+             input_size: Optional[int], preprocessing: Optional[str], target: str, recipe: Optional[Path]) -> None:
+    """Accuracy, agreement, logit error, latency and size of artifacts (by path) on the same images.
+
+    Preprocessing, names and the default validation folder come from each file's sidecar or the manifest.json
+    of the build it sits in, so a build's artifacts give the build's numbers."""
     from .pipeline.commands import evaluate_files
     from .report import render_table
 
-    ev = evaluate_files(reference, artifacts, val, _recipe(target, recipe), input_size, out, ctx.obj["progress"])
+    ev = evaluate_files(reference, artifacts, val, _recipe(target, recipe), input_size, out, ctx.obj["progress"],
+                        preprocessing=preprocessing)
     click.echo(render_table(ev, with_gate=False))
     if out:
         click.echo(f"wrote {out}")
@@ -339,19 +359,20 @@ def predict(images: tuple, build_dir: Path, backend: str, precision: str, top_k:
 @click.option("--compare-nncf", is_flag=True, help="Also run NNCF's quantize_with_accuracy_control (OpenVINO) and set it beside ours.")
 @click.option("--json", "as_json", is_flag=True, help="Print sensitivity.json.")
 @_size_opt
+@_preprocessing_opt
 @_target_opt
 @_recipe_opt
 @click.pass_context
 @_run
 def sensitivity(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Path], val: Optional[Path], activations: tuple,
                 measure: Optional[str], subset: Optional[int], max_excluded: Optional[int], no_search: bool, compare_nncf: bool,
-                as_json: bool, input_size: Optional[int], target: str, recipe: Optional[Path]) -> None:
+                as_json: bool, input_size: Optional[int], preprocessing: Optional[str], target: str, recipe: Optional[Path]) -> None:
     """Rank the layers by how much INT8 error each brings, find the layers to leave in float, compare with NNCF."""
     from .accuracy.sensitivity import markdown_table
     from .accuracy.study import comparison_rows, study_file
 
     doc = study_file(onnx_path, out, _recipe(target, recipe), calib, val, input_size, activations, measure, subset,
-                     max_excluded, not no_search, compare_nncf, ctx.obj["progress"])
+                     max_excluded, not no_search, compare_nncf, ctx.obj["progress"], preprocessing=preprocessing)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return

@@ -33,6 +33,10 @@ class ModelCheckError(BadInputError):
     """The model's architecture is broken (e.g. a residual add of mismatched shapes)."""
 
 
+class CheckIncompleteError(BadInputError):
+    """The architecture check could not look at all of the model (nothing wrong found in what it saw)."""
+
+
 class ArtifactIntegrityError(BadInputError):
     """An artifact's files differ from the sha256 its manifest recorded (damaged, edited or swapped)."""
 

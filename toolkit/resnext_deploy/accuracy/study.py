@@ -49,10 +49,6 @@ SCHEMA_VERSION = 1
 FLAVOURS = ("uint8", "int8")
 
 
-def _folder(given: Union[str, Path, None], recipe_folder: str, demo_folder: Path) -> Path:
-    return Path(given or recipe_folder or demo_folder)
-
-
 def study_file(
     onnx_path: Union[str, Path],
     out: Union[str, Path],
@@ -67,14 +63,15 @@ def study_file(
     search: bool = True,
     compare_nncf: bool = False,
     progress: Progress = None,
+    preprocessing: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Run the study (see the module doc) and write it into ``out``; returns the sensitivity.json document.
 
     ``None``/empty arguments take the recipe's values: flavours of its INT8 backends, ``fallback.measure``,
     ``fallback.subset``, ``fallback.max_excluded_layers``.
     """
-    from ..demo import DEMO_CALIB, DEMO_VAL
-    from ..pipeline.commands import preprocessing_of
+    from ..pipeline.commands import model_meta
+    from ..pipeline.source import data_folders
     from ..pipeline.steps import quantized_flavours
 
     onnx_path = Path(onnx_path)
@@ -92,9 +89,10 @@ def study_file(
     cap = fb["max_excluded_layers"] if max_excluded is None else max_excluded
     if subset <= 0 or cap < 0:
         raise BadInputError(f"--subset must be positive and --max-excluded at least 0, got {subset} and {cap}.")
-    spec, _ = preprocessing_of(onnx_path, input_size, recipe)
-    calib_dir = _folder(calib, cal_cfg["folder"], DEMO_CALIB)
-    val_dir = _folder(val, recipe.section("evaluation")["folder"], DEMO_VAL)
+    meta = model_meta(onnx_path, recipe, input_size, preprocessing)
+    spec = meta.preprocessing
+    calib_dir, val_dir = data_folders(meta.is_demo, recipe, Path(calib) if calib else None, Path(val) if val else None,
+                                      recorded=meta.folders, purpose=f"The sensitivity study of '{onnx_path.name}'")
     cal = load_calibration(calib_dir, spec, cal_cfg["count"], cal_cfg["seed"])
     valset = load_labeled(val_dir, spec, recipe.section("evaluation")["limit"] or None)
     ort = recipe.backend("onnxruntime")

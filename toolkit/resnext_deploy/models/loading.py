@@ -546,6 +546,16 @@ def _load_weights(
         for k in expected
         if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)
     ]
+    if mismatched and not missing and not unexpected and guess_arch(sd) in (None, arch):
+        # The same layers with other widths: a user's modified block (the seeds' bug lives here). Build those
+        # layers with the checkpoint's shapes so the architecture check can name the block and both shapes.
+        layers = _reshape_to_checkpoint(model, sd, expected)
+        if layers is not None:
+            logger.warning(
+                "The weights in '%s' have other shapes than '%s' in %d layer(s) (%s); the model is built with the "
+                "checkpoint's shapes.", p, arch, len(layers), ", ".join(layers[:_MAX_LISTED]))
+            model.load_state_dict(sd, strict=True)
+            return
     if missing or unexpected or mismatched:
         parts = [
             f"The weights in '{p}' do not match architecture '{arch}' with {num_classes} classes "
@@ -585,3 +595,27 @@ def _load_weights(
             f"The weights in '{p}' could not be loaded into '{arch}': {_first_line(str(exc))}. "
             "Check --arch and --num-classes, or re-save the checkpoint."
         ) from None
+
+
+def _reshape_to_checkpoint(model: Any, sd: Mapping[str, Any], expected: Mapping[str, Any]) -> Optional[List[str]]:
+    """Give every conv / BatchNorm layer whose weights differ in shape the checkpoint's shape; None when
+    another kind of layer differs (then the mismatch is reported as it is)."""
+    owners = sorted({k.rsplit(".", 1)[0] for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)})
+    mods = dict(model.named_modules())
+    if "fc" in owners or not all(isinstance(mods.get(o), (nn.Conv2d, nn.BatchNorm2d)) for o in owners):
+        return None  # the classifier's size is --num-classes' business; other layers are not ours to guess
+    for name in owners:
+        m = mods[name]
+        for pname, param in list(m.named_parameters(recurse=False)):
+            m.register_parameter(pname, nn.Parameter(sd[f"{name}.{pname}"].detach().clone().float()))
+        for bname, buf in list(m.named_buffers(recurse=False)):
+            key = f"{name}.{bname}"
+            if key in sd:
+                m.register_buffer(bname, sd[key].detach().clone())
+        w = m.weight
+        if isinstance(m, nn.Conv2d):
+            # in_channels is what the weights take; a layer feeding it another width is then found by the check.
+            m.out_channels, m.in_channels = int(w.shape[0]), int(w.shape[1]) * m.groups
+        else:
+            m.num_features = int(w.shape[0])
+    return owners

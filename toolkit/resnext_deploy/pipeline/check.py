@@ -6,7 +6,13 @@ of two feature maps must add tensors of identical shape (PyTorch either fails wi
 or, worse, silently broadcasts). Forward hooks keep a stack of the running module paths, so a finding
 names the innermost module that did the add (e.g. ``layer2.0``, a Bottleneck). Every conv is also checked
 statically (channels divisible by groups, weight shape consistent) and, during the forward, for the
-number of input channels it actually receives. TorchScript models get only the static checks.
+number of input channels it actually receives.
+
+TorchScript runs in its own interpreter, out of reach of hooks and TorchFunctionMode, but its ops still pass
+the dispatcher: a ``TorchDispatchMode`` sees every aten op (with its real tensors) before it runs. A conv's
+weight tensor names the conv (by its storage, against ``named_parameters()``), every output is tagged with the
+module that produced it, and an add is attributed to the deepest module whose own scripted graph holds an add
+(found by walking each submodule's graph), so findings name the same block (``layer2.1``) as in eager mode.
 
 Adds where one operand is a parameter or buffer (a bias, an embedding) or a scalar are not residual adds
 and are ignored. The model is left as it was: hooks are removed and train/eval flags restored.
@@ -56,7 +62,8 @@ class CheckReport:
     residual_adds: int = 0  # feature-map + feature-map additions verified during the forward
     grouped_convs: int = 0  # convs with groups > 1
     convs_checked: int = 0
-    dynamic_check: bool = True  # False when the forward-pass check was skipped (TorchScript)
+    dynamic_check: bool = True  # False when no forward-pass check ran
+    uncovered: List[str] = field(default_factory=list)  # what the check could not look at (a warning each)
     blocks: List[str] = field(default_factory=list)
     grouped_conv_names: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
@@ -65,22 +72,31 @@ class CheckReport:
     def passed(self) -> bool:
         return not self.findings
 
+    @property
+    def complete(self) -> bool:
+        """True when every part of the model was checked (nothing in ``uncovered``)."""
+        return self.dynamic_check and not self.uncovered
+
     def summary(self) -> str:
         status = "passed" if self.passed else f"FAILED ({len(self.findings)} problem(s))"
+        if self.passed and not self.complete:
+            status = "INCOMPLETE (nothing wrong found in what it could check)"
         dyn = (
             f"{self.residual_adds} residual add(s) in {self.blocks_checked} block(s)"
             if self.dynamic_check
-            else "forward-pass check skipped"
+            else "no forward-pass check"
         )
-        return (
+        text = (
             f"Architecture check {status}: input {tuple(self.input_shape)}, {dyn}, "
             f"{self.convs_checked} conv(s) of which {self.grouped_convs} grouped."
         )
+        return text + "".join(f"\nnot checked: {u}" for u in self.uncovered)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         d["passed"] = self.passed
+        d["complete"] = self.complete
         return d
 
 
@@ -112,13 +128,11 @@ def check_model(model: Any, input_shape: Optional[Sequence[int]] = None) -> Chec
     flagged_convs = _static_conv_checks(torch, model, report)
 
     if isinstance(model, torch.jit.ScriptModule):
-        report.dynamic_check = False
-        report.notes.append(
-            "TorchScript model: forward hooks and TorchFunctionMode do not apply inside TorchScript, so the "
-            "residual-add and input-channel checks were skipped; only the static conv checks ran."
-        )
+        _script_check(torch, model, shape, report, flagged_convs)
     else:
         _dynamic_check(torch, model, shape, report, flagged_convs)
+    for u in report.uncovered:
+        logger.warning("architecture check: not checked: %s", u)
 
     logger.info(report.summary())
     for f in report.findings:
@@ -264,10 +278,9 @@ def _static_conv_checks(torch: Any, model: Any, report: CheckReport) -> set:
                 )
             )
     if untyped:
-        report.notes.append(
-            f"{untyped} conv(s) expose no groups value (neither as an attribute nor as a constant in their "
-            "TorchScript graph), so their groups could not be checked."
-        )
+        note = (f"{untyped} conv(s) expose no groups value (neither as an attribute nor as a constant in their "
+                "TorchScript graph): their groups were checked only when the forward pass ran them")
+        report.notes.append(note)
     return flagged
 
 
@@ -407,8 +420,9 @@ def _dynamic_check(torch: Any, model: Any, shape: Tuple[int, ...], report: Check
             handles.append(m.register_forward_pre_hook(pre_hook))
             handles.append(m.register_forward_hook(post_hook))
         if skipped_script:
-            report.notes.append(
-                f"{skipped_script} TorchScript submodule(s) run without hooks: adds inside them were not checked."
+            report.uncovered.append(
+                f"{skipped_script} TorchScript submodule(s) inside an eager model: the adds inside them (check the "
+                "whole model scripted, or the submodules eager)"
             )
         x = _make_input(torch, model, shape)
         model.eval()
@@ -459,7 +473,28 @@ def _make_input(torch: Any, model: Any, shape: Tuple[int, ...]) -> Any:
 def _add_finding(torch: Any, frame: _Frame, a: Any, b: Any, root_type: str) -> Finding:
     sa, sb = tuple(int(s) for s in a.shape), tuple(int(s) for s in b.shape)
     type_name = _type_name(frame.module) if frame.path else root_type
-    where = _where(frame.path, type_name)
+    # Which operand is the identity shortcut? The one that *is* the block's input (or has its shape).
+    shortcut: Optional[int] = None
+    ins = frame.inputs
+    if any(a is t for t in ins) and not any(b is t for t in ins):
+        shortcut = 0
+    elif any(b is t for t in ins) and not any(a is t for t in ins):
+        shortcut = 1
+    elif ins:
+        s0 = tuple(ins[0].shape)
+        if sa == s0 and sb != s0:
+            shortcut = 0
+        elif sb == s0 and sa != s0:
+            shortcut = 1
+    return residual_finding(torch, frame.path, type_name, sa, sb, shortcut)
+
+
+def residual_finding(
+    torch: Any, path: str, type_name: str, sa: Tuple[int, ...], sb: Tuple[int, ...], shortcut: Optional[int]
+) -> Finding:
+    """The finding for a residual add of shapes ``sa`` + ``sb`` in module ``path``; ``shortcut`` is the index
+    (0 or 1) of the identity-shortcut operand when known."""
+    where = _where(path, type_name)
     try:
         broadcast: Optional[Tuple[int, ...]] = tuple(torch.broadcast_shapes(sa, sb))
     except RuntimeError:
@@ -469,23 +504,8 @@ def _add_finding(torch: Any, frame: _Frame, a: Any, b: Any, root_type: str) -> F
         if broadcast is not None
         else "PyTorch would fail here with a size-mismatch error"
     )
-
-    # Which operand is the identity shortcut? The one that *is* the block's input (or has its shape).
-    shortcut = main = None
-    ins = frame.inputs
-    if any(a is t for t in ins) and not any(b is t for t in ins):
-        shortcut, main = a, b
-    elif any(b is t for t in ins) and not any(a is t for t in ins):
-        shortcut, main = b, a
-    elif ins:
-        s0 = tuple(ins[0].shape)
-        if sa == s0 and sb != s0:
-            shortcut, main = a, b
-        elif sb == s0 and sa != s0:
-            shortcut, main = b, a
-
     if shortcut is not None:
-        sm, ss = tuple(int(s) for s in main.shape), tuple(int(s) for s in shortcut.shape)
+        ss, sm = (sa, sb) if shortcut == 0 else (sb, sa)
         changes = []
         if len(sm) == len(ss) and len(sm) >= 3:
             if sm[1] != ss[1]:
@@ -505,4 +525,176 @@ def _add_finding(torch: Any, frame: _Frame, a: Any, b: Any, root_type: str) -> F
             f"{_SHORTCUT_HINT[0].lower()}{_SHORTCUT_HINT[1:]}"
         )
         shapes = [sa, sb]
-    return Finding(kind="residual_add", module=frame.path, module_type=type_name, message=message, shapes=shapes)
+    return Finding(kind="residual_add", module=path, module_type=type_name, message=message, shapes=shapes)
+
+
+# --------------------------------------------------------------------------------------------------
+# TorchScript: every aten op seen through a TorchDispatchMode
+
+
+_ADD_KINDS = frozenset({"aten::add", "aten::add_"})
+
+
+def _graph_has_add(module: Any) -> bool:
+    """True when this scripted module's *own* forward graph (not its submodules') performs an add."""
+    try:
+        graph = module.graph
+    except Exception:  # a submodule without a forward (e.g. a container that is never called)
+        return False
+
+    def walk(nodes: Any) -> bool:
+        for node in nodes:
+            if node.kind() in _ADD_KINDS:
+                return True
+            if any(walk(b.nodes()) for b in node.blocks()):
+                return True
+        return False
+
+    return walk(graph.nodes())
+
+
+def _key(t: Any) -> Tuple[int, Tuple[int, ...], Tuple[int, ...]]:
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+
+
+def _owner_path(param_name: str) -> str:
+    return param_name.rsplit(".", 1)[0] if "." in param_name else ""
+
+
+def _script_check(torch: Any, model: Any, shape: Tuple[int, ...], report: CheckReport, flagged_convs: set) -> None:
+    """The forward-pass check for TorchScript (see the module docstring)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    Tensor = torch.Tensor
+    modules = dict(model.named_modules())
+    owner = {t.data_ptr(): _owner_path(n) for n, t in list(model.named_parameters()) + list(model.named_buffers())
+             if t.numel()}
+    adders = [path for path, m in modules.items() if _graph_has_add(m)]
+    flagged_paths = {path for path, m in modules.items() if id(m) in flagged_convs}
+    tags: Dict[Tuple[int, Tuple[int, ...], Tuple[int, ...]], str] = {}
+    blocks: Dict[str, None] = {}
+    last = {"module": ""}  # the module of the last op that ran, for failures we did not foresee
+    add_ops = {torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
+    conv_ops = {torch.ops.aten.convolution.default}
+    root_type = _type_name(model)
+
+    def inside(path: str, block: str) -> bool:
+        return block == "" or path == block or path.startswith(block + ".")
+
+    def block_of(paths: Sequence[str]) -> str:
+        # The deepest module whose own graph adds and that holds the layer producing an operand.
+        best = ""
+        for path in paths:
+            for cand in adders:
+                if inside(path, cand) and path != cand and len(cand) > len(best):
+                    best = cand
+        return best
+
+    def fatal(finding: Finding) -> None:
+        report.findings.append(finding)
+        raise _StopForward()
+
+    class _Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
+            param = next((owner[t.data_ptr()] for t in tensors if t.data_ptr() in owner), None)
+            if param is not None:
+                last["module"] = param
+            tag: Optional[str] = param
+            if func in conv_ops:
+                _check_script_conv(param or "", args)
+            elif func in add_ops and len(args) >= 2 and all(isinstance(t, Tensor) for t in args[:2]):
+                tag = _check_script_add(args[0], args[1])
+            out = func(*args, **kwargs)
+            if tag is None:  # no weights of its own: the output comes from where its input came from
+                tag = next((tags[_key(t)] for t in tensors if t.data_ptr() and _key(t) in tags), None)
+            if tag is not None:
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, Tensor) and t.data_ptr():
+                        tags[_key(t)] = tag
+            return out
+
+    def _check_script_conv(path: str, args: Tuple[Any, ...]) -> None:
+        if path in flagged_paths:
+            raise _StopForward()  # already reported statically; running it would only crash
+        x, w = args[0], args[1]
+        groups = int(args[8]) if len(args) > 8 else 1
+        if x.dim() < 3 or w.dim() < 3:
+            return
+        got, expected = int(x.shape[1]), int(w.shape[1]) * groups
+        if got != expected:
+            m = modules.get(path)
+            t = _type_name(m) if m is not None else "Conv"
+            fatal(Finding(
+                kind="conv_input_channels", module=path, module_type=t,
+                message=(
+                    f"Conv '{path}' ({t}) expects {expected} input channels (weight {_fmt(w.shape)}, groups={groups}) "
+                    f"but receives a tensor of shape {_fmt(x.shape)} with {got} channels: the layer feeding it "
+                    f"produces a different width. Make the previous layer output {expected} channels, or build "
+                    f"this conv with in_channels={got}."
+                ),
+                shapes=[tuple(x.shape), tuple(w.shape)],
+            ))
+        if groups > 1 and int(w.shape[0]) % groups:
+            m = modules.get(path)
+            t = _type_name(m) if m is not None else "Conv"
+            fatal(Finding(
+                kind="conv_groups", module=path, module_type=t,
+                message=(f"Conv '{path}' ({t}) has {int(w.shape[0])} filters (weight {_fmt(w.shape)}), not divisible "
+                         f"by groups={groups}. Use a groups value that divides both channel counts."),
+                shapes=[tuple(w.shape)],
+            ))
+
+    def _check_script_add(a: Any, b: Any) -> Optional[str]:
+        if a.dim() < 3 or b.dim() < 3 or a.data_ptr() in owner or b.data_ptr() in owner:
+            return None  # not two feature maps (a bias, a scalar, logits)
+        ta, tb = tags.get(_key(a), "<input>"), tags.get(_key(b), "<input>")
+        block = block_of([ta, tb])
+        report.residual_adds += 1
+        blocks.setdefault(block, None)
+        if tuple(a.shape) != tuple(b.shape):
+            ina, inb = inside(ta, block) and ta != block, inside(tb, block) and tb != block
+            shortcut = 0 if (inb and not ina) else 1 if (ina and not inb) else None
+            m = modules.get(block)
+            fatal(residual_finding(torch, block, _type_name(m) if m is not None and block else root_type,
+                                   tuple(int(s) for s in a.shape), tuple(int(s) for s in b.shape), shortcut))
+        return block
+
+    modes = [(m, m.training) for m in model.modules()]
+    x = _make_input(torch, model, shape)
+    tags[_key(x)] = "<input>"
+    try:
+        model.eval()
+        with torch.no_grad(), _Watch():
+            model(x)
+    except _StopForward:
+        pass
+    except Exception as exc:  # noqa: BLE001 - the interpreter wraps our _StopForward, and fails in many ways
+        if report.findings:
+            pass  # our finding stopped the forward; TorchScript re-raised it as a RuntimeError
+        else:
+            path = last["module"]
+            m = modules.get(path)
+            report.findings.append(Finding(
+                kind="forward_error", module=path, module_type=_type_name(m) if m is not None else root_type,
+                message=(
+                    f"The forward pass on an input of shape {_fmt(shape)} failed after "
+                    f"{_where(path, _type_name(m) if m is not None else root_type, noun='module')} with "
+                    f"{type(exc).__name__}: {_last_line(str(exc))}. Check that the model accepts this input shape "
+                    "and that its layers' channel counts and strides agree."
+                ),
+            ))
+    finally:
+        for m, training in modes:
+            m.training = training
+    report.blocks = [b for b in blocks]
+    report.blocks_checked = len(report.blocks)
+
+
+def _last_line(text: str) -> str:
+    """The interpreter's own message without its serialized-code traceback (short, never IR)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    line = lines[-1] if lines else text
+    return line if len(line) <= 300 else line[:300] + "..."

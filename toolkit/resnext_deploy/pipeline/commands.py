@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -21,7 +22,7 @@ from ..progress import Progress, step_progress
 from ..recipes import Recipe, load_recipe
 from ..report import make_report, read_report, write_report
 from .datasets import load_calibration, load_labeled, skipped_records
-from .source import ModelSource, preprocessing_for, resolve_model
+from .source import ModelSource, data_folders, preprocessing_for, resolve_model
 from .steps import REFERENCE
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,167 @@ def read_sidecar(path: PathLike) -> Dict[str, Any]:
         raise BadInputError(f"The sidecar '{p}' is not valid JSON ({exc}); delete it or re-run the stage that wrote it.") from exc
 
 
-def preprocessing_of(path: PathLike, input_size: Optional[int], recipe: Recipe) -> Tuple[Preprocessing, Optional[List[str]]]:
-    """The preprocessing and labels of a model file: its sidecar's, else the default for ``input_size``, recipe overrides on top."""
-    meta = read_sidecar(path)
-    if meta.get("preprocessing"):
-        spec = Preprocessing.from_dict({**meta["preprocessing"], **recipe.section("preprocess")})
-        return spec, meta.get("labels")
+@dataclass
+class ModelMeta:
+    """What a stage run by path knows about a model file: how it sees images, its labels, where it came from.
 
-    return preprocessing_for(None, input_size, recipe.section("preprocess")), None
+    From the file's sidecar, else from the manifest.json of the build directory it sits in (as a sidecar would
+    give them), else from what the user passed (--preprocessing, the recipe's [preprocess], --input-size) with the
+    input size from the ONNX's own static input shape. Never from a guess.
+    """
+
+    path: Path
+    preprocessing: Optional[Preprocessing]
+    labels: Optional[List[str]] = None
+    origin: str = ""  # where the preprocessing came from, for messages and sidecars
+    record: Dict[str, Any] = field(default_factory=dict)  # the artifact record (name, precision, backend, parent)
+    model: Dict[str, Any] = field(default_factory=dict)  # the model description (kind "demo" for the demo)
+    folders: Dict[str, str] = field(default_factory=dict)  # data folders the build recorded ("calib", "val")
+    build_dir: Optional[Path] = None
+
+    @property
+    def is_demo(self) -> bool:
+        return self.model.get("kind") == "demo"
+
+    def sidecar_extra(self) -> Dict[str, Any]:
+        """What a stage's output sidecar carries on from this model (so the next stage knows it too)."""
+        extra: Dict[str, Any] = {"preprocessing_from": self.origin}
+        if self.model:
+            extra["model"] = self.model
+        if self.folders:
+            extra["folders"] = self.folders
+        if self.build_dir is not None:
+            extra["build"] = {"dir": str(self.build_dir), "artifact": self.record.get("name")}
+        return extra
+
+
+def _from_build(path: Path) -> Optional[Tuple[Path, Dict[str, Any], Dict[str, Any]]]:
+    """(build dir, manifest, artifact record) when ``path`` is an artifact listed in a build's manifest.json."""
+    from ..manifest import read_manifest
+
+    resolved = path.resolve()
+    for d in list(resolved.parents)[:3]:
+        if not (d / "manifest.json").is_file():
+            continue
+        try:
+            manifest = read_manifest(d)
+        except BadInputError as exc:  # another schema (a TensorRT bundle) or version: not ours to read
+            log.info("not using %s for '%s': %s", d / "manifest.json", path, exc)
+            return None
+        rel = resolved.relative_to(d).as_posix()
+        for art in manifest.get("artifacts", []):
+            if art.get("path") == rel or rel in art.get("files", {}):
+                return d, manifest, art
+        log.info("'%s' sits in the build %s but its manifest does not list it", path, d)
+        return None
+    return None
+
+
+def _static_size(path: Path) -> Tuple[Optional[int], str]:
+    """The square input size an ONNX's static input shape gives (None if dynamic), and that shape as text."""
+    if path.suffix.lower() != ".onnx":
+        return None, "unknown"
+    from .export import onnx_input_info
+
+    shape = onnx_input_info(path)["shape"]
+    text = "(" + ", ".join(str(d) if isinstance(d, int) and d > 0 else ("batch" if i == 0 else "?")
+                           for i, d in enumerate(shape)) + ")"
+    if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]) and shape[2] == shape[3]:
+        return int(shape[2]), text
+    return None, text
+
+
+def _preprocessing_option(value: str) -> Optional[Dict[str, Any]]:
+    """--preprocessing: None for 'imagenet' (the defaults, sized later), else the dict in the JSON file."""
+    if value.strip().lower() == "imagenet":
+        return None
+    p = Path(value)
+    if not p.is_file():
+        raise BadInputError(f"--preprocessing '{value}' is neither 'imagenet' nor an existing JSON file.")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"--preprocessing '{p}' is not valid JSON ({exc}).") from exc
+    data = data.get("preprocessing", data) if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not ({"crop", "mean", "std"} & set(data)):
+        raise BadInputError(
+            f"--preprocessing '{p}' holds no preprocessing: expected a 'preprocessing' entry (a manifest or sidecar) "
+            "or a dict with resize, crop, mean and std."
+        )
+    return data
+
+
+def model_meta(
+    path: PathLike, recipe: Recipe, input_size: Optional[int] = None, preprocessing: Optional[str] = None,
+    required: bool = True,
+) -> ModelMeta:
+    """The :class:`ModelMeta` of a model file; raises BadInputError naming what is missing and the options that
+    supply it when the preprocessing is unknown (``required=False``: preprocessing None instead)."""
+    path = Path(path)
+    overrides = recipe.section("preprocess")
+    side = read_sidecar(path)
+    found = _from_build(path) if not side else None
+    meta = ModelMeta(path, None)
+    if side:
+        meta.record, meta.labels = side.get("artifact") or {}, side.get("labels")
+        meta.model, meta.folders = side.get("model") or {}, side.get("folders") or {}
+        if side.get("build"):
+            meta.build_dir = Path(side["build"]["dir"])
+    elif found:
+        build_dir, manifest, record = found
+        inputs = manifest.get("inputs", {})
+        meta.record, meta.model, meta.build_dir = record, manifest.get("model") or {}, build_dir
+        meta.labels = meta.model.get("labels")
+        meta.folders = {k: inputs[name]["folder"] for k, name in (("calib", "calibration"), ("val", "validation"))
+                        if inputs.get(name, {}).get("folder")}
+    if preprocessing is not None:
+        base = _preprocessing_option(preprocessing)
+        origin = f"--preprocessing {preprocessing}"
+    elif side.get("preprocessing"):
+        base, origin = side["preprocessing"], f"sidecar {sidecar_path(path)}"
+    elif found and found[1].get("preprocessing"):
+        base, origin = found[1]["preprocessing"], f"build manifest {found[0] / 'manifest.json'}"
+    elif {"mean", "std"} <= set(overrides):
+        base, origin = None, "the recipe's [preprocess]"
+    else:
+        return _unknown(meta, input_size, required)
+    if base is not None:
+        meta.preprocessing = Preprocessing.from_dict({**base, **overrides})
+        meta.origin = origin
+        if input_size and preprocessing is None and input_size != meta.preprocessing.crop:
+            log.warning("--input-size %d ignored: the %s gives crop %d", input_size, origin, meta.preprocessing.crop)
+        return meta
+    size, shape = _static_size(path)
+    if input_size and size and input_size != size:
+        raise BadInputError(f"--input-size {input_size} disagrees with the input shape {shape} of '{path}'. Drop --input-size.")
+    size = size or input_size
+    if not size:
+        raise BadInputError(
+            f"The input size of '{path}' is unknown: its input shape {shape} is dynamic and {origin} gives no crop. "
+            "Pass --input-size N (the crop size it was trained with)."
+        )
+    meta.preprocessing = preprocessing_for(None, size, overrides)
+    meta.origin = f"{origin}, crop {size} from " + ("the input shape" if _static_size(path)[0] else "--input-size")
+    return meta
+
+
+def _unknown(meta: ModelMeta, input_size: Optional[int], required: bool) -> ModelMeta:
+    if not required:
+        return meta
+    path = meta.path
+    size, shape = _static_size(path)
+    if size:
+        known = f"Its input shape {shape} gives the crop size {size}, but not the resize, mean and std it was trained with"
+    else:
+        known = f"Its input shape {shape} does not give even the input size (pass --input-size N too)" if not input_size \
+            else f"--input-size {input_size} gives the crop, but not the resize, mean and std it was trained with"
+    raise BadInputError(
+        f"The preprocessing of '{path}' is unknown: it has no sidecar ({sidecar_path(path).name}) and no build's "
+        f"manifest.json lists it. {known}; guessing them would give wrong accuracy without an error. Supply them "
+        "with --preprocessing FILE.json (a build's manifest.json, a sidecar, or {\"resize\": .., \"crop\": .., "
+        "\"mean\": [..], \"std\": [..]}), --preprocessing imagenet (ImageNet's mean/std, resize 256/224 of the "
+        "crop), or resize/crop/mean/std in the [preprocess] table of a --recipe."
+    )
 
 
 def _require_file(path: PathLike, what: str) -> Path:
@@ -88,6 +242,14 @@ def check_file(model: Optional[PathLike], arch: Optional[str] = None, num_classe
     from .check import check_or_raise
 
     report = check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
+    if not report.complete:
+        from ..errors import CheckIncompleteError
+
+        raise CheckIncompleteError(
+            f"The architecture check of '{src.path}' did not cover the whole model, so it cannot say the model is "
+            f"sound. Not checked: {'; '.join(report.uncovered)}. Nothing wrong was found in what it did check "
+            f"({report.residual_adds} residual adds, {report.convs_checked} convs)."
+        )
     return {"model": str(src.path), "passed": True, "summary": report.summary(), **report.to_dict()}
 
 
@@ -124,59 +286,53 @@ def export_file(
     src = resolve_model(model, arch, num_classes, recipe.section("preprocess"))
     if src.module is None:
         raise BadInputError(f"'{src.path}' is already ONNX: export takes a PyTorch model.")
-    calib_dir = _calib_dir(src, calib)
+    calib_dir, _ = data_folders(src, recipe, Path(calib) if calib else None, need=("calib",),
+                                purpose="Exporting your own model (the comparison with PyTorch runs on real images)")
     check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
     sample = load_calibration(calib_dir, src.preprocessing, 8, 0).data
     exp = recipe.section("export")
-    res = onnx_from_torch(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"])
-    write_sidecar(out, res.artifact, src.preprocessing, src.labels, model=src.describe(), export=res.to_dict())
+    res = onnx_from_torch(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"],
+                          log_path=Path(str(out) + ".export.log"))
+    write_sidecar(out, res.artifact, src.preprocessing, src.labels, model=src.describe(), export=res.to_dict(),
+                  preprocessing_from=f"the model ({src.source_kind})")
     return res.artifact
-
-
-def _calib_dir(src: ModelSource, calib: Optional[PathLike]) -> Path:
-    if calib:
-        return Path(calib)
-    if src.kind == "demo":
-        from ..demo import DEMO_CALIB
-
-        return DEMO_CALIB
-    raise BadInputError("Give --calib: a folder of real images (the export check and calibration need them).")
 
 
 def quantize_file(
     onnx_path: PathLike, out: PathLike, calib: Optional[PathLike], recipe: Recipe, activations: str = "uint8",
-    input_size: Optional[int] = None, progress: Progress = None,
+    input_size: Optional[int] = None, progress: Progress = None, preprocessing: Optional[str] = None,
 ) -> Artifact:
-    """Calibrate and quantize an FP32 ONNX to an INT8 Q/DQ ONNX (method, count, seed from the recipe)."""
+    """Calibrate and quantize an FP32 ONNX to an INT8 Q/DQ ONNX (method, count, seed from the recipe).
+
+    The preprocessing, labels and default calibration folder come from the ONNX's sidecar or its build's
+    manifest (see :func:`model_meta`)."""
     from .quantize import qdq_from_onnx
 
     onnx_path = _require_file(onnx_path, "ONNX model")
-    spec, labels = preprocessing_of(onnx_path, input_size, recipe)
+    meta = model_meta(onnx_path, recipe, input_size, preprocessing)
+    folder, _ = data_folders(meta.is_demo, recipe, Path(calib) if calib else None, need=("calib",),
+                             recorded=meta.folders, purpose=f"Quantizing '{onnx_path.name}'")
     cal_cfg = recipe.section("calibration")
-    folder = calib or cal_cfg["folder"]
-    if not folder:
-        from ..demo import DEMO_CALIB
-
-        folder = DEMO_CALIB
-    cal = load_calibration(folder, spec, cal_cfg["count"], cal_cfg["seed"], step_progress(progress, "load calibration images"))
+    cal = load_calibration(folder, meta.preprocessing, cal_cfg["count"], cal_cfg["seed"], step_progress(progress, "load calibration images"))
     art = qdq_from_onnx(onnx_path, out, cal.data, activations, cal_cfg,
                         parent=str(onnx_path), progress=step_progress(progress, "calibrate"))
-    write_sidecar(out, art, spec, labels, calibration={"folder": str(folder), "images": len(cal.paths), "skipped": len(cal.skipped),
-                                                    "skipped_files": skipped_records(cal.skipped)})
+    write_sidecar(out, art, meta.preprocessing, meta.labels, **meta.sidecar_extra(),
+                  calibration={"folder": str(folder), "images": len(cal.paths), "skipped": len(cal.skipped),
+                               "skipped_files": skipped_records(cal.skipped)})
     return art
 
 
 def compile_file(onnx_path: PathLike, backend: str, precision: str, out_dir: PathLike, recipe: Recipe) -> Artifact:
     """Compile an ONNX (FP32, or a Q/DQ model for int8) for one backend."""
     onnx_path = _require_file(onnx_path, "ONNX model")
-    meta = read_sidecar(onnx_path)
-    src = Artifact.from_dict(meta["artifact"]) if meta.get("artifact") else Artifact.from_files(
+    meta = model_meta(onnx_path, recipe, required=False)
+    src = Artifact.from_dict(meta.record) if meta.record else Artifact.from_files(
         onnx_path.stem, [onnx_path], None, kind="onnx", backend="onnx", precision=precision)
     src.path = str(onnx_path)
     be = backends.get(backend)
     art = be.compile(src, Path(out_dir), precision, recipe.backend(backend))
-    if meta.get("preprocessing"):
-        write_sidecar(art.path, art, Preprocessing.from_dict(meta["preprocessing"]), meta.get("labels"))
+    if meta.preprocessing is not None:
+        write_sidecar(art.path, art, meta.preprocessing, meta.labels, **meta.sidecar_extra())
     return art
 
 
@@ -188,15 +344,17 @@ def backend_of(path: Path) -> str:
 def evaluate_files(
     reference: PathLike, artifacts: Sequence[PathLike], val: Optional[PathLike], recipe: Recipe,
     input_size: Optional[int] = None, out: Optional[PathLike] = None, progress: Progress = None,
+    preprocessing: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Evaluate artifacts (by path) against an FP32 ONNX reference on labeled images; optionally write JSON."""
-    reference = _require_file(reference, "reference ONNX model")
-    spec, labels = preprocessing_of(reference, input_size, recipe)
-    folder = val or recipe.section("evaluation")["folder"]
-    if not folder:
-        from ..demo import DEMO_VAL
+    """Evaluate artifacts (by path) against an FP32 ONNX reference on labeled images; optionally write JSON.
 
-        folder = DEMO_VAL
+    Preprocessing, names, precisions and the default validation folder come from each file's sidecar or its
+    build's manifest (:func:`model_meta`), so a build's artifacts evaluated by path give the build's numbers."""
+    reference = _require_file(reference, "reference ONNX model")
+    ref = model_meta(reference, recipe, input_size, preprocessing)
+    spec = ref.preprocessing
+    _, folder = data_folders(ref.is_demo, recipe, None, Path(val) if val else None, need=("val",),
+                             recorded=ref.folders, purpose=f"Evaluating against '{reference.name}'")
     valset = load_labeled(folder, spec, recipe.section("evaluation")["limit"] or None, step_progress(progress, "load validation images"))
     cfg = TimingConfig.from_recipe(recipe.section("evaluation"))
     results = []
@@ -206,18 +364,27 @@ def evaluate_files(
         results.append(m.to_dict())
     for path in map(Path, artifacts):
         _require_file(path, "artifact")
-        name = backend_of(path)
-        meta = read_sidecar(path).get("artifact", {})
-        precision = meta.get("precision") or ("int8" if "int8" in path.name else "fp32")
+        meta = model_meta(path, recipe, required=False)
+        if meta.preprocessing is not None and meta.preprocessing != spec:
+            raise BadInputError(
+                f"'{path}' sees images differently from the reference '{reference}' ({meta.origin}: "
+                f"{meta.preprocessing.to_dict()}; reference, from {ref.origin}: {spec.to_dict()}). Evaluate artifacts "
+                "of one model against that model's FP32 ONNX."
+            )
+        record = meta.record
+        name = record.get("backend") if record.get("backend") in backends.names() else backend_of(path)
+        precision = record.get("precision") or ("int8" if "int8" in path.name else "fp32")
         size = sum(f.stat().st_size for f in [path, path.with_suffix(".bin")] if f.is_file())
         with backends.get(name).load(path, recipe.backend(name)) as runner:
-            m, _ = evaluate_runner(meta.get("name") or path.name, runner, valset.data, valset.labels, ref_logits, cfg,
+            m, _ = evaluate_runner(record.get("name") or path.name, runner, valset.data, valset.labels, ref_logits, cfg,
                                    precision, size, step_progress(progress, f"evaluate {path.name}"))
             results.append(m.to_dict())
     evaluation = {
         "schema": EVALUATION_SCHEMA,
         "reference": REFERENCE,
-        "model": {"name": reference.stem, "source": str(reference)},
+        "model": {"name": ref.model.get("name") or reference.stem, "source": str(reference)},
+        "preprocessing": spec.to_dict(),
+        "preprocessing_from": ref.origin,
         "dataset": {"validation": str(folder), "validation_images": len(valset.paths),
                     "validation_skipped": len(valset.skipped), "validation_skipped_files": skipped_records(valset.skipped),
                     "throughput_batch": cfg.batch_size},

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
+import sys
+import tempfile
+import time
+import traceback
+import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
 from ..artifacts import Artifact, atomic_file
-from ..errors import BadInputError, InternalError
+from ..errors import BadInputError, DeployError, InternalError
 from ..optional import require
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,150 @@ def _torch_export(model: Any, sample: Any, path: Path, opset: int) -> None:
             torch.onnx.export(model, (sample,), str(path), **kwargs)
 
 
+class ExportFailedError(BadInputError):
+    """torch.onnx.export or the ONNX checker rejected the model (exit 2: the model is at fault)."""
+
+
+def default_log_path(out_path: Path) -> Path:
+    """Where the exporter's full output goes when the caller names no place: the temp folder, never the build."""
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    return Path(tempfile.gettempdir()) / f"resnext-deploy-export-{out_path.stem}-{stamp}.log"
+
+
+@contextmanager
+def _captured_output(log_path: Path) -> Iterator[None]:
+    """Send file descriptors 1 and 2 (the exporter's C++ logging: its Torch IR dumps) and Python warnings to
+    ``log_path`` for the duration; the log is kept only when something fails."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    with open(log_path, "w+b") as fh, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            for w in caught:
+                fh.write(f"{w.category.__name__}: {w.message}\n".encode())
+    if ok:
+        log_path.unlink(missing_ok=True)
+
+
+def _scope_to_module(scope: str) -> Tuple[str, str]:
+    """'pkg.ResNeXt::/torch.nn...Sequential::layer2/pkg.Bottleneck::0' -> ('layer2.0', 'Bottleneck')."""
+    parts = [seg.split("::", 1) for seg in scope.strip().split("/") if "::" in seg]
+    path = ".".join(name for _, name in parts if name)
+    kind = parts[-1][0].rsplit(".", 1)[-1] if parts else ""
+    return path, kind
+
+
+def _scope_of(text: str, log: str, op: Optional[str]) -> Optional[Tuple[str, str]]:
+    """The module scope the exporter's error (or, for an unsupported operator, its IR dump) points at."""
+    m = re.search(r"scope: ?([^\s#]+)", text)
+    if m is None and op:
+        for line in log.splitlines():
+            if f"{op}(" in line:
+                m = re.search(r"scope: ?([^\s#]+)", line)
+                if m:
+                    break
+    return _scope_to_module(m.group(1)) if m else None
+
+
+def _first_sentence(text: str, limit: int = 240) -> str:
+    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
+    line = line.split("[Caused by", 1)[0].strip()
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _ours(exc: BaseException) -> bool:
+    """True when the failure was raised by this toolkit's own code (a bug: exit 4), not by torch or the model."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return False
+    here = Path(__file__).resolve().parents[1]
+    last = Path(frames[-1].filename).resolve()
+    return here in last.parents and (here / "models") not in last.parents
+
+
+def export_error(exc: BaseException, log_path: Path, opset: int) -> DeployError:
+    """One short error for a failure inside torch.onnx.export; the full text and traceback go to ``log_path``."""
+    text = str(exc)
+    try:
+        captured = log_path.read_text(errors="replace") if log_path.is_file() else ""
+        with open(log_path, "a") as fh:
+            fh.write("\n--- exception ---\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        log_note = f"The exporter's full output: {log_path}"
+    except OSError:
+        captured, log_note = "", "Rerun with --verbose for the exporter's output."
+    log.debug("torch.onnx.export failed; its output:\n%s\n%s", captured, text)  # --verbose shows it all
+    if _ours(exc):
+        return InternalError(
+            f"Exporting to ONNX failed inside resnext-deploy ({type(exc).__name__}: {_first_sentence(text)}). "
+            f"This is a bug; please report it with the log. {log_note}"
+        )
+    op_match = re.search(r"operator '([\w:.]+)'", text)
+    op = op_match.group(1) if op_match else None
+    scope = _scope_of(text, captured, op)
+    node = re.search(r"containing node has kind '([\w:.]+)'", text)
+    lines = [f"torch.onnx.export could not convert the model ({type(exc).__name__}): {_first_sentence(text)}"]
+    if scope is not None:
+        path, kind = scope
+        where = f"module '{path}' ({kind})" if path else f"the top-level module ({kind})"
+        lines.append(f"  where: {where}" + (f", at an {node.group(1)} node" if node else ""))
+    if op and "not supported" in text:
+        lines.append(f"  what to try: replace '{op}' in the model with operators ONNX opset {opset} has, or set a newer "
+                     "export.opset in the recipe if one supports it, or export the ONNX yourself and pass --model model.onnx.")
+    else:
+        lines.append("  what to try: run `resnext-deploy check --model ...` (it names broken residual adds and grouped "
+                     "convs); make the shapes around that module agree; export the eager module rather than TorchScript; "
+                     "or export the ONNX yourself and pass --model model.onnx.")
+    lines.append(f"  {log_note}")
+    return ExportFailedError("\n".join(lines))
+
+
+def _checked(onnx: Any, proto: Any, simplify: bool, log_path: Path) -> Any:
+    """onnx.checker + strict shape inference (and onnxslim), each failure one short error naming the step."""
+    def step(what: str, hint: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except DeployError:
+            raise
+        except Exception as exc:  # onnx and onnxslim raise several types
+            try:
+                with open(log_path, "a") as fh:
+                    fh.write(f"--- {what} ---\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                note = f"Full text: {log_path}"
+            except OSError:
+                note = "Rerun with --verbose for the full text."
+            nodes = re.findall(r"(/[\w.]+(?:/[\w.]+)*)/\w+", str(exc))
+            where = f"\n  where: node '{nodes[0]}'" if nodes else ""
+            raise ExportFailedError(
+                f"The exported ONNX fails {what} ({type(exc).__name__}): {_first_sentence(str(exc))}{where}\n"
+                f"  what to try: {hint}\n  {note}"
+            ) from exc
+
+    retry = "run `resnext-deploy check --model ...`; export with another export.opset in the recipe"
+    step("onnx.checker", retry, onnx.checker.check_model, proto)
+    proto = step("shape inference", retry, lambda p: onnx.shape_inference.infer_shapes(p, strict_mode=True), proto)
+    if simplify:
+        proto = step("simplification (onnxslim)", "set export.simplify = false in the recipe", simplify_onnx, proto)
+        proto = step("shape inference after onnxslim", "set export.simplify = false in the recipe",
+                     lambda p: onnx.shape_inference.infer_shapes(p, strict_mode=True), proto)
+    step("onnx.checker", retry, onnx.checker.check_model, proto)
+    return proto
+
+
 def simplify_onnx(model_proto: Any) -> Any:
     """onnxslim: constant folding, dead-node and identity elimination, shape-op fusion."""
     onnxslim = require("onnxslim", "simplify the ONNX graph")
@@ -73,12 +225,15 @@ def onnx_from_torch(
     simplify: bool = True,
     parent: Optional[str] = None,
     root: Optional[Path] = None,
+    log_path: Optional[Path] = None,
 ) -> ExportResult:
     """Export ``model`` (eval mode) to ONNX, check it, infer shapes, simplify, and compare to PyTorch.
 
     ``sample`` is a preprocessed float32 NCHW batch of real images (2+ images, so the dynamic batch
     axis is exercised). Raises BadInputError when the ONNX output differs from PyTorch by more than
-    ``tolerance``.
+    ``tolerance``, and :class:`ExportFailedError` (short: what failed, the module, what to try) when the
+    exporter or the ONNX checker rejects the model; the exporter's full output goes to ``log_path`` (default:
+    a file in the temp folder), named in the message.
     """
     torch = require("torch", "export to ONNX")
     onnx = require("onnx", "export to ONNX")
@@ -87,19 +242,16 @@ def onnx_from_torch(
     out_path = Path(out_path)
     model = model.eval()
     x = torch.from_numpy(np.ascontiguousarray(sample[:1]))
+    log_path = Path(log_path) if log_path else default_log_path(out_path)
     with atomic_file(out_path) as tmp:
         try:
-            _torch_export(model, x, tmp, opset)
-        except Exception as exc:  # the exporter's errors are many and unstructured
-            raise InternalError(f"torch.onnx.export failed for this model: {exc}") from exc
+            with _captured_output(log_path):
+                _torch_export(model, x, tmp, opset)
+        except Exception as exc:  # the exporter's errors are many and unstructured: make them one short error
+            raise export_error(exc, log_path, opset) from exc
         proto = onnx.load(str(tmp))
         nodes_before = len(proto.graph.node)
-        onnx.checker.check_model(proto)
-        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-        if simplify:
-            proto = simplify_onnx(proto)
-            proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-        onnx.checker.check_model(proto)
+        proto = _checked(onnx, proto, simplify, log_path)
         onnx.save(proto, str(tmp))
         nodes_after = len(proto.graph.node)
         with torch.no_grad():

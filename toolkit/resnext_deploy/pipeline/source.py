@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..artifacts import sha256_file
 from ..errors import BadInputError
@@ -92,19 +92,46 @@ def resolve_model(
     )
 
 
-def data_folders(src: ModelSource, recipe: Recipe, calib: Optional[Path], val: Optional[Path]) -> Tuple[Path, Path]:
-    """--calib/--val, else the recipe's folders, else the demo's (only for the demo model)."""
-    calib = calib or (Path(recipe.section("calibration")["folder"]) if recipe.section("calibration")["folder"] else None)
-    val = val or (Path(recipe.section("evaluation")["folder"]) if recipe.section("evaluation")["folder"] else None)
-    if calib is None or val is None:
-        if src.kind != "demo":
-            missing = " and ".join(n for n, v in (("--calib", calib), ("--val", val)) if v is None)
-            raise BadInputError(
-                f"Building your own model needs {missing}: a folder of calibration images and an ImageFolder "
-                "folder of labeled validation images (see calibration/README.md), or set calibration.folder "
-                "and evaluation.folder in the recipe."
-            )
-        from ..demo import DEMO_CALIB, DEMO_VAL
+_FOLDER_OPTIONS = {
+    "calib": ("--calib", "calibration.folder", "a folder of calibration images"),
+    "val": ("--val", "evaluation.folder", "an ImageFolder folder of labeled validation images"),
+}
 
-        calib, val = calib or DEMO_CALIB, val or DEMO_VAL
-    return Path(calib), Path(val)
+
+def data_folders(
+    src: Union[ModelSource, bool],
+    recipe: Recipe,
+    calib: Optional[Path] = None,
+    val: Optional[Path] = None,
+    *,
+    need: Sequence[str] = ("calib", "val"),
+    recorded: Optional[Mapping[str, Optional[str]]] = None,
+    purpose: str = "Building your own model",
+) -> Tuple[Optional[Path], Optional[Path]]:
+    """The one place data folders default: --calib/--val, else the recipe's folders, else ``recorded`` (the folders
+    the build that made an artifact used, for a stage run on it by path), else the demo's (only for the demo
+    model, ``src`` being its ModelSource or True). A folder in ``need`` that none of these gives is a BadInputError
+    naming the options that supply it; one not needed may come back None.
+    """
+    is_demo = src.kind == "demo" if isinstance(src, ModelSource) else bool(src)
+    recorded = recorded or {}
+    sections = {"calib": recipe.section("calibration")["folder"], "val": recipe.section("evaluation")["folder"]}
+    given = {"calib": calib, "val": val}
+    found: Dict[str, Optional[Path]] = {}
+    for key in ("calib", "val"):
+        folder = given[key] or sections[key] or recorded.get(key)
+        if folder is None and is_demo:
+            from ..demo import DEMO_CALIB, DEMO_VAL
+
+            folder = DEMO_CALIB if key == "calib" else DEMO_VAL
+        found[key] = Path(folder) if folder else None
+    missing = [key for key in need if found[key] is None]
+    if missing:
+        opts = " and ".join(_FOLDER_OPTIONS[k][0] for k in missing)
+        what = " and ".join(_FOLDER_OPTIONS[k][2] for k in missing)
+        keys = " and ".join(_FOLDER_OPTIONS[k][1] for k in missing)
+        raise BadInputError(
+            f"{purpose} needs {opts}: {what} (see calibration/README.md), or set {keys} in the recipe. "
+            "The demo's images are the default only for the demo model."
+        )
+    return found["calib"], found["val"]
