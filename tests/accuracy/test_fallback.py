@@ -144,7 +144,8 @@ def test_sensitivity_command_sets_nncf_beside_ours(hostile_ckpt, tmp_path):
     recipe.write_text(FAST.replace("limit = 200", "limit = 100").replace("count = 64", "count = 32"))
     out = tmp_path / "study"
     res = runner.invoke(cli, ["-q", "sensitivity", "--onnx", str(model), "--out", str(out), "--recipe", str(recipe),
-                              "--activations", "int8", "--subset", "50", "--compare-nncf"])
+                              "--activations", "int8", "--subset", "50", "--compare-nncf", "--val", str(DEMO_VAL)])
+    # (the calibration folder comes from the export's sidecar; the demo's images are no default for another model)
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "sensitivity.json").read_text())
     assert doc["schema"] == "resnext-deploy/sensitivity"

@@ -294,7 +294,7 @@ def export_file(
     res = onnx_from_torch(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"],
                           log_path=Path(str(out) + ".export.log"))
     write_sidecar(out, res.artifact, src.preprocessing, src.labels, model=src.describe(), export=res.to_dict(),
-                  preprocessing_from=f"the model ({src.source_kind})")
+                  preprocessing_from=f"the model ({src.source_kind})", folders={"calib": str(calib_dir)})
     return res.artifact
 
 
