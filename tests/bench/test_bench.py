@@ -251,7 +251,13 @@ def test_peak_is_cores_times_macs_per_cycle_times_clock():
     peak = peak_gmacs(machine, "int8")
     assert peak["gmacs"] == pytest.approx(2 * 128 * 3.0) and peak["clock_source"] == "measured"
     assert peak_gmacs(machine, "fp32")["gmacs"] == pytest.approx(2 * 32 * 3.0)
-    assert peak_gmacs({"flags": ["avx2"], "cores": 2, "clock_mhz_nominal": 2500.0}, "int8") is None
+    # AVX2 (Zen 3): VPMADDUBSW + VPMADDWD per 32 MACs, 1 cycle; AVX-512 without VNNI: 64 MACs in 1.5 cycles
+    zen3 = {"flags": ["avx2", "fma"], "cores": 2, "clock_mhz_nominal": 2500.0}
+    assert peak_gmacs(zen3, "int8")["gmacs"] == pytest.approx(2 * 32 * 2.5) and "VPMADDUBSW" in peak_gmacs(zen3, "int8")["rule"]
+    assert peak_gmacs(zen3, "fp32")["gmacs"] == pytest.approx(2 * 16 * 2.5)
+    skx = {"flags": ["avx2", "fma", "avx512f", "avx512bw"], "cores": 1, "clock_mhz_nominal": 3000.0}
+    assert peak_gmacs(skx, "int8")["gmacs"] == pytest.approx(128 / 3 * 3.0) and peak_gmacs(skx, "fp32")["gmacs"] == pytest.approx(96)
+    assert peak_gmacs({"flags": ["sse4_2"], "cores": 2, "clock_mhz_nominal": 2500.0}, "int8") is None
 
 
 def test_bench_recipe_is_the_shipped_one_with_300_images_and_no_fallback(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 from .artifacts import Artifact, atomic_file, sha256_file
+from .cpu import host_cpu
 from .errors import BadInputError
 
 MANIFEST_SCHEMA = "resnext-deploy/manifest"
@@ -27,18 +28,8 @@ def library_versions() -> Dict[str, str]:
         m = sys.modules.get(mod)
         if m is not None:
             out[mod] = str(getattr(m, "__version__", "unknown"))
-    out["cpu"] = cpu_name()
+    out["cpu"] = host_cpu().model
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def folder_digest(paths: Iterable[Path]) -> str:
@@ -77,6 +68,9 @@ def make_manifest(
         "artifacts": [a.to_dict() for a in artifacts],
         "reports": reports,
         "gate": gate,
+        # The build machine's ISA and the CPU class the INT8 artifacts were made for (runtime.load compares
+        # the device's ISA with it; each Q/DQ artifact's settings.weight_range says what it holds).
+        "isa": {"build": host_cpu().to_dict(), "target": recipe.get("quantize", {}).get("isa_class", "x86-64")},
     }
     manifest.update(extra or {})
     return manifest
@@ -107,6 +101,21 @@ def read_manifest(build_dir: Union[str, Path]) -> Dict[str, Any]:
             f"version {MANIFEST_SCHEMA_VERSION}. Rebuild it with this version, or install the version that made it."
         )
     return data
+
+
+def int8_weight_range(manifest: Dict[str, Any], name: str) -> str:
+    """The weight range ("7bit" | "full") of INT8 artifact ``name``: its own or its nearest ancestor's
+    ``settings.weight_range``; "full" when none records one (builds before it was recorded were full-range)."""
+    by_name = {a.get("name"): a for a in manifest.get("artifacts", [])}
+    seen = set()
+    while name in by_name and name not in seen:
+        seen.add(name)
+        art = by_name[name]
+        recorded = (art.get("settings") or {}).get("weight_range")
+        if recorded:
+            return str(recorded)
+        name = art.get("parent")
+    return "full"
 
 
 def verify_artifacts(manifest: Dict[str, Any], root: Union[str, Path]) -> List[str]:

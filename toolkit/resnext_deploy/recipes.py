@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from .cpu import TARGET_CLASSES as ISA_TARGETS
 from .errors import BadInputError
 
 if sys.version_info >= (3, 11):
@@ -35,6 +36,10 @@ DEFAULTS: Dict[str, Any] = {
         "seed": 0,
         "percentile": 99.999,
         "folder": "",  # empty: the demo's calibration images
+    },
+    "quantize": {  # INT8 weights safe on the CPUs the artifacts are for (cpu.py, quantize.weight_range_for)
+        "isa_class": "x86-64",  # x86-64 = any x86-64 CPU | vnni = AVX-512 VNNI, AVX-VNNI or AMX only | none = no CPU kernel (GPU)
+        "weight_range": "auto",  # auto (x86-64: 7bit, else full) | 7bit | full
     },
     "evaluation": {
         "folder": "",  # empty: the demo's validation images
@@ -136,6 +141,12 @@ def _validate(data: Dict[str, Any], source: str) -> None:
 
     for name, cfg in data["backends"].items():
         backends.get(name).validate(cfg, source)
+    q = data["quantize"]
+    if q["isa_class"] not in ISA_TARGETS or q["weight_range"] not in ("auto", "7bit", "full"):
+        raise BadInputError(
+            f"[quantize] in {source} needs isa_class in {' | '.join(ISA_TARGETS)} and weight_range in auto | 7bit | full, "
+            f"got '{q['isa_class']}', '{q['weight_range']}'."
+        )
     fb = data["fallback"]
     if fb["measure"] not in ("quantize-one", "float-one", "both") or fb["max_excluded_layers"] < 0 or fb["subset"] <= 0:
         raise BadInputError(

@@ -127,6 +127,17 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = ()) 
         + _skipped(d, "calibration"),
         f"- reference (float model): `{report['reference']}`; agreement and logit error are measured against it",
         f"- latency: batch 1, percentiles after warm-up; throughput at batch {d.get('throughput_batch')}",
+    ]
+    isa = report.get("isa")
+    if isa:
+        b = isa.get("build", {})
+        lines.append(
+            f"- CPU: measured on {b.get('model')} (ISA {b.get('isa')}"
+            + (f", OpenVINO capped at {b['onednn_max_cpu_isa']}" if b.get("onednn_max_cpu_isa") else "")
+            + f"); INT8 made for `{isa.get('target')}` CPUs, {isa.get('weight_range')} weights"
+            + (" (INT8 accuracy measured with the build machine's kernels: see Notes)" if isa.get("kernels_differ") else "")
+        )
+    lines += [
         "",
         "## Parity",
         "",

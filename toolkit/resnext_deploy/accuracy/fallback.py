@@ -32,6 +32,7 @@ from ..evaluate import topk_accuracy
 from ..gate import GateResult, apply_gates
 from ..sampling import evenly_spaced
 from ..pipeline.context import BuildContext
+from ..pipeline.quantize import weight_range_for
 from ..pipeline.steps import REFERENCE, evaluate_build, quantized_flavours, run_stages
 from .sensitivity import (
     VariantQuantizer,
@@ -140,7 +141,7 @@ def accuracy_fallback(
     cal_cfg, gates = recipe.section("calibration"), recipe.section("gates")
     ort_settings = recipe.backend("onnxruntime")
     fp32 = next(a for a in artifacts if a.name == REFERENCE).abspath(stage_dir)
-    quantizer = VariantQuantizer(fp32, cal.data, cal_cfg)
+    quantizer = VariantQuantizer(fp32, cal.data, cal_cfg, weight_range=weight_range_for(recipe.section("quantize")))
     try:
         reference = ctx.reference_logits  # computed once, by the build's evaluation
         subset = evenly_spaced(len(valset.data), cfg["subset"])

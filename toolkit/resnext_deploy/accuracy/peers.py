@@ -28,6 +28,26 @@ WEIGHTED_OV_OPS = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBack
 _METRIC = re.compile(r"Metric of (\w+) model: ([0-9.eE+-]+)")
 
 
+def overflow_fix_for(isa: Optional[str] = None) -> str:
+    """The ``nncf.OverflowFix`` NNCF's documentation calls for on a CPU of class ``isa`` (None = this one).
+
+    Without VNNI (AVX2, AVX-512) NNCF recommends FIRST_LAYER, its default: half the weight range on the first
+    convolution only. With VNNI or AMX nothing saturates, so the fair peer keeps the full range: DISABLE.
+    """
+    from ..cpu import exact_u8s8, host_cpu
+
+    return "disable" if exact_u8s8(isa or host_cpu().isa) else "first_layer_only"
+
+
+def nncf_advanced_parameters(overflow_fix: str) -> Any:
+    """NNCF's AdvancedQuantizationParameters with ``overflow_fix`` ("enable" | "first_layer_only" | "disable")."""
+    require("nncf", "quantize with NNCF")
+    from nncf import OverflowFix
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    return AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
+
+
 class _Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -90,15 +110,19 @@ def nncf_accuracy_control(
     timing: Optional[TimingConfig] = None,
     reference: Optional[np.ndarray] = None,
     max_layers: Optional[int] = None,
+    overflow_fix: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Run NNCF's accuracy control on ``fp32_path``, save its IR in ``out_dir``, measure it like our artifacts.
 
     ``max_drop_pct`` is the top-1 budget in percentage points; ``max_layers`` caps NNCF's iterations
-    (groups reverted), as our ``fallback.max_excluded_layers`` caps ours.
+    (groups reverted), as our ``fallback.max_excluded_layers`` caps ours. ``overflow_fix``: NNCF's
+    OverflowFix (None = the one for this CPU, overflow_fix_for).
     """
     nncf = require("nncf", "compare with NNCF's quantize_with_accuracy_control")
     ov = require("openvino", "compare with NNCF's quantize_with_accuracy_control")
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    overflow_fix = overflow_fix or overflow_fix_for()
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +147,7 @@ def nncf_accuracy_control(
         quantized = nncf.quantize_with_accuracy_control(
             model, calib_ds, val_ds, validate, max_drop=max_drop_pct / 100.0, drop_type=nncf.DropType.ABSOLUTE,
             subset_size=len(calibration), advanced_accuracy_restorer_parameters=restorer,
+            advanced_quantization_parameters=nncf_advanced_parameters(overflow_fix),
         )
     finally:
         nncf_log.removeHandler(capture)
@@ -139,6 +164,7 @@ def nncf_accuracy_control(
         "metric": "top-1 accuracy",
         "max_drop": max_drop_pct / 100.0,
         "drop_type": "ABSOLUTE",
+        "overflow_fix": overflow_fix,
         "max_num_iterations": max_layers,
         "seconds": seconds,
         "initial_metric": float(metrics["initial"]) if "initial" in metrics else None,

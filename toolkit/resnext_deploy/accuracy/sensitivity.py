@@ -77,12 +77,13 @@ class VariantQuantizer:
 
     def __init__(
         self, fp32_path: Union[str, Path], images: np.ndarray, calibration: Optional[Dict[str, Any]] = None,
-        work_dir: Union[str, Path, None] = None,
+        work_dir: Union[str, Path, None] = None, weight_range: Optional[str] = None,
     ) -> None:
         """``calibration``: the recipe's ``[calibration]`` section (None = the defaults)."""
         self.fp32_path = Path(fp32_path)
         self.images = images
         self.settings = calibration_settings(calibration)
+        self.weight_range = weight_range  # None: the recipe default (see quantize.weight_range_for)
         self._tmp = None if work_dir else tempfile.TemporaryDirectory(prefix="resnext-deploy-variants-")
         self.work_dir = Path(work_dir) if work_dir else Path(self._tmp.name)
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,8 @@ class VariantQuantizer:
         first = not self.cache.is_file()
         t = time.perf_counter()
         qdq_from_onnx(self.fp32_path, out, self.images, flavour, self.settings,
-                      exclude_nodes=exclude, parent=None, calibration_cache=self.cache, quantize_nodes=only)
+                      exclude_nodes=exclude, parent=None, calibration_cache=self.cache, quantize_nodes=only,
+                      weight_range=self.weight_range)
         spent = time.perf_counter() - t
         if first:
             self.calibration_seconds += spent

@@ -239,7 +239,8 @@ def render_markdown(doc: Dict[str, Any]) -> str:
         lines += ["## Beside NNCF's accuracy control", "",
                   f"OpenVINO on this CPU, every validation image, batch-1 latency; our INT8 models are the {c['activations']}-activation "
                   f"Q/DQ models the build compiles for OpenVINO. NNCF: `{c['nncf']['tool']}` {c['nncf']['nncf_version']}, metric top-1, "
-                  f"max_drop {c['nncf']['max_drop']:g} absolute, at most {c['nncf']['max_num_iterations']} iterations; its own "
+                  f"max_drop {c['nncf']['max_drop']:g} absolute, at most {c['nncf']['max_num_iterations']} iterations, "
+                  f"OverflowFix {c['nncf'].get('overflow_fix', 'first_layer_only')} (the one for this CPU); its own "
                   f"quantization before accuracy control scored {c['nncf']['quantized_metric']} against {c['nncf']['initial_metric']} in float.", "",
                   "| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]

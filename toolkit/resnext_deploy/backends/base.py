@@ -105,6 +105,14 @@ class Backend(abc.ABC):
 
     def _hooks(self) -> Any:
         return importlib.import_module(self.build_hooks) if self.build_hooks else None
+    #: whether its INT8 runs x86 uint8 x int8 CPU kernels, which saturate without VNNI (cpu.py)
+    cpu_u8s8: bool = False
+    #: what saturation_guard turns on, for messages
+    saturation_guard_name: str = ""
+
+    def saturation_guard(self, settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Settings that keep full-range INT8 exact on an x86 CPU without VNNI, or None when there are none."""
+        return None
 
     def available(self) -> bool:
         from ..optional import available

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ..artifacts import Artifact, atomic_file
+from ..errors import BadInputError
 from ..optional import require
 from .base import Backend, Runner
 
@@ -25,7 +26,24 @@ def session_options(ort: Any, settings: Dict[str, Any], level: str) -> Any:
     if threads > 0:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if x64quantprecision(settings):
+        opts.add_session_config_entry("session.x64quantprecision", "1")
     return opts
+
+
+def x64quantprecision(settings: Dict[str, Any]) -> bool:
+    """Whether a session gets ORT's ``session.x64quantprecision`` (setting ``x64quantprecision``: auto | on | off).
+
+    With it ORT rewrites int8 weights outside [-64, 64] to uint8 so that U8U8 kernels, which cannot saturate,
+    run them: exact (on a VNNI CPU the logits stay bit-identical) and slower (full-range demo ~1.5x). 7-bit
+    weights are left alone, so they keep the fast kernels. "auto" = on where the CPU has no VNNI (cpu.py).
+    """
+    mode = settings.get("x64quantprecision", "auto")
+    if mode == "auto":
+        from ..cpu import host_cpu
+
+        return host_cpu().exact_u8s8 is False
+    return mode in ("on", True)
 
 
 class OrtRunner(Runner):
@@ -38,7 +56,8 @@ class OrtRunner(Runner):
         opts = session_options(ort, settings, settings.get("runtime_optimization", "all"))
         self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
-        self.details = {"providers": self._session.get_providers(), "threads": opts.intra_op_num_threads}
+        self.details = {"providers": self._session.get_providers(), "threads": opts.intra_op_num_threads,
+                        "x64quantprecision": x64quantprecision(settings)}
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         # InferenceSession.run is thread-safe.
@@ -58,7 +77,20 @@ class OnnxRuntimeBackend(Backend):
         "activations": "uint8",  # QDQ activation type: ORT's CPU kernels are fast with uint8
         "graph_optimization": "extended",
         "threads": 0,  # 0 = ONNX Runtime's default (all cores)
+        "x64quantprecision": "auto",  # auto | on | off: exact U8U8 kernels for full-range int8 weights without VNNI
     }
+    cpu_u8s8 = True
+    saturation_guard_name = "session.x64quantprecision: exact U8U8 kernels"
+
+    def saturation_guard(self, settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        return dict(settings, x64quantprecision="on")
+
+    def validate(self, settings: Dict[str, Any], source: str) -> None:
+        super().validate(settings, source)
+        if settings.get("x64quantprecision", "auto") not in ("auto", "on", "off"):
+            raise BadInputError(
+                f"backends.onnxruntime.x64quantprecision in {source} must be auto, on or off, got '{settings['x64quantprecision']}'."
+            )
 
     def compile(
         self, source: Artifact, out_dir: Path, precision: str, settings: Dict[str, Any], root: Optional[Path] = None
@@ -67,7 +99,8 @@ class OnnxRuntimeBackend(Backend):
         level = settings.get("graph_optimization", "extended")
         out = Path(out_dir) / f"model-{precision}.ort.onnx"
         with atomic_file(out) as tmp:
-            opts = session_options(ort, settings, level)
+            # Never bake the saturation guard's uint8 weights into the artifact: it is applied at load, where the CPU is known.
+            opts = session_options(ort, dict(settings, x64quantprecision="off"), level)
             opts.optimized_model_filepath = str(tmp)
             ort.InferenceSession(str(source.abspath(root)), opts, providers=["CPUExecutionProvider"])
         recorded = {k: settings[k] for k in ("graph_optimization", "threads", "activations") if k in settings}

@@ -159,6 +159,7 @@ class OpenVinoBackend(Backend):
         "streams": 1,
         "static_batches": [1, 8],  # a static-shape compiled model per batch size (others: the dynamic one)
     }
+    cpu_u8s8 = True  # oneDNN's CPU kernels; no runtime switch avoids their saturation (7-bit weights do)
 
     def compile(
         self, source: Artifact, out_dir: Path, precision: str, settings: Dict[str, Any], root: Optional[Path] = None

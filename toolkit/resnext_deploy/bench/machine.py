@@ -24,6 +24,23 @@ INT8_MACS_PER_CYCLE_AVX512_VNNI = 128
 #: fp32 multiply-accumulates per cycle per core: two 512-bit FMA per cycle (16 lanes each)
 FP32_MACS_PER_CYCLE_AVX512 = 32
 
+#: Peak rules, first match wins: (flags needed, MACs per cycle per core, how it follows from instruction
+#: throughput). u8s8 without VNNI takes VPMADDUBSW (pairs of u8 x s8 into int16) + VPMADDWD (int16 pairs into
+#: int32) + VPADDD (accumulate) where VNNI's VPDPBUSD is one instruction. Upper bounds: a core with one 512-bit
+#: FMA unit, or Zen 4's double-pumped 512-bit datapath, reaches half the AVX-512 figures; AMX tiles are not counted.
+PEAK_RULES = {
+    "int8": (
+        (("avx512_vnni",), INT8_MACS_PER_CYCLE_AVX512_VNNI, "2 x 512-bit VPDPBUSD per cycle, 64 u8s8 MACs each"),
+        (("avx_vnni",), 64, "2 x 256-bit VPDPBUSD (AVX-VNNI) per cycle, 32 u8s8 MACs each"),
+        (("avx512bw",), 128 / 3, "VPMADDUBSW + VPMADDWD + VPADDD per 64 MACs: 3 uops on the two 512-bit ports, 1.5 cycles"),
+        (("avx2",), 32, "VPMADDUBSW + VPMADDWD per 32 MACs on the two 256-bit vector multiply ports (VPADDD on a third): 1 cycle"),
+    ),
+    "fp32": (
+        (("avx512f",), FP32_MACS_PER_CYCLE_AVX512, "2 x 512-bit FMA per cycle, 16 lanes each"),
+        (("avx2", "fma"), 16, "2 x 256-bit FMA per cycle, 8 lanes each"),
+    ),
+}
+
 # A dependent chain of 4 single-cycle adds per iteration: cycles = 4 x iterations, whatever the core's
 # boost clock is at the moment (a virtual machine's /proc/cpuinfo shows the nominal clock only).
 _CLOCK_C = r"""
@@ -106,17 +123,18 @@ def machine_info(measure_clock: bool = True) -> Dict[str, Any]:
 
 
 def peak_gmacs(machine: Dict[str, Any], precision: str = "int8") -> Optional[Dict[str, Any]]:
-    """The machine's peak in GMAC/s: cores x MAC/cycle x clock (measured, else nominal). INT8: 128 MAC/cycle
-    with AVX-512 VNNI; FP32: 32 with AVX-512 FMA. None for other CPUs (no rule of thumb we would stand by)."""
-    need, per_cycle = {"int8": ("avx512_vnni", INT8_MACS_PER_CYCLE_AVX512_VNNI),
-                       "fp32": ("avx512f", FP32_MACS_PER_CYCLE_AVX512)}[precision]
+    """The machine's peak in GMAC/s: cores x MAC/cycle x clock (measured, else nominal), MAC/cycle from the
+    first of PEAK_RULES the CPU's flags meet. None for other CPUs (no rule we would stand by)."""
     mhz = machine.get("clock_mhz_measured") or machine.get("clock_mhz_nominal")
-    if need not in machine.get("flags", []) or not mhz:
+    flags = set(machine.get("flags", []))
+    rule = next((r for r in PEAK_RULES[precision] if set(r[0]) <= flags), None)
+    if rule is None or not mhz:
         return None
     return {
-        "gmacs": machine["cores"] * per_cycle * mhz / 1e3,
+        "gmacs": machine["cores"] * rule[1] * mhz / 1e3,
         "cores": machine["cores"],
-        "macs_per_cycle_per_core": per_cycle,
+        "macs_per_cycle_per_core": round(rule[1], 2),
+        "rule": f"{'+'.join(rule[0])}: {rule[2]}",
         "clock_mhz": mhz,
         "clock_source": "measured" if machine.get("clock_mhz_measured") else "/proc/cpuinfo (nominal)",
     }

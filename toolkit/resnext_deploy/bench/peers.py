@@ -1,7 +1,9 @@
 """The INT8 models a user would make with the other tools, with those tools' defaults, on our images.
 
 - NNCF: ``nncf.quantize(openvino_model, nncf.Dataset(images))``, every argument at its default (preset
-  PERFORMANCE, min-max ranges, fast bias correction, subset_size 300), compiled like our FP32 IR.
+  PERFORMANCE, min-max ranges, fast bias correction, subset_size 300) but the OverflowFix, which is the one
+  NNCF's documentation calls for on the CPU running the bench (FIRST_LAYER, its default, without VNNI;
+  DISABLE with VNNI or AMX), compiled like our FP32 IR.
 - ONNX Runtime: ``quantize_static(fp32.onnx, out.onnx, reader)``, every argument at its default (QDQ,
   int8 activations and weights, per-tensor weights, min-max), run with ORT's default session options.
 """
@@ -26,12 +28,16 @@ ORT_READER_BATCH = 8
 
 
 def nncf_default_int8(source: PathLike, out: PathLike, calibration: np.ndarray) -> Dict[str, Any]:
-    """NNCF's default post-training quantization of the OpenVINO model (IR or ONNX) ``source``; saves IR ``out``."""
+    """NNCF's default post-training quantization of the OpenVINO model (IR or ONNX) ``source``, with the
+    OverflowFix NNCF calls for on this CPU (accuracy.peers.overflow_fix_for); saves IR ``out``."""
+    from ..accuracy.peers import nncf_advanced_parameters, overflow_fix_for
+
     nncf = require("nncf", "quantize with NNCF (the benchmark's peer)")
     ov = require("openvino", "quantize with NNCF (the benchmark's peer)")
     model = ov.Core().read_model(str(source))
     dataset = nncf.Dataset([np.ascontiguousarray(calibration[i : i + 1]) for i in range(len(calibration))])
-    quantized = nncf.quantize(model, dataset)
+    overflow_fix = overflow_fix_for()
+    quantized = nncf.quantize(model, dataset, advanced_parameters=nncf_advanced_parameters(overflow_fix))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # The IR is two files: write both beside their final names, then rename (bin first, the xml names it).
@@ -39,7 +45,7 @@ def nncf_default_int8(source: PathLike, out: PathLike, calibration: np.ndarray) 
     ov.save_model(quantized, str(tmp_xml), compress_to_fp16=False)
     tmp_xml.with_suffix(".bin").replace(out.with_suffix(".bin"))
     tmp_xml.replace(out)
-    return {"tool": "nncf.quantize (defaults)", "nncf_version": getattr(nncf, "__version__", "unknown"),
+    return {"tool": "nncf.quantize (defaults)", "overflow_fix": overflow_fix, "nncf_version": getattr(nncf, "__version__", "unknown"),
             "calibration_images": int(len(calibration)), "path": str(out)}
 
 

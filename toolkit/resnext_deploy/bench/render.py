@@ -82,7 +82,7 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
         p = bench.get(f"{name}_peak")
         if p:
             lines.append(f"- {name.upper()} peak: {p['cores']} cores x {p['macs_per_cycle_per_core']} MAC/cycle x {p['clock_mhz']:.0f} MHz "
-                         f"({p['clock_source']}) = {p['gmacs']:.0f} GMAC/s")
+                         f"({p['clock_source']}) = {p['gmacs']:.0f} GMAC/s" + (f"; {p['rule']}" if p.get("rule") else ""))
     lines += ["", "## Results", "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(bench)]
     lines += ["", "p50/p90/p99: batch-1 latency (ms); img/s: batch-{} throughput; vs PyTorch / vs NNCF: p50 divided by theirs, "

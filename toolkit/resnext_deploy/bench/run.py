@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
+from ..accuracy.peers import overflow_fix_for
 from ..artifacts import atomic_file, ensure_writable_dir
 from ..errors import BadInputError, DeployError
 from ..manifest import read_manifest
@@ -169,7 +170,8 @@ def configurations(build_dir: Path, manifest: Dict[str, Any], peers_dir: Path) -
                            "OpenVINO CPU on the exported ONNX, INFERENCE_PRECISION_HINT f32, PERFORMANCE_HINT LATENCY", dict(plain_ov)))
     ov_fp32 = build_dir / arts["openvino-fp32"]["path"] if "openvino-fp32" in arts else fp32_onnx
     out.append(BenchConfig(NNCF, "peer", "openvino", "int8", str(peers_dir / "nncf-int8.xml"),
-                           "nncf.quantize defaults on the OpenVINO FP32 model, same calibration images; compiled like openvino-fp32",
+                           f"nncf.quantize defaults on the OpenVINO FP32 model but OverflowFix {overflow_fix_for().upper()} (the one "
+                           "NNCF's documentation calls for on this CPU), same calibration images; compiled like openvino-fp32",
                            dict(plain_ov), prepare={"peer": NNCF, "source": str(ov_fp32), "out": str(peers_dir / "nncf-int8.xml")}))
     out.append(BenchConfig("ort-int8-default", "peer", "onnxruntime", "int8", str(peers_dir / "ort-int8-default.onnx"),
                            "onnxruntime quantize_static defaults (QDQ, s8 activations, s8 per-tensor weights), same calibration images; default session",

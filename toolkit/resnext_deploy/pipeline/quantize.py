@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -22,12 +22,55 @@ from ..recipes import calibration_settings
 log = logging.getLogger(__name__)
 
 FLAVOURS = ("uint8", "int8")
+WEIGHT_RANGES = ("7bit", "full")
+
+
+def weight_range_for(section: Dict[str, Any]) -> str:
+    """The weight range a recipe's ``[quantize]`` section asks for: "7bit" | "full".
+
+    "auto" follows ``isa_class``: INT8 for any x86-64 CPU ("x86-64") gets 7-bit weights, because without
+    VNNI the u8s8 kernels of ONNX Runtime and OpenVINO sum pairs of products in saturating int16 and
+    255 * 64 * 2 fits where 255 * 127 * 2 does not (see cpu.py); VNNI/AMX CPUs ("vnni") and GPUs ("none")
+    keep the full int8 range.
+    """
+    wr = section.get("weight_range", "auto")
+    if wr == "auto":
+        return "7bit" if section.get("isa_class", "x86-64") == "x86-64" else "full"
+    if wr not in WEIGHT_RANGES:
+        raise BadInputError(f"quantize.weight_range = '{wr}' is not one of auto, {', '.join(WEIGHT_RANGES)}.")
+    return wr
 # ORT's calibration session holds about 2.7x a batch's intermediate tensors (ResNeXt-50: 126 MB of activations
 # per 224x224 image, ~340 MB measured; batch 16 peaked at 5.5 GB, batch 8 at 2.8 GB). Min-max ranges do not depend
 # on the batch, so the batch is the largest (up to CALIB_BATCH) that keeps this under CALIB_MEMORY_MB.
 CALIB_BATCH = 16
 CALIB_MEMORY_MB = 2048
 _CALIB_MEMORY_FACTOR = 2.7
+
+
+def isa_record(section: Dict[str, Any], weight_range: str) -> Tuple[Dict[str, Any], List[str]]:
+    """The report's ``isa`` entry (build machine's CPU, target class, weight range) and the notes it calls for."""
+    from ..cpu import exact_u8s8, host_cpu, kernels_differ
+
+    host, target = host_cpu(), section.get("isa_class", "x86-64")
+    record = {"build": host.to_dict(), "target": target, "weight_range": weight_range,
+              "kernels_differ": kernels_differ(host.isa, target)}
+    kernels = {True: "uint8 x int8 in int32, no saturation", False: "uint8 x int8 pairs summed in saturating int16",
+               None: "not an x86 CPU"}[exact_u8s8(host.isa)]
+    cap = host.to_dict().get("onednn_max_cpu_isa")
+    notes: List[str] = []
+    if record["kernels_differ"]:
+        notes.append(
+            f"INT8 accuracy here was measured with the build machine's kernels ({host.model}, ISA {host.isa}: {kernels}"
+            + (f"; OpenVINO capped at {cap}" if cap else "") + f"), not those of every CPU of the target class "
+            f"'{target}'. " + ("The 7-bit weights cannot saturate on CPUs without VNNI, so the numbers should carry over."
+                               if weight_range == "7bit" else
+                               "On a CPU with VNNI the full-range weights do not saturate, so the accuracy there may differ.")
+        )
+    if target == "x86-64" and weight_range == "full":
+        notes.append("quantize.weight_range = 'full' for isa_class 'x86-64': on x86 CPUs without VNNI (AVX2-only, "
+                     "AVX-512 without VNNI) these INT8 artifacts can saturate and lose accuracy.")
+        log.warning("full-range INT8 weights for any x86-64 CPU: they can saturate on CPUs without VNNI")
+    return record, notes
 
 
 def activation_mb_per_image(proto: Any) -> Optional[float]:
@@ -111,6 +154,7 @@ def qdq_from_onnx(
     progress: Optional[Callable[[int, int], None]] = None,
     calibration_cache: Union[str, Path, None] = None,
     quantize_nodes: Sequence[str] = (),
+    weight_range: Optional[str] = None,
 ) -> Artifact:
     """Quantize ``fp32_path`` with ORT's static QDQ quantizer, calibrated on ``images`` (NCHW float32).
 
@@ -123,6 +167,8 @@ def qdq_from_onnx(
     later ones (which then skip calibration), so variants of one model share one calibration. The
     ranges depend only on the float model, the images and the method (not on the flavour), and a model
     quantized from the cache is byte-identical to one calibrated afresh.
+    ``weight_range`` is "7bit" (ORT's reduce_range: weights in [-64, 64], safe on CPUs without VNNI) or
+    "full"; None = the recipe default (recipes.DEFAULTS, see weight_range_for).
     """
     quant = require("onnxruntime.quantization", "quantize to INT8")
     onnx = require("onnx", "quantize to INT8")
@@ -135,6 +181,12 @@ def qdq_from_onnx(
         "percentile": quant.CalibrationMethod.Percentile,
         "entropy": quant.CalibrationMethod.Entropy,
     }
+    if weight_range is None:
+        from ..recipes import DEFAULTS
+
+        weight_range = weight_range_for(DEFAULTS["quantize"])
+    if weight_range not in WEIGHT_RANGES:
+        raise BadInputError(f"Unknown weight range '{weight_range}'; use one of {WEIGHT_RANGES}.")
     if len(images) == 0:
         raise BadInputError("No calibration images: give a folder with readable images.")
     proto = onnx.load(str(fp32_path))
@@ -167,6 +219,7 @@ def qdq_from_onnx(
                 per_channel=True,
                 activation_type=quant.QuantType.QUInt8 if flavour == "uint8" else quant.QuantType.QInt8,
                 weight_type=quant.QuantType.QInt8,
+                reduce_range=weight_range == "7bit",  # weights only: activations keep their 8 bits
                 calibrate_method=methods[method],
                 nodes_to_exclude=list(exclude_nodes),
                 nodes_to_quantize=list(quantize_nodes),
@@ -179,7 +232,8 @@ def qdq_from_onnx(
             logging.getLogger().removeFilter(quiet)
     settings = {
         "activations": flavour,
-        "weights": "int8 symmetric per-channel",
+        "weights": "int8 symmetric per-channel" + (", 7-bit range [-64, 64]" if weight_range == "7bit" else ""),
+        "weight_range": weight_range,
         "calibration_method": method,
         "calibration_images": int(len(images)),
         "calibration_batch": batch,

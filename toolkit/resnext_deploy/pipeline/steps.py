@@ -31,7 +31,7 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
 
     ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see accuracy/fallback.py).
     """
-    from .quantize import qdq_from_onnx
+    from .quantize import isa_record, qdq_from_onnx, weight_range_for
 
     src, recipe, stage_dir, stages = ctx.source, ctx.recipe, ctx.staging, ctx.timings
     artifacts: List[Artifact] = []
@@ -61,15 +61,19 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
     t = time.perf_counter()
     cal_cfg = recipe.section("calibration")
     flavours = quantized_flavours(recipe)
+    weight_range = weight_range_for(recipe.section("quantize"))
     qdq: Dict[str, Artifact] = {}
     for flavour in sorted(set(flavours.values())):
         qdq[flavour] = qdq_from_onnx(
             fp32_path, onnx_dir / f"model-int8-{flavour}.onnx", ctx.calibration.data, flavour, cal_cfg,
             root=stage_dir, progress=ctx.step(f"calibrate ({flavour} activations)"),
-            exclude_nodes=exclude_nodes,
+            exclude_nodes=exclude_nodes, weight_range=weight_range,
         )
         artifacts.append(qdq[flavour])
     stages["quantize"] = time.perf_counter() - t
+    if qdq:
+        ctx.extra["isa"], isa_notes = isa_record(recipe.section("quantize"), weight_range)
+        ctx.notes.extend(isa_notes)
 
     t = time.perf_counter()
     for name in recipe.enabled_backends():
@@ -78,7 +82,10 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
             continue
         for precision in cfg["precisions"]:
             source = qdq[flavours[name]] if precision == "int8" else artifacts[0]
-            artifacts.append(be.compile(source, stage_dir / name, precision, cfg, root=stage_dir))
+            art = be.compile(source, stage_dir / name, precision, cfg, root=stage_dir)
+            if precision == "int8":  # each INT8 artifact names its weight range (runtime.load checks it)
+                art.settings["weight_range"] = source.settings["weight_range"]
+            artifacts.append(art)
     stages["compile"] = time.perf_counter() - t
     return artifacts
 

@@ -16,7 +16,8 @@ from .. import backends
 from ..artifacts import Artifact
 from ..backends.base import Runner
 from ..errors import ArtifactIntegrityError, BadInputError, DeployError
-from ..manifest import read_manifest, verify_artifacts
+from ..cpu import SAFE_TARGET, CpuInfo, host_cpu, safe_on
+from ..manifest import int8_weight_range, read_manifest, verify_artifacts
 from ..preprocess import Preprocessing
 from .inputs import ImageInput, iter_images
 from .selection import Candidate, choose
@@ -201,6 +202,30 @@ def _batch_size(manifest: Dict[str, Any], backend: str, batch_size: Optional[int
     return int(batch_size)
 
 
+def cpu_guard(manifest: Dict[str, Any], cand: Candidate, settings: Dict[str, Any], host: Optional[CpuInfo] = None) -> Dict[str, Any]:
+    """Warn when a full-range INT8 artifact is about to run on an x86 CPU whose u8s8 kernels saturate (no VNNI),
+    and return the backend's settings with its runtime guard when it has one (ONNX Runtime: U8U8 kernels)."""
+    be = backends.get(cand.backend)
+    if cand.artifact.precision != "int8" or not be.cpu_u8s8:
+        return settings
+    host = host or host_cpu()
+    weights = int8_weight_range(manifest, cand.artifact.name)
+    if safe_on(weights, host.isa):
+        return settings
+    guarded = be.saturation_guard(settings)
+    made_for = (manifest.get("isa") or {}).get("target") or "an unrecorded CPU class"
+    log.warning(
+        "%s has full-range INT8 weights (made for %s CPUs) but this CPU, %s (ISA %s), has no VNNI: its uint8 x int8 "
+        "kernels sum pairs in saturating int16 and the model can lose accuracy. %s Rebuild with --target %s "
+        "(7-bit weights, exact on every x86-64 CPU) for this machine.",
+        cand.artifact.name, made_for, host.model, host.isa,
+        f"Running it with {cand.backend}'s guard ({be.saturation_guard_name}; slower)."
+        if guarded is not None else f"{cand.backend} has no runtime guard for this.",
+        SAFE_TARGET,
+    )
+    return guarded if guarded is not None else settings
+
+
 def load(
     path: Union[str, Path],
     backend: str = "auto",
@@ -235,7 +260,7 @@ def load(
                 f"{cand.artifact.name} in '{root}' is not what was built and gated: {'; '.join(bad)}. "
                 "Copy the build again (or rebuild it); load(verify=False) / --no-verify skips this check."
             )
-    cfg = runner_settings(manifest, cand.backend, settings)
+    cfg = cpu_guard(manifest, cand, runner_settings(manifest, cand.backend, settings))
     size = _batch_size(manifest, cand.backend, batch_size)
     try:
         runner = backends.get(cand.backend).load(root / cand.artifact.path, cfg)
