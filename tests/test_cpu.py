@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resnext_deploy.cpu import host_cpu, isa_class, kernels_differ, parse_cpuinfo, safe_on
+from resnext_deploy.cpu import host_cpu, isa_class, kernels_differ, onednn_isa, parse_cpuinfo, safe_on
 
 # Trimmed flag lines of real CPUs (the flags that decide the class, with neighbours).
 ZEN3 = "fpu sse4_1 sse4_2 avx f16c fma avx2 bmi2 sha_ni vaes vpclmulqdq"
@@ -54,3 +54,12 @@ def test_host_cpu_matches_proc_cpuinfo():
     flags = next(line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines() if line.startswith("flags"))
     assert info.isa == isa_class(flags, info.machine)
     assert info.exact_u8s8 == (("avx512_vnni" in flags) or ("avx_vnni" in flags) or ("amx_int8" in flags))
+
+
+@pytest.mark.parametrize("cap, isa", [("", "amx"), ("ALL", "amx"), ("AVX2", "avx2"), ("AVX2_VNNI", "vnni"),
+                                      ("AVX512_CORE", "avx512"), ("AVX512_CORE_VNNI", "vnni"), ("SSE41", "x86-64")])
+def test_onednn_cap_lowers_the_class_openvino_runs(monkeypatch, cap, isa):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert onednn_isa(parse_cpuinfo(f"flags\t: {SAPPHIRE_RAPIDS}\n")) == isa
+    # a cap never raises the class
+    assert onednn_isa(parse_cpuinfo(f"flags\t: {ZEN3}\n")) == ("x86-64" if isa == "x86-64" else "avx2")

@@ -111,6 +111,26 @@ def host_cpu() -> CpuInfo:
         return CpuInfo(platform.processor() or machine, machine)
 
 
+def onednn_isa(host: Optional[CpuInfo] = None) -> str:
+    """The ISA class oneDNN (OpenVINO's CPU plugin) runs: the host's, capped by ONEDNN_MAX_CPU_ISA when set
+    (e.g. AVX2: the AVX2 kernels, saturation included, on a newer CPU; ONNX Runtime has no such cap)."""
+    isa = (host or host_cpu()).isa
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if not cap or cap == "ALL" or isa == "unknown":
+        return isa
+    if "AMX" in cap:
+        capped = "amx"
+    elif any(k in cap for k in ("VNNI", "BF16", "FP16", "AVX10")):
+        capped = "vnni"
+    elif cap.startswith("AVX512"):
+        capped = "avx512"
+    elif cap.startswith("AVX2"):
+        capped = "avx2"
+    else:
+        capped = "x86-64"
+    return min(isa, capped, key=ISA_CLASSES.index)
+
+
 def kernels_differ(build_isa: str, target_class: str) -> bool:
     """Whether the build machine's u8s8 kernels behave unlike the weakest CPU of ``target_class``: then the
     report's INT8 accuracy was measured with kernels the device may not have."""

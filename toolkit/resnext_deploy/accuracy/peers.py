@@ -29,14 +29,15 @@ _METRIC = re.compile(r"Metric of (\w+) model: ([0-9.eE+-]+)")
 
 
 def overflow_fix_for(isa: Optional[str] = None) -> str:
-    """The ``nncf.OverflowFix`` NNCF's documentation calls for on a CPU of class ``isa`` (None = this one).
+    """The ``nncf.OverflowFix`` NNCF's documentation calls for on a CPU of class ``isa`` (None = the kernels
+    OpenVINO runs here: this CPU's, capped by ONEDNN_MAX_CPU_ISA).
 
     Without VNNI (AVX2, AVX-512) NNCF recommends FIRST_LAYER, its default: half the weight range on the first
     convolution only. With VNNI or AMX nothing saturates, so the fair peer keeps the full range: DISABLE.
     """
-    from ..cpu import exact_u8s8, host_cpu
+    from ..cpu import exact_u8s8, onednn_isa
 
-    return "disable" if exact_u8s8(isa or host_cpu().isa) else "first_layer_only"
+    return "disable" if exact_u8s8(isa or onednn_isa()) else "first_layer_only"
 
 
 def nncf_advanced_parameters(overflow_fix: str) -> Any:

@@ -29,6 +29,7 @@ from ..artifacts import Artifact, atomic_dir, atomic_file
 from ..errors import BadInputError
 from ..evaluate import TimingConfig, evaluate_runner
 from ..pipeline.datasets import load_calibration, load_labeled
+from ..pipeline.quantize import weight_range_for
 from ..sampling import evenly_spaced
 from ..progress import Progress
 from ..recipes import Recipe
@@ -105,7 +106,7 @@ def study_file(
         "max_excluded_layers": cap,
     }
     with atomic_dir(out) as d:
-        quantizer = VariantQuantizer(onnx_path, cal.data, cal_cfg)
+        quantizer = VariantQuantizer(onnx_path, cal.data, cal_cfg, weight_range=weight_range_for(recipe.section("quantize")))
         try:
             reference = run_onnx_model(onnx_path, valset.data, ort)
             idx = evenly_spaced(len(valset.data), subset)
