@@ -209,3 +209,17 @@ def test_openvino_avx2_kernels_saturate_full_range_and_not_seven_bit(vnni_build,
     assert seven["min_cosine"] >= 0.98 and seven["agreement"] >= 0.98, seven
     assert full["min_cosine"] < 0.95, f"full-range INT8 did not saturate under AVX2 kernels: {full}"
     print(json.dumps({"avx2_7bit": seven, "avx2_full": full}))
+
+
+@pytest.mark.parametrize("body, needle", [
+    ('[quantize]\nisa_class = "avx2"\n', "isa_class in x86-64 | vnni | none"),
+    ('[quantize]\nweight_range = "6bit"\n', "weight_range in auto | 7bit | full"),
+    ('[backends.onnxruntime]\nprecisions = ["int8"]\nx64quantprecision = "yes"\n', "x64quantprecision"),
+])
+def test_bad_isa_keys_are_named(tmp_path, body, needle):
+    from resnext_deploy.errors import BadInputError
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('target = "x86-cpu"\n[backends.openvino]\nprecisions = ["int8"]\n' + body)
+    with pytest.raises(BadInputError, match=needle.replace("|", r"\|")):
+        load_recipe(recipe)
