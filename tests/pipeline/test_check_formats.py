@@ -199,3 +199,14 @@ def test_torchscript_resnext50_from_the_issue(tmp_path):
         assert_refused(res, "Residual add in block 'layer2.1' (Bottleneck)", "(1, 1024, 28, 28)", "(1, 512, 28, 28)",
                        "channels (512 -> 1024)")
         assert len(res.output.splitlines()) <= 15
+
+
+def test_build_refuses_the_broken_torchscript_before_exporting(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "bad.pt"
+    torch.jit.script(widen_block(create("resnext_demo", 10).eval(), 3, 0)).save(str(path))
+    from resnext_deploy.demo import DEMO_VAL
+
+    res = run("build", "--model", str(path), "--calib", str(DEMO_CALIB), "--val", str(DEMO_VAL), "--out", str(tmp_path / "b"))
+    assert_refused(res, "Residual add in block 'layer3.0' (Bottleneck)", "(1, 512, 8, 8)", "(1, 256, 8, 8)")
+    assert not (tmp_path / "b").exists()

@@ -115,3 +115,13 @@ def test_data_folders_one_behaviour():
     with pytest.raises(BadInputError, match="needs --calib and --val"):
         data_folders(False, recipe)
     assert data_folders(False, recipe, need=("val",), recorded={"val": "v"}) == (None, __import__("pathlib").Path("v"))
+
+
+def test_compile_a_builds_qdq_onnx_by_path_keeps_its_metadata(demo_build, tmp_path):
+    qdq = demo_build.out_dir / "onnx" / "model-int8-uint8.onnx"
+    res = run("compile", "--onnx", str(qdq), "--backend", "openvino", "--precision", "int8", "--out", str(tmp_path / "ov"))
+    assert res.exit_code == 0, res.output
+    (xml,) = (tmp_path / "ov").glob("*.xml")
+    side = json.loads((tmp_path / "ov" / (xml.name + ".json")).read_text())
+    assert side["preprocessing"] == demo_build.manifest["preprocessing"]
+    assert side["build"]["artifact"] == "onnx-int8-uint8"
