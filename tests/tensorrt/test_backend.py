@@ -18,7 +18,7 @@ from resnext_deploy.errors import BadInputError, MissingDependencyError
 from resnext_deploy.optional import available
 from resnext_deploy.recipes import load_recipe
 
-JETSONS = ["jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx"]
+JETSONS = ["jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx", "jetson-agx-thor"]
 HAVE_TRT_GPU = available("tensorrt") and cuda_runtime.gpu_info() is not None
 
 
@@ -64,10 +64,10 @@ def test_backend_is_registered_and_available_only_with_tensorrt_and_a_gpu():
 
 @pytest.mark.skipif(available("tensorrt"), reason="TensorRT is installed here")
 def test_building_an_engine_without_tensorrt_says_what_to_install(tmp_path):
-    from resnext_deploy.tensorrt.backend import build_engine
+    from resnext_deploy.tensorrt.engines import engine_from_onnx
 
     with pytest.raises(MissingDependencyError, match="pip install tensorrt") as err:
-        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", "fp16", load_recipe(target="x86-gpu").backend("tensorrt"))
+        engine_from_onnx(tmp_path / "m.onnx", tmp_path / "m.engine", "fp16", load_recipe(target="x86-gpu").backend("tensorrt"))
     assert err.value.exit_code == 5
 
 

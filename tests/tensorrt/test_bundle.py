@@ -25,6 +25,7 @@ from resnext_deploy.tensorrt.qdq_rules import check_qdq_model
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE_FILES = {
     "README.md", "manifest.json", "recipe.toml", "model-fp32.onnx", "model-int8-qdq.onnx", "calibration.cache",
+    "model-fp16.onnx", "model-int8-qdq-fp16.onnx",
     "golden/inputs.npy", "golden/reference-fp32.npy", "golden/reference-int8-qdq.npy", "golden/golden.json",
 }
 ENGINES = ["tensorrt-fp16", "tensorrt-int8", "tensorrt-dla0-fp16", "tensorrt-dla0-int8"]

@@ -128,11 +128,14 @@ def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_cl
 def targets() -> None:
     """List the targets and their recipes."""
     from .recipes import list_targets, load_recipe
+    from .tensorrt.platforms import target_summary
 
     for name, path in list_targets().items():
         r = load_recipe(path)
         builds = ", ".join(f"{b}:{'+'.join(r.backend(b)['precisions'])}" for b in r.enabled_backends())
         click.echo(f"{name:<18} {builds:<44} {r.data['description']}")
+        for row in target_summary(name):  # JetPack / TensorRT / CUDA / Python / DLA the target can meet
+            click.echo(f"{'':<18} {row}")
         click.echo(f"{'':<18} recipe: {path}")
 
 

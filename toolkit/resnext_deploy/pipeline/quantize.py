@@ -4,6 +4,7 @@ Two activation flavours from the same weights rule (symmetric int8, per output c
   - "uint8": asymmetric uint8 activations, what ONNX Runtime's CPU kernels run fastest (u8s8);
   - "int8":  symmetric int8 activations with zero-point 0, float biases and no Q/DQ on graph outputs:
              TensorRT's rules for explicit quantization (see qdq_rules.py); OpenVINO reads it as fast.
+             Its Q/DQ are then placed where TensorRT fuses Conv+Add (tensorrt/qdq_placement.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..artifacts import Artifact, atomic_file
 from ..errors import BadInputError, InternalError
 from ..optional import require
 from ..recipes import calibration_settings
+from ..tensorrt import qdq_placement
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +232,8 @@ def qdq_from_onnx(
             raise InternalError(f"ONNX Runtime quantization failed on '{fp32_path}': {exc}") from exc
         finally:
             logging.getLogger().removeFilter(quiet)
+        # TensorRT's flavour: Q/DQ moved to where TensorRT fuses Conv+Add (tensorrt/qdq_placement.py)
+        placement = qdq_placement.place_file(tmp).to_dict() if flavour == "int8" else None
     settings = {
         "activations": flavour,
         "weights": "int8 symmetric per-channel" + (", 7-bit range [-64, 64]" if weight_range == "7bit" else ""),
@@ -239,6 +243,8 @@ def qdq_from_onnx(
         "calibration_batch": batch,
         "excluded_nodes": list(exclude_nodes),
     }
+    if placement is not None:
+        settings["qdq_placement"] = placement
     if quantize_nodes:
         settings["quantized_nodes_only"] = list(quantize_nodes)
     if method == "percentile":

@@ -58,9 +58,11 @@ def candidates(manifest: Dict[str, Any]) -> List[Candidate]:
         if runner in BACKEND_ORDER:
             out.append(Candidate(art, runner))
 
-    def rank(c: Candidate) -> Tuple[int, int, int]:
+    selected = (manifest.get("device") or {}).get("selected")  # `compile --bundle`'s measured pick (ondevice.py)
+
+    def rank(c: Candidate) -> Tuple[int, int, int, int]:
         prec = PRECISION_ORDER.index(c.artifact.precision) if c.artifact.precision in PRECISION_ORDER else len(PRECISION_ORDER)
-        return (0 if c.compiled else 1, BACKEND_ORDER.index(c.backend), prec)
+        return (0 if c.compiled else 1, BACKEND_ORDER.index(c.backend), 0 if c.artifact.name == selected else 1, prec)
 
     return sorted(out, key=rank)
 

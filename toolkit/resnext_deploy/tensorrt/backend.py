@@ -1,7 +1,7 @@
 """TensorRT backend: engines built from ONNX with TensorRT's builder and ONNX parser, run with the tensor API.
 
-Written against TensorRT's Python API for 8.6 and 10.x (8.5+'s name-based tensor API, with the older
-binding API as a fallback). Engines are tied to the GPU and the TensorRT version that built them, so
+Written against TensorRT's Python API from 8.5 (JetPack 5) to 11.x (strongly typed; engines.py builds for
+each by feature detection), running with the name-based tensor API and the older binding API as a fallback. Engines are tied to the GPU and the TensorRT version that built them, so
 every engine gets a build record beside it (``<engine>.json``: TensorRT version, GPU name, compute
 capability, L4T release on a Jetson, flags, profile) and loading refuses an engine recorded for another
 machine. Needs numpy, TensorRT and the CUDA libraries only (device memory through ctypes); the module
@@ -14,21 +14,20 @@ import json
 import logging
 import re
 import threading
-import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ..artifacts import Artifact, atomic_file, sha256_file
+from ..artifacts import Artifact
 from . import cuda_runtime as cuda
+from .engines import engine_from_onnx, features, logger, record_path
 from ..backends.base import Backend, Runner
-from ..errors import BadInputError, InternalError, MissingDependencyError
+from ..errors import BadInputError, InternalError
 from ..optional import require
 
 log = logging.getLogger(__name__)
 
-RECORD_SCHEMA = "resnext-deploy/tensorrt-engine"
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 DEVICE_MODEL = Path("/proc/device-tree/model")
 
@@ -77,10 +76,6 @@ def incompatibility(recorded: Dict[str, Any], current: Dict[str, Any]) -> Option
     return "; ".join(reasons) or None
 
 
-def record_path(engine: Path) -> Path:
-    return Path(str(engine) + ".json")
-
-
 def read_record(engine: Path) -> Dict[str, Any]:
     path = record_path(engine)
     if not path.is_file():
@@ -107,140 +102,6 @@ def check_engine_matches(engine: Path, record: Dict[str, Any], current: Dict[str
         )
 
 
-def _logger(trt: Any) -> Any:
-    """A TensorRT logger that keeps errors (for our messages) and forwards everything to logging."""
-
-    class _Log(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: List[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.ERROR, trt.ILogger.INTERNAL_ERROR):
-                self.errors.append(msg)
-                log.error("TensorRT: %s", msg)
-            elif severity == trt.ILogger.WARNING:
-                log.warning("TensorRT: %s", msg)
-            else:
-                log.debug("TensorRT: %s", msg)
-
-    return _Log()
-
-
-def _cache_calibrator(trt: Any, cache: bytes) -> Any:
-    """An INT8 calibrator that only hands TensorRT our calibration cache (implicit quantization)."""
-
-    class _FromCache(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-
-        def get_batch_size(self) -> int:
-            return 1
-
-        def get_batch(self, names: Any) -> Any:
-            return None  # no images here: TensorRT must take every scale from the cache
-
-        def read_calibration_cache(self) -> bytes:
-            return cache
-
-        def write_calibration_cache(self, data: Any) -> None:
-            pass
-
-    return _FromCache()
-
-
-def build_engine(
-    onnx_path: Path,
-    engine_path: Path,
-    precision: str,
-    settings: Dict[str, Any],
-    dla_core: int = -1,
-    calibration_cache: Optional[bytes] = None,
-    timing_cache: Optional[Path] = None,
-    batch: Optional[tuple] = None,
-) -> Dict[str, Any]:
-    """Build one engine from ONNX; write it and its build record atomically; return the record.
-
-    ``precision`` fp16 sets FP16; int8 sets INT8 + FP16 (explicit quantization when the ONNX has Q/DQ,
-    implicit from ``calibration_cache`` otherwise). ``batch`` is (min, opt, max) of the dynamic batch axis.
-    """
-    trt = tensorrt_module()
-    t0 = time.perf_counter()
-    logger = _logger(trt)
-    major = int(str(trt.__version__).split(".")[0])
-    if not hasattr(trt.BuilderFlag, "FP16"):
-        raise MissingDependencyError(
-            f"TensorRT {trt.__version__} builds strongly typed networks only (no FP16/INT8 builder flags); "
-            "resnext-deploy builds with TensorRT 8.6 to 10.x. Install one of those (JetPack 5/6 ship them)."
-        )
-    builder = trt.Builder(logger)
-    # TensorRT 10 networks are always explicit-batch; 8.x needs the flag for ONNX.
-    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes(), str(onnx_path)):
-        errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise InternalError(f"TensorRT's ONNX parser rejected '{onnx_path}': {'; '.join(errs) or logger.errors}")
-    inp = network.get_input(0)
-    chw = tuple(int(d) for d in tuple(inp.shape)[1:])
-    lo, opt, hi = batch or (int(settings["min_batch"]), int(settings["opt_batch"]), int(settings["max_batch"]))
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings["workspace_mb"]) << 20)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(inp.name, (lo,) + chw, (opt,) + chw, (hi,) + chw)
-    config.add_optimization_profile(profile)
-    used = ["FP16"]
-    config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        used.insert(0, "INT8")
-        if calibration_cache is not None:
-            config.int8_calibrator = _cache_calibrator(trt, calibration_cache)
-            config.set_calibration_profile(profile)
-    elif precision != "fp16":
-        raise BadInputError(f"TensorRT engines are fp16 or int8 here, not '{precision}'.")
-    if dla_core >= 0:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = int(dla_core)
-        if settings.get("gpu_fallback", True):
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-            used.append("GPU_FALLBACK")
-    if timing_cache is not None:
-        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        if not config.set_timing_cache(cache, False):  # a cache from another GPU/TensorRT: start afresh
-            log.warning("timing cache %s does not match this TensorRT/GPU; starting a new one", timing_cache)
-            config.set_timing_cache(config.create_timing_cache(b""), False)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise InternalError(f"TensorRT could not build the {precision} engine from '{onnx_path}': "
-                            f"{'; '.join(logger.errors[-3:]) or 'see the log (--verbose)'}")
-    with atomic_file(engine_path) as tmp:
-        tmp.write_bytes(serialized)
-    if timing_cache is not None:
-        with atomic_file(timing_cache) as tmp:
-            tmp.write_bytes(config.get_timing_cache().serialize())
-    record = {
-        "machine": machine_record(trt),
-        "precision": precision,
-        "flags": used,
-        "dla_core": int(dla_core),
-        "profile": {"input": inp.name, "min": [lo] + list(chw), "opt": [opt] + list(chw), "max": [hi] + list(chw)},
-        "workspace_mb": int(settings["workspace_mb"]),
-        "source": {"onnx": Path(onnx_path).name, "sha256": sha256_file(onnx_path)},
-        "quantization": ("implicit (calibration cache)" if calibration_cache is not None else "explicit (Q/DQ)")
-        if precision == "int8" else "none",
-        "timing_cache": timing_cache.name if timing_cache is not None else None,
-        "build_seconds": round(time.perf_counter() - t0, 2),
-    }
-    with atomic_file(record_path(engine_path)) as tmp:
-        tmp.write_text(json.dumps({"schema": RECORD_SCHEMA, "engine": record}, indent=2))
-    log.info("built %s (%s, %s) in %.1f s", engine_path, precision, "+".join(used), record["build_seconds"])
-    return record
-
-
 class TensorRtRunner(Runner):
     """A deserialized engine with one execution context; ``infer`` splits/pads batches to the profile."""
 
@@ -253,7 +114,7 @@ class TensorRtRunner(Runner):
         record = read_record(path)
         check_engine_matches(path, record, machine_record(trt))
         self._trt = trt
-        self._logger = _logger(trt)
+        self._logger = logger(trt)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
@@ -395,11 +256,21 @@ class TensorRtBackend(Backend):
     def compile(
         self, source: Artifact, out_dir: Path, precision: str, settings: Dict[str, Any], root: Optional[Path] = None
     ) -> Artifact:
-        """A GPU engine from ``source`` (FP32 ONNX for fp16, the Q/DQ ONNX for int8), timing cache in out_dir."""
+        """A GPU engine from ``source`` (FP32 ONNX for fp16, the Q/DQ ONNX for int8), timing cache in out_dir.
+
+        On strongly typed TensorRT (11.x) the ONNX's types are the precision: ``source`` is first converted to
+        FP16 (float16.py, beside the engine), the FP16 ONNX or the Q/DQ ONNX with FP16 float regions.
+        """
         out_dir = Path(out_dir)
         engine = out_dir / f"model-{precision}.engine"
         cache = out_dir / "timing.cache" if settings.get("timing_cache", True) else None
-        record = build_engine(source.abspath(root), engine, precision, settings, timing_cache=cache)
+        onnx = source.abspath(root)
+        if not features(tensorrt_module()).weakly_typed:
+            from .float16 import fp16_from_onnx, fp16_qdq_from_qdq
+
+            typed = out_dir / f"model-{precision}-typed.onnx"
+            onnx = (fp16_qdq_from_qdq if precision == "int8" else fp16_from_onnx)(onnx, typed)
+        record = engine_from_onnx(onnx, engine, precision, settings, timing_cache=cache)
         return Artifact.from_files(
             f"tensorrt-{precision}", [engine, record_path(engine)], root, kind=self.kind, backend=self.name,
             precision=precision, parent=source.name, stage="compile", settings=record,

@@ -1,7 +1,8 @@
 """The TensorRT bundle: everything a device needs to build its own engines and check them.
 
-A bundle is a directory (and a .tar.gz of it) with the FP32 ONNX, the TensorRT-ready Q/DQ ONNX, a
-calibration cache, the recipe, golden inputs with FP32 reference outputs, a README with equivalent
+A bundle is a directory (and a .tar.gz of it) with the FP32 ONNX, the TensorRT-ready Q/DQ ONNX, their FP16
+versions for strongly typed TensorRT (11.x), a calibration cache where an implicit INT8 path exists (DLA on
+JetPack 5/6), the recipe, golden inputs with FP32 reference outputs, a README with equivalent
 trtexec lines, and ``manifest.json`` — a regular build manifest (so the runtime can load a bundle) with a
 ``bundle`` section: the sha256 of every other file, the engine plan and what the workstation measured.
 
@@ -28,6 +29,10 @@ from ..errors import BadInputError
 BUNDLE_VERSION = 1
 FP32_ONNX = "model-fp32.onnx"
 QDQ_ONNX = "model-int8-qdq.onnx"
+FP16_ONNX = "model-fp16.onnx"  # strongly typed TensorRT: FP16 compute, FP32 I/O
+QDQ_FP16_ONNX = "model-int8-qdq-fp16.onnx"  # strongly typed TensorRT: the Q/DQ model, float regions in FP16
+#: engine_plan / engines.source_for keys -> file in the bundle
+MODEL_FILES = {"fp32": FP32_ONNX, "qdq": QDQ_ONNX, "fp16": FP16_ONNX, "qdq-fp16": QDQ_FP16_ONNX}
 CALIB_CACHE = "calibration.cache"
 RECIPE = "recipe.toml"
 README = "README.md"
@@ -95,21 +100,26 @@ def write_bundle(
     *,
     fp32_onnx: Path,
     qdq_onnx: Path,
-    calibration_cache: bytes,
+    calibration_cache: Optional[bytes],
     recipe_file: Optional[Path],
     golden: Golden,
     manifest: Dict[str, Any],
     readme: str,
+    typed_models: Optional[Dict[str, Path]] = None,
 ) -> Dict[str, str]:
     """Fill the empty directory ``root`` and write its manifest; returns {relative path: sha256} of every file.
 
     ``manifest`` is a build manifest (from manifest.make_manifest) whose artifacts already name
     FP32_ONNX and QDQ_ONNX relative to ``root``; its ``bundle`` section gets the hashes of the other files.
+    ``typed_models`` ("fp16", "qdq-fp16" -> path) are the strongly typed models; ``calibration_cache`` None: none.
     """
     root.mkdir(parents=True, exist_ok=False)
     shutil.copyfile(fp32_onnx, root / FP32_ONNX)
     shutil.copyfile(qdq_onnx, root / QDQ_ONNX)
-    (root / CALIB_CACHE).write_bytes(calibration_cache)
+    for key, path in (typed_models or {}).items():
+        shutil.copyfile(path, root / MODEL_FILES[key])
+    if calibration_cache is not None:
+        (root / CALIB_CACHE).write_bytes(calibration_cache)
     if recipe_file is not None and Path(recipe_file).is_file():
         shutil.copyfile(recipe_file, root / RECIPE)
     else:  # a recipe given as data only: the resolved values are in manifest.json

@@ -135,10 +135,10 @@ def scales_from_qdq(qdq_path: Union[str, Path]) -> Dict[str, float]:
     Weights (constant inputs) are skipped: TensorRT computes weight scales itself. Needs ``onnx``.
     """
     from ..optional import require
-    from .qdq_rules import _Graph
+    from .qdq_rules import OnnxGraph
 
     onnx = require("onnx", "read the Q/DQ model's scales")
-    g = _Graph(onnx.load(str(qdq_path)))
+    g = OnnxGraph(onnx.load(str(qdq_path)))
     scales: Dict[str, float] = {}
     for node in g.nodes:
         if node.op_type != "QuantizeLinear" or g.is_weight(node.input[0]):

@@ -8,6 +8,9 @@ One plan serves the workstation (pending rows in the report, the bundle README) 
 - DLA (when the recipe sets ``dla_core >= 0``): the same precisions on that DLA core with GPU fallback and a
   static batch (DLA has no dynamic shapes). DLA INT8 uses the FP32 ONNX plus the calibration cache
   (implicit quantization), the DLA path NVIDIA documents for scales that come from a Q/DQ model.
+
+The plan is the same for every TensorRT; the source model and flags per TensorRT are engines.source_for's:
+strongly typed TensorRT (11.x) builds the same engines from the FP16 ONNX and the FP16-region Q/DQ ONNX.
 """
 
 from __future__ import annotations
@@ -72,13 +75,18 @@ def _shape(batch: int, chw: Sequence[int]) -> str:
 
 def trtexec_command(
     spec: EngineSpec, onnx_file: str, input_name: str, chw: Sequence[int], engine_file: str,
-    cache_file: str = "calibration.cache", timing_cache_file: str = "timing.cache",
+    cache_file: str = "calibration.cache", timing_cache_file: str = "timing.cache", strongly_typed: bool = False,
 ) -> str:
-    """The trtexec line that builds the same engine as ``spec`` (for a device without resnext-deploy)."""
+    """The trtexec line that builds the same engine as ``spec`` (for a device without resnext-deploy).
+
+    ``strongly_typed``: TensorRT 11's trtexec, which has no --fp16, --int8 or --calib (``onnx_file`` is then the
+    FP16 ONNX or the FP16-region Q/DQ ONNX).
+    """
     parts = ["trtexec", f"--onnx={onnx_file}"]
-    parts += ["--int8", "--fp16"] if spec.precision == "int8" else ["--fp16"]
-    if spec.calibration_cache:
-        parts.append(f"--calib={cache_file}")
+    if not strongly_typed:
+        parts += ["--int8", "--fp16"] if spec.precision == "int8" else ["--fp16"]
+        if spec.calibration_cache:
+            parts.append(f"--calib={cache_file}")
     if spec.min_batch == spec.max_batch:
         parts.append(f"--shapes={input_name}:{_shape(spec.opt_batch, chw)}")
     else:

@@ -2,8 +2,10 @@
 
 Verifies the bundle, builds every planned engine with the local TensorRT (timing cache reused), runs the
 golden inputs through each and compares with the FP32 references under the recipe's tolerances, measures
-latency percentiles, and writes report.json / report.md and the engines into the bundle (its manifest
-then lists them, so the runtime loads them). Needs numpy and TensorRT only; runs on Python 3.8 (JetPack 5).
+latency percentiles, picks the faster engine that passes the golden checks, and writes report.json /
+report.md and the engines into the bundle (its manifest then lists them, so the runtime loads them). Says
+which row of the target's table (platforms.py) the device is, and refuses (a failed check, with the reason)
+an engine this TensorRT cannot build, e.g. DLA where it has none. Needs numpy and TensorRT only; runs on Python 3.8 (JetPack 5).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 from ..artifacts import Artifact, atomic_file
 from ..errors import BadInputError, MissingDependencyError
@@ -27,7 +29,7 @@ from ..evaluate import (
 from ..gate import Check, GateResult
 from ..progress import Progress
 from ..report import make_report, write_report
-from .bundle import CALIB_CACHE, ENGINES_DIR, FP32_ONNX, QDQ_ONNX, Bundle, read_bundle
+from .bundle import CALIB_CACHE, ENGINES_DIR, MODEL_FILES, Bundle, read_bundle
 from .calib_cache import read_calibration_cache, trt_version_tag
 from .engine_plan import EngineSpec
 
@@ -66,14 +68,8 @@ def golden_checks(name: str, precision: str, cmp: Dict[str, float], cfg: Dict[st
 def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> DeviceResult:
     """Build, check and time the bundle's engines on this machine; the gate result is returned, not raised."""
     from . import cuda_runtime as cuda
-    from .backend import (
-        TensorRtRunner,
-        build_engine,
-        is_jetson,
-        machine_record,
-        record_path,
-        tensorrt_module,
-    )
+    from .backend import TensorRtRunner, is_jetson, l4t_release, machine_record, tensorrt_module
+    from .engines import build_engines, features, record_path
 
     t_start = time.perf_counter()
     b = read_bundle(bundle_dir)
@@ -92,12 +88,15 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> D
     cfg = b.tensorrt
     specs = [_spec(d) for d in b.info["engines"]]
     here = machine_record(trt)
-    cache = read_calibration_cache(b.path(CALIB_CACHE))
-    notes = []
-    if cache.version != trt_version_tag(str(trt.__version__)):
-        notes.append(f"The calibration cache is labelled {cache.header}; it was relabelled for TensorRT {trt.__version__} "
-                     "(the scales are resnext-deploy's own and do not depend on the TensorRT version).")
-    cache_bytes = cache.with_version(str(trt.__version__)).to_bytes()
+    feats = features(trt)
+    notes = [platform_note(b.manifest["target"], str(trt.__version__), is_jetson(), l4t_release(), feats.typing)]
+    cache_bytes = None
+    if b.path(CALIB_CACHE).is_file() and feats.calibrator:
+        cache = read_calibration_cache(b.path(CALIB_CACHE))
+        if cache.version != trt_version_tag(str(trt.__version__)):
+            notes.append(f"The calibration cache is labelled {cache.header}; it was relabelled for TensorRT "
+                         f"{trt.__version__} (the scales are resnext-deploy's own and do not depend on the TensorRT version).")
+        cache_bytes = cache.with_version(str(trt.__version__)).to_bytes()
     if cfg["tensorrt_version"] and not str(trt.__version__).startswith(cfg["tensorrt_version"]):
         notes.append(f"The recipe expects TensorRT {cfg['tensorrt_version']}; this device has {trt.__version__}.")
 
@@ -111,25 +110,27 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> D
     stages: Dict[str, float] = {}
     arts: List[Artifact] = []
     budget = float(b.recipe["gates"].get("max_latency_ms") or 0)
-    for i, spec in enumerate(specs):
-        if progress:
-            progress("build engines", i, len(specs))
-        engine = engines_dir / f"{spec.name}.engine"
-        onnx = b.path(QDQ_ONNX if spec.source == "qdq" else FP32_ONNX)
-        record = build_engine(onnx, engine, spec.precision, cfg, spec.dla_core,
-                              cache_bytes if spec.calibration_cache else None, timing_cache,
-                              (spec.min_batch, spec.opt_batch, spec.max_batch))
+    models = {k: b.path(f) for k, f in MODEL_FILES.items() if b.path(f).is_file()}
+    for built in build_engines(specs, models, engines_dir, cfg, cache_bytes, timing_cache, progress, trt):
+        spec, engine = built.spec, built.engine
+        if built.record is None:
+            rows.append({"artifact": spec.name, "backend": "tensorrt", "precision": spec.precision, "pending": True,
+                         "reason": f"refused on this device: {built.refused}", "details": {"engine": spec.to_dict()}})
+            checks.append(Check(spec.name, "buildable_here", 0.0, 1.0, ">=", False))
+            notes.append(f"{spec.name} was not built: {built.refused}.")
+            continue
+        record = built.record
         stages[f"build {spec.name}"] = record["build_seconds"]
         art = Artifact.from_files(spec.name, [engine, record_path(engine)], b.root, kind="tensorrt-engine",
                                   backend="tensorrt", precision=spec.precision,
-                                  parent="onnx-int8-int8" if spec.source == "qdq" else "onnx-fp32",
+                                  parent="onnx-int8-int8" if spec.precision == "int8" else "onnx-fp32",
                                   stage="compile", settings=record)
         arts.append(art)
         with TensorRtRunner(engine, cfg) as runner:
             logits = runner.infer(golden.inputs)
             cmp = compare_logits(logits, golden.reference_fp32)
             timed = measure_latency(runner, golden.inputs, timing)
-            details = dict(runner.details)
+            details = dict(runner.details, typing=record.get("typing"), source_onnx=record["source"]["onnx"])
         if golden.reference_qdq is not None and spec.precision == "int8":
             details["vs_int8_qdq_reference"] = compare_logits(logits, golden.reference_qdq)
         labels = golden.labels
@@ -146,11 +147,10 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> D
             checks.append(Check(spec.name, "latency_p50_ms", p50, budget, "<=", p50 <= budget))
         log.info("%s: golden max|diff| %.4g, min cos %.6f, p50 %.3f ms", spec.name, cmp["max_abs_logit_diff"],
                  cmp["min_cosine"], m.latency_ms["p50"])
-    if progress:
-        progress("build engines", len(specs), len(specs))
     gate = GateResult(all(c.passed for c in checks), checks)
+    selection = select_engine(rows, checks)
     stages["total"] = time.perf_counter() - t_start
-    notes += _workstation_notes(b) + int8_vs_fp16_notes(rows)
+    notes += _workstation_notes(b) + int8_vs_fp16_notes(rows) + [selection["why"]]
     report = make_report(
         model=b.manifest["model"], target=b.manifest["target"], reference=b.manifest.get("reference", "onnx-fp32"),
         results=rows, gate=gate, stages=stages, notes=notes,
@@ -161,12 +161,47 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> D
                  "calibration_method": b.recipe["calibration"]["method"],
                  "calibration_seed": b.recipe["calibration"]["seed"],
                  "throughput_batch": timing.batch_size},
-        extra={"device": here, "bundle": b.info.get("name"), "measured_on": "device",
-               "workstation_results": b.info.get("workstation_results", [])},
+        extra={"device": here, "bundle": b.info.get("name"), "measured_on": "device", "tensorrt": feats.to_dict(),
+               "selection": selection, "workstation_results": b.info.get("workstation_results", [])},
     )
     write_report(report, b.root)
-    _record_engines(b, arts, here, gate)
+    _record_engines(b, arts, here, gate, selection)
     return DeviceResult(b.root, report, gate, [b.path(a.path) for a in arts])
+
+
+def platform_note(target: str, version: str, jetson: bool, l4t: Optional[str], typing: str) -> str:
+    """Which row of the target's table this device is (or that it is none of them), for the report."""
+    from .platforms import find_row, platforms_for
+
+    row = find_row(target, version, jetson)
+    where = f"TensorRT {version}" + (f", L4T {l4t}" if l4t else "") + f", {typing}ly typed"
+    if row is not None:
+        return f"This device matches the {target} row '{row.describe()}' ({where})."
+    known = "; ".join(p.describe() for p in platforms_for(target)) or "no table (a target of your own)"
+    return (f"This device ({where}) is not a row {target} was made for ({known}); engines are built by what this "
+            "TensorRT offers (feature detection), and anything it cannot build is refused below.")
+
+
+def select_engine(rows: List[Dict[str, Any]], checks: List[Check]) -> Dict[str, Any]:
+    """The faster (batch-1 p50) engine among those that passed their golden checks, both recorded, and why.
+
+    TensorRT's INT8 grouped convolutions can be slower than FP16 (NVIDIA/TensorRT#4529), so INT8 is not assumed.
+    """
+    failed = {c.artifact for c in checks if not c.passed and c.metric.startswith("golden_")}
+    measured = [r for r in rows if not r.get("pending")]
+    cands = [{"engine": r["artifact"], "precision": r["precision"], "p50_ms": r["latency_ms"]["p50"],
+              "passed_golden": r["artifact"] not in failed} for r in measured]
+    ok = sorted((c for c in cands if c["passed_golden"]), key=lambda c: c["p50_ms"])
+    if not ok:
+        return {"selected": None, "candidates": cands,
+                "why": "No engine was selected: none passed the golden checks (see the gate)."}
+    best = ok[0]
+    others = ", ".join(f"{c['engine']} {c['p50_ms']:.3f} ms" for c in ok[1:])
+    failing = ", ".join(c["engine"] for c in cands if not c["passed_golden"])
+    why = (f"Selected {best['engine']}: the fastest engine that passed the golden checks (batch-1 p50 "
+           f"{best['p50_ms']:.3f} ms" + (f"; also passed: {others}" if others else "") + ")"
+           + (f"; failed the golden checks: {failing}" if failing else "") + ".")
+    return {"selected": best["engine"], "candidates": cands, "why": why}
 
 
 def int8_vs_fp16_notes(rows: List[Dict[str, Any]]) -> List[str]:
@@ -193,12 +228,14 @@ def _workstation_notes(b: Bundle) -> List[str]:
             f"(agreement {q['agreement'] * 100:.2f}%). Here: golden images only, against the FP32 reference logits."]
 
 
-def _record_engines(b: Bundle, arts: List[Artifact], machine: Dict[str, Any], gate: GateResult) -> None:
+def _record_engines(b: Bundle, arts: List[Artifact], machine: Dict[str, Any], gate: GateResult,
+                    selection: Dict[str, Any]) -> None:
     """List the engines in the bundle's manifest (the shipped files' hashes stay as they were)."""
     manifest = dict(b.manifest)
     built = {a.name for a in arts}
     manifest["artifacts"] = [a for a in manifest["artifacts"] if a["name"] not in built] + [a.to_dict() for a in arts]
     manifest["device"] = {"machine": machine, "engines": sorted(built), "gate": gate.to_dict(),
+                          "selected": selection["selected"], "selection": selection,
                           "reports": ["report.json", "report.md"]}
     with atomic_file(b.root / "manifest.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")

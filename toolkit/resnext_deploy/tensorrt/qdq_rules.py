@@ -11,11 +11,14 @@ Runs on JetPack's Python 3.8: no 3.9+ syntax; ``onnx`` is imported lazily.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..errors import BadInputError
+
+log = logging.getLogger(__name__)
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -35,6 +38,15 @@ RULES: Dict[str, str] = {
     "q-without-dq": "a QuantizeLinear output feeds only DequantizeLinear nodes",
     "graph-output": "no graph output is produced by a QuantizeLinear or DequantizeLinear",
     "no-qdq": "the model has Q/DQ nodes (an INT8 engine from explicit quantization needs them)",
+}
+
+#: placements that are legal but stop TensorRT fusing a Conv with the residual Add it feeds (warnings, not errors).
+#: From TensorRT's Q/DQ placement recommendations and its quant_resnet50 example: Q/DQ on the residual input of
+#: the Add, none between the Conv and the Add, none on the Add's output when an activation follows it.
+FUSION_RULES: Dict[str, str] = {
+    "conv-add-qdq": "no Q/DQ between a Conv and the residual Add it feeds (TensorRT fuses Conv+Add only without it)",
+    "residual-unquantized": "the residual (identity) input of each Conv+Add is quantized (Q/DQ on it)",
+    "add-output-qdq": "no Q/DQ on the output of a Conv+Add that feeds an activation (the activation's output is quantized)",
 }
 
 # ONNX TensorProto element types (numbers from onnx.proto; no onnx import needed to name them)
@@ -65,6 +77,7 @@ class QdqReport:
     quantize_nodes: int
     dequantize_nodes: int
     violations: List[Violation] = field(default_factory=list)
+    warnings: List[Violation] = field(default_factory=list)  # FUSION_RULES: legal, but slower in TensorRT
 
     @property
     def passed(self) -> bool:
@@ -82,6 +95,7 @@ class QdqReport:
             "dequantize_nodes": self.dequantize_nodes,
             "passed": self.passed,
             "violations": [asdict(v) for v in self.violations],
+            "fusion_warnings": [asdict(v) for v in self.warnings],
         }
 
     def summary(self) -> str:
@@ -89,14 +103,15 @@ class QdqReport:
                 f"opset {self.opset}")
         if self.passed and not self.has_qdq:
             return f"{head}: no Q/DQ nodes, nothing to check (TensorRT builds such a model in float or from a calibration cache)"
-        if self.passed:
-            return f"{head}: meets TensorRT's Q/DQ rules ({len(RULES)} rules checked)"
-        lines = [f"{head}: {len(self.violations)} violation(s) of TensorRT's Q/DQ rules"]
-        lines += [f"  - {v}" for v in self.violations]
+        lines = [f"{head}: meets TensorRT's Q/DQ rules ({len(RULES)} rules checked)"] if self.passed else (
+            [f"{head}: {len(self.violations)} violation(s) of TensorRT's Q/DQ rules"] + [f"  - {v}" for v in self.violations])
+        if self.warnings:
+            lines.append(f"  {len(self.warnings)} placement(s) that block TensorRT's Conv+Add fusion (slower, not wrong):")
+            lines += [f"  - {v}" for v in self.warnings]
         return "\n".join(lines)
 
 
-class _Graph:
+class OnnxGraph:
     """The parts of an ONNX graph the rules look at: constants, producers, consumers, dtypes."""
 
     def __init__(self, proto: Any) -> None:
@@ -142,6 +157,111 @@ class _Graph:
         return prod is not None and prod.op_type == "QuantizeLinear" and prod.input[0] in self.constants
 
 
+    def real_source(self, name: str) -> Tuple[str, List[Any]]:
+        """The tensor ``name`` carries before any Q/DQ (DQ <- Q <- x gives x) and the Q/DQ nodes passed."""
+        passed: List[Any] = []
+        prod = self.producer.get(name)
+        while prod is not None and prod.op_type in QDQ_OPS and prod.input[0] not in self.constants:
+            passed.append(prod)
+            name = prod.input[0]
+            prod = self.producer.get(name)
+        return name, passed
+
+    def distances(self, name: str) -> Dict[str, int]:
+        """Every tensor ``name`` is computed from -> how many compute nodes (Q/DQ not counted) lie between them."""
+        from collections import deque
+
+        dist = {name: 0}
+        todo = deque([name])
+        while todo:
+            t = todo.popleft()
+            prod = self.producer.get(t)
+            if prod is None:
+                continue
+            step = 0 if prod.op_type in QDQ_OPS else 1
+            for inp in prod.input:
+                if not inp or inp in self.constants:
+                    continue
+                d = dist[t] + step
+                if d < dist.get(inp, 1 << 30):
+                    dist[inp] = d
+                    (todo.appendleft if step == 0 else todo.append)(inp)
+        return dist
+
+
+@dataclass(frozen=True)
+class ResidualAdd:
+    """An Add of a Conv's output (the backbone, which TensorRT fuses into the Conv) and a residual input."""
+
+    add: Any
+    backbone: int  # index of the Add input coming from the fused Conv
+    residual: int
+    conv: Any
+
+    @property
+    def name(self) -> str:
+        return str(self.add.name or self.add.output[0])
+
+
+def residual_adds(g: OnnxGraph) -> List[ResidualAdd]:
+    """The Adds TensorRT can fuse with a Conv: two computed inputs, one of them a Conv's output.
+
+    Which input is the backbone follows ModelOpt's rule for residual Adds: from the inputs' lowest common
+    ancestor, the longer path is the backbone (the block's convolutions), the shorter the shortcut (identity,
+    or the projection Conv of a downsampling block). The backbone must come from a Conv.
+    """
+    out: List[ResidualAdd] = []
+    for node in g.nodes:
+        if node.op_type != "Add" or len(node.input) != 2 or any(i in g.constants for i in node.input):
+            continue
+        d0, d1 = g.distances(node.input[0]), g.distances(node.input[1])
+        common = set(d0) & set(d1)
+        if not common:
+            continue
+        lca = min(common, key=lambda t: (d0[t] + d1[t], t))
+        if d0[lca] == d1[lca]:
+            continue  # symmetric branches: no shortcut to tell apart
+        backbone = 0 if d0[lca] > d1[lca] else 1
+        conv = g.producer.get(g.real_source(node.input[backbone])[0])
+        if conv is not None and conv.op_type == "Conv":
+            out.append(ResidualAdd(node, backbone, 1 - backbone, conv))
+    return out
+
+
+#: activations TensorRT fuses after Conv+Add (the Q/DQ then belongs on their output)
+FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh")
+
+
+def fusion_warnings(g: OnnxGraph) -> List[Violation]:
+    """Q/DQ placements (FUSION_RULES) that keep TensorRT from fusing each Conv with the residual Add it feeds."""
+    out: List[Violation] = []
+    if not any(n.op_type in QDQ_OPS for n in g.nodes):
+        return out  # a float model: nothing placed
+    for ra in residual_adds(g):
+        add = ra.add
+        src, passed = g.real_source(add.input[ra.backbone])
+        if passed:
+            out.append(Violation("conv-add-qdq", ra.name, "Add",
+                                 f"Q/DQ ({', '.join(n.name or n.op_type for n in passed)}) sits between Conv "
+                                 f"'{ra.conv.name}' and this Add; TensorRT fuses Conv+Add only when the Conv output "
+                                 "reaches the Add unquantized."))
+        res = g.producer.get(add.input[ra.residual])
+        if res is None or res.op_type != "DequantizeLinear":
+            out.append(Violation("residual-unquantized", ra.name, "Add",
+                                 f"its residual input '{add.input[ra.residual]}' has no Q/DQ; TensorRT wants the "
+                                 "residual input quantized so the Add runs in INT8 inside the fused Conv."))
+        for q, _ in g.consumers.get(add.output[0], []):
+            if q.op_type != "QuantizeLinear":
+                continue
+            after = [c for dq, _ in g.consumers.get(q.output[0], []) for c, _ in g.consumers.get(dq.output[0], [])]
+            if after and all(c.op_type in FUSED_ACTIVATIONS for c in after):
+                out.append(Violation("add-output-qdq", ra.name, "Add",
+                                     f"its output is quantized ('{q.name}') before {after[0].op_type} "
+                                     f"'{after[0].name}'; TensorRT fuses Conv+Add+{after[0].op_type} and wants "
+                                     "the Q/DQ after the activation only."))
+    return out
+
+
 def _label(node: Any, index: int) -> str:
     return node.name or f"<unnamed {node.op_type} #{index} -> {node.output[0] if node.output else '?'}>"
 
@@ -166,7 +286,7 @@ def _weight_axis(consumer: Any, index: int, rank: int) -> Optional[int]:
     return None
 
 
-def _quantized_dtype(node: Any, g: _Graph) -> Optional[int]:
+def _quantized_dtype(node: Any, g: OnnxGraph) -> Optional[int]:
     """The integer type a Q produces or a DQ consumes (ONNX: the zero-point's type)."""
     if len(node.input) > 2 and node.input[2]:
         dt = g.dtypes.get(node.input[2])
@@ -185,7 +305,7 @@ def _quantized_dtype(node: Any, g: _Graph) -> Optional[int]:
     return _UINT8 if node.op_type == "QuantizeLinear" else None  # ONNX's default without a zero-point
 
 
-def _check_node(node: Any, index: int, g: _Graph, opset: int) -> List[Violation]:
+def _check_node(node: Any, index: int, g: OnnxGraph, opset: int) -> List[Violation]:
     import numpy as np
 
     out: List[Violation] = []
@@ -259,7 +379,7 @@ def _check_node(node: Any, index: int, g: _Graph, opset: int) -> List[Violation]
     return out
 
 
-def _check_weight_axis(node: Any, name: str, g: _Graph, count: int) -> List[Violation]:
+def _check_weight_axis(node: Any, name: str, g: OnnxGraph, count: int) -> List[Violation]:
     out = []
     src = node.input[0]
     if src not in g.constants:  # Q -> DQ on a float weight: look at the float constant
@@ -305,13 +425,16 @@ def check_qdq_model(model: Union[str, Path, Any], require_qdq: bool = False) -> 
         label = str(path)
     else:
         proto, label = model, model.graph.name or "<model>"
-    g = _Graph(proto)
+    g = OnnxGraph(proto)
     opset = _opset(proto)
     qdq = [(i, n) for i, n in enumerate(g.nodes) if n.op_type in QDQ_OPS]
     report = QdqReport(label, opset, sum(1 for _, n in qdq if n.op_type == "QuantizeLinear"),
                        sum(1 for _, n in qdq if n.op_type == "DequantizeLinear"))
     for i, node in qdq:
         report.violations += _check_node(node, i, g, opset)
+    report.warnings = fusion_warnings(g)
+    for w in report.warnings:
+        log.warning("%s: %s", label, w)
     if require_qdq and not qdq:
         report.violations.append(Violation("no-qdq", label, "model", "has no QuantizeLinear/DequantizeLinear nodes; "
                                            "an explicitly quantized INT8 engine needs a Q/DQ model."))

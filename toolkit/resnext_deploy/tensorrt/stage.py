@@ -10,6 +10,7 @@ reported as pending, never guessed.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -28,7 +29,9 @@ from ..progress import Progress, step_progress
 from ..sampling import evenly_spaced
 from .bundle import (
     CALIB_CACHE,
+    FP16_ONNX,
     FP32_ONNX,
+    QDQ_FP16_ONNX,
     QDQ_ONNX,
     Golden,
     bundle_artifact,
@@ -37,6 +40,7 @@ from .bundle import (
 )
 from .calib_cache import cache_from_qdq
 from .engine_plan import EngineSpec, plan_engines, trtexec_command
+from .platforms import ships_calibration_cache, target_summary
 
 log = logging.getLogger(__name__)
 
@@ -83,23 +87,32 @@ def tensorrt_stage(ctx: BuildContext, artifacts: List[Artifact], results: List[D
 
     timing = TimingConfig.from_recipe(recipe.section("evaluation"))
     specs = plan_engines(cfg)
+    typed_dir = stage_dir / "tensorrt-typed"
+    typed = _strongly_typed_models(fp32.abspath(stage_dir), qdq.abspath(stage_dir), typed_dir)
+    models = {"fp32": fp32.abspath(stage_dir), "qdq": qdq.abspath(stage_dir), **typed}
     why_not = engines_here(recipe)
     if why_not is None:
         reference = ctx.reference_logits
-        out.artifacts, rows = _build_engines_here(specs, fp32, qdq, cache, cfg, valset, reference, timing, stage_dir, progress)
+        out.artifacts, rows = _build_engines_here(specs, models, fp32, qdq, cache, cfg, valset, reference, timing,
+                                                  stage_dir, progress)
         out.results += rows
         return out
     for spec in specs:
         out.results.append({"artifact": spec.name, "backend": "tensorrt", "precision": spec.precision, "pending": True,
                             "reason": f"{why_not}: built and measured on the device by `resnext-deploy compile --bundle`",
                             "details": {"engine": spec.to_dict()}})
+    ship_cache = ships_calibration_cache(recipe.target, int(cfg["dla_core"]))
     bundle_name = f"{src.name}-{recipe.target}-bundle"
     root = stage_dir / bundle_name
     golden = _golden(src, recipe, fp32, qdq, valset, stage_dir, cfg["golden_images"])
+    out.extra["strongly_typed_models"] = _typed_closeness(typed, golden, recipe)
+    out.extra["calibration_cache"]["shipped"] = ship_cache
     manifest = _bundle_manifest(src, recipe, fp32, qdq, specs, out, results, valset, stage_dir)
     write_bundle(root, fp32_onnx=fp32.abspath(stage_dir), qdq_onnx=qdq.abspath(stage_dir),
-                 calibration_cache=cache.to_bytes(), recipe_file=Path(recipe.source),
-                 golden=golden, manifest=manifest, readme=render_readme(src, recipe, specs, manifest, golden))
+                 calibration_cache=cache.to_bytes() if ship_cache else None, recipe_file=Path(recipe.source),
+                 golden=golden, manifest=manifest, readme=render_readme(src, recipe, specs, manifest, golden),
+                 typed_models=typed)
+    shutil.rmtree(typed_dir)
     tar = tar_bundle(root, stage_dir / f"{bundle_name}.tar.gz")
     out.artifacts.append(bundle_artifact(root, stage_dir, tar, parent=qdq.name))
     out.extra["bundle"] = {"directory": bundle_name, "archive": tar.name, "engines": [s.name for s in specs],
@@ -109,6 +122,31 @@ def tensorrt_stage(ctx: BuildContext, artifacts: List[Artifact], results: List[D
         f"(and {tar.name}) builds and checks them on the device: `resnext-deploy compile --bundle {bundle_name}`."
     )
     log.info("TensorRT bundle written: %s", root)
+    return out
+
+
+def _strongly_typed_models(fp32: Path, qdq: Path, out_dir: Path) -> Dict[str, Path]:
+    """The FP16 ONNX and the FP16-region Q/DQ ONNX strongly typed TensorRT (11.x) builds from (float16.py)."""
+    from .float16 import fp16_from_onnx, fp16_qdq_from_qdq
+
+    out_dir.mkdir(exist_ok=True)
+    return {"fp16": fp16_from_onnx(fp32, out_dir / FP16_ONNX),
+            "qdq-fp16": fp16_qdq_from_qdq(qdq, out_dir / QDQ_FP16_ONNX)}
+
+
+def _typed_closeness(typed: Dict[str, Path], golden: Golden, recipe: Any) -> Dict[str, Any]:
+    """How close the FP16 models stay to their FP32 counterparts on the golden images (ONNX Runtime, CPU)."""
+    from ..evaluate import compare_logits
+
+    ort = backends.get("onnxruntime")
+    out = {}
+    for key, ref in (("fp16", golden.reference_fp32), ("qdq-fp16", golden.reference_qdq)):
+        with ort.load(typed[key], recipe.backend("onnxruntime")) as r:
+            logits = r.infer(golden.inputs)
+        cmp = compare_logits(logits, ref)
+        out[key] = {"file": FP16_ONNX if key == "fp16" else QDQ_FP16_ONNX,
+                    "against": "model-fp32.onnx" if key == "fp16" else "model-int8-qdq.onnx",
+                    "images": int(len(logits)), **{k: float(v) for k, v in cmp.items()}}
     return out
 
 
@@ -160,17 +198,20 @@ def _bundle_manifest(src: Any, recipe: Any, fp32: Artifact, qdq: Artifact, specs
                 "input": {"name": "input", "shape_chw": list(src.preprocessing.input_shape)},
                 "calibration_cache": dict(out.extra["calibration_cache"], file=CALIB_CACHE, for_model=FP32_ONNX),
                 "qdq_check": out.extra["qdq_check"],
+                "strongly_typed_models": out.extra["strongly_typed_models"],
+                "platforms": target_summary(recipe.target),
                 "workstation_results": [r for r in measured if not r.get("pending")],
             },
         },
     )
 
 
-def _build_engines_here(specs: List[EngineSpec], fp32: Artifact, qdq: Artifact, cache: Any, cfg: Dict[str, Any],
-                        valset: LoadedImages, reference: np.ndarray, timing: TimingConfig, stage_dir: Path,
-                        progress: Progress) -> "tuple":
+def _build_engines_here(specs: List[EngineSpec], models: Dict[str, Path], fp32: Artifact, qdq: Artifact, cache: Any,
+                        cfg: Dict[str, Any], valset: LoadedImages, reference: np.ndarray, timing: TimingConfig,
+                        stage_dir: Path, progress: Progress) -> "tuple":
     """Build and evaluate every engine on this machine (a GPU box, or the Jetson itself)."""
-    from .backend import build_engine, record_path, tensorrt_module
+    from .backend import tensorrt_module
+    from .engines import build_engines, record_path
 
     trt = tensorrt_module()
     cache_bytes = cache.with_version(str(trt.__version__)).to_bytes()
@@ -178,17 +219,18 @@ def _build_engines_here(specs: List[EngineSpec], fp32: Artifact, qdq: Artifact, 
     out_dir.mkdir(exist_ok=True)
     timing_cache = out_dir / "timing.cache" if cfg["timing_cache"] else None
     arts, rows = [], []
-    for spec in specs:
-        engine = out_dir / f"{spec.name}.engine"
-        src = qdq if spec.source == "qdq" else fp32
-        record = build_engine(src.abspath(stage_dir), engine, spec.precision, cfg, spec.dla_core,
-                              cache_bytes if spec.calibration_cache else None, timing_cache,
-                              (spec.min_batch, spec.opt_batch, spec.max_batch))
-        art = Artifact.from_files(spec.name, [engine, record_path(engine)], stage_dir, kind="tensorrt-engine",
-                                  backend="tensorrt", precision=spec.precision, parent=src.name, stage="compile",
-                                  settings=record)
+    for b in build_engines(specs, models, out_dir, cfg, cache_bytes, timing_cache, progress, trt):
+        spec = b.spec
+        if b.record is None:
+            rows.append({"artifact": spec.name, "backend": "tensorrt", "precision": spec.precision, "pending": True,
+                         "reason": f"refused on this machine: {b.refused}", "details": {"engine": spec.to_dict()}})
+            continue
+        parent = qdq.name if spec.precision == "int8" and not spec.calibration_cache else fp32.name
+        art = Artifact.from_files(spec.name, [b.engine, record_path(b.engine)], stage_dir, kind="tensorrt-engine",
+                                  backend="tensorrt", precision=spec.precision, parent=parent, stage="compile",
+                                  settings=b.record)
         arts.append(art)
-        with backends.get("tensorrt").load(engine, cfg) as runner:
+        with backends.get("tensorrt").load(b.engine, cfg) as runner:
             m, _ = evaluate_runner(spec.name, runner, valset.data, valset.labels, reference, timing, spec.precision,
                                    art.size_bytes(stage_dir), step_progress(progress, f"evaluate {spec.name}"))
             rows.append(m.to_dict())
@@ -203,6 +245,8 @@ def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict
     pre = manifest["preprocessing"]
     jp = f"JetPack {cfg['jetpack']}, " if cfg["jetpack"] else ""
     cache_hdr = b["calibration_cache"]["header"]
+    shipped = b["calibration_cache"].get("shipped", True)
+    typed = b["strongly_typed_models"]
     rows = []
     for r in b["workstation_results"]:
         rows.append(f"| `{r['artifact']}` | {r['precision']} | {r['top1'] * 100:.2f} | {r['top5'] * 100:.2f} | "
@@ -223,8 +267,15 @@ def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict
         f"| `{QDQ_ONNX}` | the TensorRT-ready INT8 model: Q/DQ with int8 symmetric activations (zero-point 0), per-channel "
         f"int8 weights, float biases, no Q/DQ on the output; {b['qdq_check']['quantize_nodes']} QuantizeLinear, "
         f"{len(b['qdq_check']['violations'])} violations of TensorRT's Q/DQ rules |",
+        f"| `{FP16_ONNX}` | the float model in FP16 with FP32 input/output, for strongly typed TensorRT (11.x); on the "
+        f"golden images max abs logit diff {typed['fp16']['max_abs_logit_diff']:.3g} vs `{FP32_ONNX}` (ONNX Runtime) |",
+        f"| `{QDQ_FP16_ONNX}` | `{QDQ_ONNX}` with its float regions (and scales) in FP16, opset 19, for strongly typed "
+        f"TensorRT; max abs logit diff {typed['qdq-fp16']['max_abs_logit_diff']:.3g} vs `{QDQ_ONNX}` |",
+    ] + ([
         f"| `{CALIB_CACHE}` | activation scales for `{FP32_ONNX}` ({b['calibration_cache']['tensors']} tensors, "
-        f"{b['calibration_cache']['method']} calibration), header `{cache_hdr}`: for implicit INT8 (DLA, trtexec `--calib`) |",
+        f"{b['calibration_cache']['method']} calibration), header `{cache_hdr}`: for implicit INT8 (DLA on TensorRT "
+        "8.5 to 10.x, trtexec `--calib`) |",
+    ] if shipped else []) + [
         "| `recipe.toml` | the recipe this was built with (every resolved value is in `manifest.json`) |",
         "| `manifest.json` | sha256 of every file, preprocessing, labels, engine plan, what the workstation measured |",
         f"| `golden/` | {len(golden.inputs)} preprocessed validation images (`inputs.npy`), their FP32 reference logits "
@@ -262,36 +313,53 @@ def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict
         "|---|---|---|---|---|---|",
     ]
     for s in specs:
-        lines.append(f"| `{s.name}` | {s.precision} | `{QDQ_ONNX if s.source == 'qdq' else FP32_ONNX}` | {s.quantization} | "
+        lines.append(f"| `{s.name}` | {s.precision} | `{QDQ_ONNX if s.source == 'qdq' else FP32_ONNX}` (strongly typed: "
+                     f"`{QDQ_FP16_ONNX if s.precision == 'int8' else FP16_ONNX}`) | {s.quantization} | "
                      f"{s.device} | {s.min_batch}/{s.opt_batch}/{s.max_batch} |")
+    rows_here = b.get("platforms") or []
+    if rows_here:
+        lines += ["", "Made for: " + "; ".join(rows_here) + ". `compile --bundle` says which it found, builds weakly "
+                  "typed (builder flags) or strongly typed (TensorRT 11: the FP16 models) by what the TensorRT there "
+                  "offers, refuses what it cannot build (e.g. a DLA engine where TensorRT has no DLA) and picks the "
+                  "faster engine that passes the golden checks."]
     tol = (f"Tolerances on the golden images: top-1 agreement with FP32 >= {cfg['golden_min_agreement']}; FP16 engines "
            f"max |diff| <= {cfg['fp16_max_abs_diff']} and cosine >= {cfg['fp16_min_cosine']}; INT8 engines max |diff| <= "
            f"{cfg['int8_max_abs_diff']} and cosine >= {cfg['int8_min_cosine']}.")
     lines += ["", tol, "", "## Without resnext-deploy: trtexec", "",
-              "The same engines with TensorRT's `trtexec` (on a Jetson: `/usr/src/tensorrt/bin/trtexec`):", "", "```bash",
-              "mkdir -p engines"]
+              "The same engines with TensorRT's `trtexec` (on a Jetson: `/usr/src/tensorrt/bin/trtexec`), TensorRT 8.5 "
+              "to 10.x:", "", "```bash", "mkdir -p engines"]
     for s in specs:
+        if s.calibration_cache and not shipped:
+            continue
         onnx_file = QDQ_ONNX if s.source == "qdq" else FP32_ONNX
         lines.append(trtexec_command(s, onnx_file, "input", chw, f"engines/{s.name}.engine", CALIB_CACHE, "engines/timing.cache"))
     gpu_int8 = next((s for s in specs if s.precision == "int8" and s.dla_core < 0), None)
-    if gpu_int8 is not None:
+    if gpu_int8 is not None and shipped:
         implicit = EngineSpec(gpu_int8.name + "-calib", "int8", "fp32", -1, False, True, gpu_int8.min_batch,
                               gpu_int8.opt_batch, gpu_int8.max_batch, gpu_int8.workspace_mb)
         lines += ["# or INT8 from the float model and the calibration cache (implicit quantization, older TensorRT):",
                   trtexec_command(implicit, FP32_ONNX, "input", chw, f"engines/{implicit.name}.engine", CALIB_CACHE,
                                   "engines/timing.cache")]
+    lines += ["# TensorRT 11 (strongly typed: no --fp16/--int8/--calib; the types in the ONNX are the precision):"]
+    for s in specs:
+        onnx_file = QDQ_FP16_ONNX if s.precision == "int8" else FP16_ONNX
+        lines.append(trtexec_command(s, onnx_file, "input", chw, f"engines/{s.name}.engine", CALIB_CACHE,
+                                     "engines/timing.cache", strongly_typed=True))
     lines += [
         "# latency of an engine (add --useDLACore=N for a DLA engine):",
         f"trtexec --loadEngine=engines/{specs[0].name}.engine --shapes=input:1x{'x'.join(map(str, chw))}",
         "```",
         "",
-        f"TensorRT only reads a calibration cache whose header names its own version (`{cache_hdr}` is TensorRT "
-        f"{cfg['tensorrt_version']}). With another TensorRT, relabel the first line: TRT-<major*1000+minor*100+patch>"
-        "-EntropyCalibration2 for TensorRT 8.x (8.6.2 -> 8602), TRT-<major*10000+minor*100+patch>-EntropyCalibration2 "
-        "for 10.x (10.3.0 -> 100300); `resnext-deploy compile --bundle` does this itself. The scales come from "
-        "resnext-deploy's calibration, not from TensorRT's calibrator, so relabelling does not change them.",
-        "",
     ]
+    if shipped:
+        lines += [
+            f"TensorRT only reads a calibration cache whose header names its own version (`{cache_hdr}` is TensorRT "
+            f"{cfg['tensorrt_version']}). With another TensorRT, relabel the first line: TRT-<major*1000+minor*100+patch>"
+            "-EntropyCalibration2 for TensorRT 8.x (8.6.2 -> 8602), TRT-<major*10000+minor*100+patch>-EntropyCalibration2 "
+            "for 10.x (10.3.0 -> 100300); `resnext-deploy compile --bundle` does this itself. The scales come from "
+            "resnext-deploy's calibration, not from TensorRT's calibrator, so relabelling does not change them.",
+            "",
+        ]
     return "\n".join(lines)
 
 
