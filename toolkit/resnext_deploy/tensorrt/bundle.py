@@ -204,7 +204,11 @@ def read_bundle(root: Union[str, Path]) -> Bundle:
 
     index = json.loads((root / GOLDEN_INDEX).read_text())
     labels = index.get("labels")
-    golden = Golden(load(GOLDEN_INPUTS), load(GOLDEN_FP32), load(GOLDEN_QDQ),
+    inputs, reference = load(GOLDEN_INPUTS), load(GOLDEN_FP32)
+    if inputs is None or reference is None:
+        raise BadInputError(f"The bundle '{root}' lacks its golden inputs or FP32 references ({GOLDEN_INPUTS}, "
+                            f"{GOLDEN_FP32}): rebuild the bundle on the workstation.")
+    golden = Golden(inputs, reference, load(GOLDEN_QDQ),
                     None if labels is None else np.asarray(labels), list(index.get("files", [])))
     return Bundle(root, manifest, golden)
 

@@ -22,10 +22,13 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ..artifacts import atomic_file, sha256_file
 from ..errors import BadInputError, InternalError
+
+if TYPE_CHECKING:  # the published tensorrt-stubs (10.x) check the calls below; nothing is imported at run time
+    import tensorrt as trt_t
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,8 @@ def dla_cores(trt: Any) -> int:
     return int(getattr(trt.Builder(logger(trt)), "num_DLA_cores", 0) or 0)
 
 
-def _weak_precision(trt: Any, config: Any, precision: str, calibration_cache: Optional[bytes], profile: Any) -> List[str]:
+def _weak_precision(trt: Any, config: "trt_t.IBuilderConfig", precision: str, calibration_cache: Optional[bytes],
+                    profile: "trt_t.IOptimizationProfile") -> List[str]:
     """Builder flags for 8.5 .. 10.x: FP16, and INT8 + FP16 (+ the cache's calibrator for implicit INT8)."""
     used = ["FP16"]
     config.set_flag(trt.BuilderFlag.FP16)
@@ -135,7 +139,7 @@ def _weak_precision(trt: Any, config: Any, precision: str, calibration_cache: Op
     return used
 
 
-def _network(trt: Any, builder: Any, feats: Features) -> Any:
+def _network(trt: Any, builder: "trt_t.Builder", feats: Features) -> "trt_t.INetworkDefinition":
     if feats.implicit_batch:  # 8.x: ONNX needs an explicit-batch network
         return builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
     return builder.create_network(0)  # 10.x: always explicit batch; 11.x: always strongly typed as well
@@ -169,20 +173,21 @@ def engine_from_onnx(
                             "come from the Q/DQ ONNX, not from a calibration cache. The engine plan asked otherwise.")
     t0 = time.perf_counter()
     lg = logger(trt)
-    builder = trt.Builder(lg)
+    builder: "trt_t.Builder" = trt.Builder(lg)
     network = _network(trt, builder, feats)
-    parser = trt.OnnxParser(network, lg)
+    parser: "trt_t.OnnxParser" = trt.OnnxParser(network, lg)
     if not parser.parse(Path(onnx_path).read_bytes(), str(onnx_path)):
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise InternalError(f"TensorRT's ONNX parser rejected '{onnx_path}': {'; '.join(errs) or lg.errors}")
     inp = network.get_input(0)
-    chw = tuple(int(d) for d in tuple(inp.shape)[1:])
+    shape = inp.shape
+    chw = tuple(int(shape[i]) for i in range(1, len(shape)))
     lo, opt, hi = batch or (int(settings["min_batch"]), int(settings["opt_batch"]), int(settings["max_batch"]))
 
-    config = builder.create_builder_config()
+    config: "trt_t.IBuilderConfig" = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings["workspace_mb"]) << 20)
     profile = builder.create_optimization_profile()
-    profile.set_shape(inp.name, (lo,) + chw, (opt,) + chw, (hi,) + chw)
+    profile.set_shape(inp.name, (lo,) + chw, (opt,) + chw, (hi,) + chw)  # type: ignore[arg-type]  # tuple -> Dims (pybind11)
     config.add_optimization_profile(profile)
     used = _weak_precision(trt, config, precision, calibration_cache, profile) if feats.weakly_typed else []
     if dla_core >= 0:

@@ -134,11 +134,12 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> D
         if golden.reference_qdq is not None and spec.precision == "int8":
             details["vs_int8_qdq_reference"] = compare_logits(logits, golden.reference_qdq)
         labels = golden.labels
+        measured: Dict[str, Any] = {**cmp, **timed}
         m = Metrics(
             artifact=spec.name, backend="tensorrt", precision=spec.precision, images=int(len(logits)),
             top1=topk_accuracy(logits, labels, 1) if labels is not None else float("nan"),
             top5=topk_accuracy(logits, labels, 5) if labels is not None else float("nan"),
-            size_bytes=art.size_bytes(b.root), details=details, **cmp, **timed,
+            size_bytes=art.size_bytes(b.root), details=details, **measured,
         )
         rows.append(m.to_dict())
         checks += golden_checks(spec.name, spec.precision, cmp, cfg)

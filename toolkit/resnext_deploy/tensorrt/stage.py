@@ -141,6 +141,8 @@ def _typed_closeness(typed: Dict[str, Path], golden: Golden, recipe: Any) -> Dic
     ort = backends.get("onnxruntime")
     out = {}
     for key, ref in (("fp16", golden.reference_fp32), ("qdq-fp16", golden.reference_qdq)):
+        if ref is None:
+            continue
         with ort.load(typed[key], recipe.backend("onnxruntime")) as r:
             logits = r.infer(golden.inputs)
         cmp = compare_logits(logits, ref)
@@ -159,6 +161,12 @@ def evaluate_qdq(ctx: BuildContext, artifacts: List[Artifact]) -> Dict[str, Any]
     qdq = next(a for a in artifacts if a.name == QDQ_ARTIFACT)
     return evaluate_artifact(ctx, qdq, runner_backend="onnxruntime",
                              role="the Q/DQ model TensorRT builds its INT8 engine from, run by ONNX Runtime's CPU kernels")
+
+
+def _labels(valset: LoadedImages) -> np.ndarray:
+    if valset.labels is None:
+        raise InternalError("The TensorRT stage needs labeled validation images (ImageFolder layout).")
+    return valset.labels
 
 
 def _golden(src: Any, recipe: Any, fp32: Artifact, qdq: Artifact, valset: LoadedImages, stage_dir: Path, k: int) -> Golden:
@@ -231,7 +239,7 @@ def _build_engines_here(specs: List[EngineSpec], models: Dict[str, Path], fp32: 
                                   settings=b.record)
         arts.append(art)
         with backends.get("tensorrt").load(b.engine, cfg) as runner:
-            m, _ = evaluate_runner(spec.name, runner, valset.data, valset.labels, reference, timing, spec.precision,
+            m, _ = evaluate_runner(spec.name, runner, valset.data, _labels(valset), reference, timing, spec.precision,
                                    art.size_bytes(stage_dir), step_progress(progress, f"evaluate {spec.name}"))
             rows.append(m.to_dict())
     return arts, rows
