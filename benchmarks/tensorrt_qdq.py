@@ -6,6 +6,13 @@
 For the TensorRT (int8) flavour it compares ONNX Runtime's own Q/DQ placement with ours (tensorrt/qdq_placement.py):
 Q/DQ node counts, placements that block Conv+Add fusion, and accuracy against the FP32 model; then the FP16 ONNX
 and the FP16-region Q/DQ ONNX that strongly typed TensorRT (11.x) builds from. Writes JSON with --out.
+
+    --modelopt /work/venvs/modelopt/bin/python   # also NVIDIA ModelOpt's ONNX PTQ, side by side
+
+ModelOpt (``pip install 'nvidia-modelopt[onnx]'``, ~6.6 GB: torch with CUDA, onnxruntime-gpu, a pinned onnx) runs in its
+own interpreter, in a child process, on the same FP32 ONNX and the same calibration images (saved as .npy), on the
+CPU (``--calibration_eps cpu``), with FP32 float regions (``--high_precision_dtype fp32``) so that ONNX Runtime's CPU
+runs it like ours; calibration ``max`` (= our minmax) and its default ``entropy``.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=128)
     ap.add_argument("--val", type=int, default=0, help="validation images (0: all)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--modelopt", type=Path, default=None, help="a Python with nvidia-modelopt[onnx] installed")
+    ap.add_argument("--modelopt-methods", default="max,entropy", help="ModelOpt calibration methods to run")
     args = ap.parse_args()
 
     from resnext_deploy import backends
@@ -74,6 +83,23 @@ def main() -> None:
     fp16_from_onnx(fp32, work / "fp16.onnx")
     fp16_qdq_from_qdq(work / "ours.onnx", work / "ours-fp16.onnx")
 
+    extra_models = []
+    if args.modelopt:
+        import subprocess
+
+        np.save(work / "calib.npy", cal.data)
+        for method in args.modelopt_methods.split(","):
+            out = work / f"modelopt-{method}.onnx"
+            cmd = [str(args.modelopt), "-m", "modelopt.onnx.quantization", "--onnx_path", str(fp32),
+                   "--quantize_mode", "int8", "--calibration_data_path", str(work / "calib.npy"),
+                   "--calibration_method", method, "--calibration_eps", "cpu", "--high_precision_dtype", "fp32",
+                   "--output_path", str(out)]
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise SystemExit(f"ModelOpt failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
+            extra_models.append((f"int8 ModelOpt ({method})", out, round(time.perf_counter() - t0, 1)))
+
     ort = backends.get("onnxruntime")
     cfg = recipe.backend("onnxruntime")
 
@@ -83,8 +109,9 @@ def main() -> None:
 
     ref = run(fp32)
     rows = {}
-    for name, path in [("fp32", fp32), ("int8 ORT placement", work / "ort.onnx"), ("int8 ours", work / "ours.onnx"),
-                       ("fp16", work / "fp16.onnx"), ("int8 ours, FP16 regions", work / "ours-fp16.onnx")]:
+    models = [("fp32", fp32), ("int8 ORT placement", work / "ort.onnx"), ("int8 ours", work / "ours.onnx"),
+              ("fp16", work / "fp16.onnx"), ("int8 ours, FP16 regions", work / "ours-fp16.onnx")]
+    for name, path in models + [(n, p) for n, p, _ in extra_models]:
         logits = run(path)
         row = dict(compare_logits(logits, ref), top1=topk_accuracy(logits, val.labels, 1))
         if name.startswith("int8"):
@@ -92,6 +119,8 @@ def main() -> None:
             if rep is not None:
                 row.update(quantize_nodes=rep.quantize_nodes, dequantize_nodes=rep.dequantize_nodes,
                            fusion_warnings=len(rep.warnings), violations=len(rep.violations))
+        if name.startswith("int8 ModelOpt"):
+            row["seconds"] = next(t for n, _, t in extra_models if n == name)
         rows[name] = row
     result = {"model": src.name, "arch": args.arch or "demo", "calibration_images": len(cal.data),
               "validation_images": len(val.data), "cpu_flags": cpu_flags(), "machine": platform.machine(),

@@ -17,6 +17,7 @@ Workstation only: needs onnx and onnxconverter-common (``pip install 'resnext-de
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -36,9 +37,16 @@ def _converter() -> Any:
 
 def _to_fp16(proto: Any) -> Any:
     # max_finite_val: clamp constants to FP16's range (65504) rather than onnxconverter-common's default 1e4,
-    # which would clip large but legal BatchNorm-folded biases.
-    return _converter().convert_float_to_float16(proto, keep_io_types=True, max_finite_val=65504.0,
+    # which would clip large but legal BatchNorm-folded biases; min_positive_val: FP16's smallest subnormal.
+    converter = _converter()
+    with warnings.catch_warnings(record=True) as caught:  # one warning per clamped value: summarised instead
+        warnings.simplefilter("always")
+        out = converter.convert_float_to_float16(proto, keep_io_types=True, max_finite_val=65504.0,
                                                  min_positive_val=2.0 ** -24)
+    clamped = [w for w in caught if "truncated" in str(w.message)]
+    if clamped:
+        log.info("FP16 conversion clamped %d constant(s) to FP16's range (e.g. %s)", len(clamped), clamped[0].message)
+    return out
 
 
 def fp16_from_onnx(fp32_path: Union[str, Path], out_path: Union[str, Path]) -> Path:
