@@ -162,7 +162,7 @@ def engine_from_onnx(
     strongly typed TensorRT (the FP16 ONNX, or the Q/DQ ONNX with FP16 float regions). ``calibration_cache``
     asks for implicit INT8 from a float model (weakly typed only). ``batch`` is (min, opt, max).
     """
-    from .backend import machine_record, tensorrt_module
+    from .machine import machine_record, tensorrt_module
 
     if precision not in ("fp16", "int8"):
         raise BadInputError(f"TensorRT engines are fp16 or int8 here, not '{precision}'.")
@@ -271,7 +271,7 @@ def build_engines(
     built) when it needs a DLA this TensorRT does not have, a model the bundle lacks, or a calibration cache where
     none was shipped; the caller reports it and fails the gate.
     """
-    from .backend import tensorrt_module
+    from .machine import tensorrt_module
 
     trt = trt or tensorrt_module()
     feats = features(trt)

@@ -68,7 +68,8 @@ def golden_checks(name: str, precision: str, cmp: Dict[str, float], cfg: Dict[st
 def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> DeviceResult:
     """Build, check and time the bundle's engines on this machine; the gate result is returned, not raised."""
     from . import cuda_runtime as cuda
-    from .backend import TensorRtRunner, is_jetson, l4t_release, machine_record, tensorrt_module
+    from .backend import TensorRtRunner
+    from .machine import is_jetson, l4t_release, machine_record, tensorrt_module
     from .engines import build_engines, features, record_path
 
     t_start = time.perf_counter()

@@ -53,7 +53,7 @@ TensorRtOutcome = BuildAddition
 
 def engines_here(recipe: Any) -> Optional[str]:
     """None when this machine can build the recipe's engines, else why not (TensorRT, GPU, or not the device)."""
-    from .backend import is_jetson
+    from .machine import is_jetson
 
     if not backends.get("tensorrt").available():
         return "TensorRT or an NVIDIA GPU is not available on this machine"
@@ -93,6 +93,8 @@ def tensorrt_stage(ctx: BuildContext, artifacts: List[Artifact], results: List[D
     why_not = engines_here(recipe)
     if why_not is None:
         reference = ctx.reference_logits
+        if reference is None:
+            raise InternalError("The TensorRT stage runs after evaluation, which sets the reference logits; it did not.")
         out.artifacts, rows = _build_engines_here(specs, models, fp32, qdq, cache, cfg, valset, reference, timing,
                                                   stage_dir, progress)
         out.results += rows
@@ -218,7 +220,7 @@ def _build_engines_here(specs: List[EngineSpec], models: Dict[str, Path], fp32: 
                         cfg: Dict[str, Any], valset: LoadedImages, reference: np.ndarray, timing: TimingConfig,
                         stage_dir: Path, progress: Progress) -> "tuple":
     """Build and evaluate every engine on this machine (a GPU box, or the Jetson itself)."""
-    from .backend import tensorrt_module
+    from .machine import tensorrt_module
     from .engines import build_engines, record_path
 
     trt = tensorrt_module()
