@@ -187,7 +187,7 @@ class TensorRtBackend(Backend):
     }
 
     def int8_flavour(self, settings: Dict[str, Any]) -> Optional[str]:
-        """Always the int8 (symmetric, zero-point 0) flavour: the bundle ships the Q/DQ model and its calibration cache."""
+        """Always the int8 (symmetric, zero-point 0) flavour, Q/DQ placed for Conv+Add fusion: the bundle ships that model."""
         return "int8" if settings["precisions"] else None
 
     def validate(self, settings: Dict[str, Any], source: str) -> None:

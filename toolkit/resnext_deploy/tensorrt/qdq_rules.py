@@ -433,8 +433,9 @@ def check_qdq_model(model: Union[str, Path, Any], require_qdq: bool = False) -> 
     for i, node in qdq:
         report.violations += _check_node(node, i, g, opset)
     report.warnings = fusion_warnings(g)
-    for w in report.warnings:
-        log.warning("%s: %s", label, w)
+    if report.warnings:
+        log.warning("%s: %d Q/DQ placement(s) block TensorRT's Conv+Add fusion: %s", label, len(report.warnings),
+                    "; ".join(f"{w.node} [{w.rule}]" for w in report.warnings))
     if require_qdq and not qdq:
         report.violations.append(Violation("no-qdq", label, "model", "has no QuantizeLinear/DequantizeLinear nodes; "
                                            "an explicitly quantized INT8 engine needs a Q/DQ model."))
