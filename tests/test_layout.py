@@ -68,3 +68,18 @@ def test_no_code_outside_the_backends_tests_a_backend_name():
             if pattern.search(line):
                 bad.append(f"{rel}:{i}: {line.strip()}")
     assert not bad, "backend-name branches outside backends/ and tensorrt/:\n" + "\n".join(bad)
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A `_name` is its module's business: another module that needs it gets a public name instead."""
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            ours = isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("resnext_deploy"))
+            if not ours:
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    bad.append(f"{rel}:{node.lineno}: from {'.' * node.level}{node.module or ''} import {alias.name}")
+    assert not bad, "private names imported across modules:\n" + "\n".join(bad)
