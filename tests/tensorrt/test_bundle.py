@@ -60,8 +60,14 @@ def test_report_marks_engines_pending_and_gates_the_qdq_model(jetson_build):
     q = rows["onnx-int8-int8"]  # the model TensorRT's INT8 engine is built from, measured in ONNX Runtime
     assert q["backend"] == "onnxruntime" and q["precision"] == "int8" and q["images"] == 100
     assert q["agreement"] >= 0.98 and q["max_abs_logit_diff"] > 0
-    gated = {c["artifact"] for c in jetson_build.report["gate"]["checks"]}
+    gated = {c["artifact"] for c in jetson_build.report["gate"]["checks"] if not c.get("skipped")}
     assert "onnx-int8-int8" in gated and not gated & set(ENGINES)
+    # the engines' checks are listed as skipped (CI shows them so), with the reason, and do not fail the gate
+    skipped = [c for c in jetson_build.report["gate"]["checks"] if c.get("skipped")]
+    assert {c["artifact"] for c in skipped} == set(ENGINES)
+    assert all(c["passed"] and c["value"] is None and "compile --bundle" in c["skipped"] for c in skipped)
+    measured = {c["metric"] for c in jetson_build.report["gate"]["checks"] if c["artifact"] == "onnx-int8-int8"}
+    assert {c["metric"] for c in skipped if c["artifact"] == ENGINES[0]} == measured
     md = (jetson_build.out_dir / "report.md").read_text()
     assert md.count("pending on device") == len(ENGINES)
 
@@ -229,7 +235,7 @@ def test_golden_tolerances_with_real_int8_logits(bundle_dir):
 def test_bundle_manifest_carries_the_workstation_gate(bundle_dir, jetson_build):
     gate = read_bundle(bundle_dir).manifest["gate"]
     assert gate["passed"] is True
-    assert {c["artifact"] for c in gate["checks"]} == {"onnx-int8-int8"}
+    assert {c["artifact"] for c in gate["checks"] if not c.get("skipped")} == {"onnx-int8-int8"}
 
 
 def test_int8_vs_fp16_note_says_which_is_faster():

@@ -95,32 +95,55 @@ def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _ci_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--summary", "summary_file", type=click.Path(path_type=Path), default=None,
+                      help="Write the parity table and the gate as Markdown (a CI job summary). With GITHUB_STEP_SUMMARY "
+                           "set it is also appended there.")(fn)
+    fn = click.option("--junit", "junit_file", type=click.Path(path_type=Path), default=None,
+                      help="Write the gate as JUnit XML: a testsuite per artifact, a testcase per check.")(fn)
+    return fn
+
+
+def _write_ci(report: Any, junit_file: Optional[Path], summary_file: Optional[Path]) -> None:
+    """--junit / --summary, and GitHub's job summary where GITHUB_STEP_SUMMARY is set."""
+    from .ci.outputs import write_ci_outputs
+
+    step = os.environ.get("GITHUB_STEP_SUMMARY") or None
+    for path in write_ci_outputs(report, junit_file, summary_file, step):
+        if step is None or str(path) != step:
+            click.echo(f"wrote {path}", err=True)  # stderr: --json keeps stdout to the JSON
+
+
 @cli.command()
 @_model_options
 @click.option("--target", default="x86-cpu", show_default=True, help="Target device class (see `resnext-deploy targets`).")
-@click.option("--recipe", type=click.Path(path_type=Path), default=None, help="Your own recipe TOML (overrides --target's).")
+@click.option("--recipe", type=click.Path(path_type=Path), default=None,
+              help="Your own recipe TOML: layered over the recipe it `extends`, or over --target's when --target is given.")
 @click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration images (any layout). Default: the recipe's, else the demo's.")
 @click.option("--val", type=click.Path(path_type=Path), default=None, help="Labeled validation images, ImageFolder layout.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Build directory (default build/<model>/<target>).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.option("--sensitivity", is_flag=True, default=None,
               help="Rank the layers by INT8 sensitivity and report it even when the gate passes (a failed gate always does).")
+@_ci_options
 @click.pass_context
 @_run
 def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_classes: Optional[int], target: str,
           recipe: Optional[Path], calib: Optional[Path], val: Optional[Path], out: Optional[Path], as_json: bool,
-          sensitivity: Optional[bool]) -> None:
+          sensitivity: Optional[bool], junit_file: Optional[Path], summary_file: Optional[Path]) -> None:
     """Run the whole pipeline and gate it; writes one build directory."""
     from .pipeline.build import build as run_build
     from .report import render_table
 
-    res = run_build(model, target, recipe, out, arch, num_classes, calib, val, ctx.obj["progress"], sensitivity=sensitivity)
+    res = run_build(model, _given_target(target) if recipe else target, recipe, out, arch, num_classes, calib, val,
+                    ctx.obj["progress"], sensitivity=sensitivity)
     click.echo(json.dumps(res.report, indent=2) if as_json else render_table(res.report))
     fb = res.report.get("fallback")
     if fb and not as_json:
         click.echo(f"fallback: {len(fb['excluded'])} layers left in float: {', '.join(fb['excluded'])}" if fb["passed"]
                    else f"fallback: no list of up to {fb['max_excluded_layers']} layers in float passed (see report.md)")
     click.echo(f"\nbuild directory: {res.out_dir}")
+    _write_ci(res.report, junit_file, summary_file)
     sys.exit(EXIT_OK if res.passed else EXIT_GATE_FAILED)
 
 
@@ -139,14 +162,24 @@ def targets() -> None:
         click.echo(f"{'':<18} recipe: {path}")
 
 
+def _given_target(target: Optional[str]) -> Optional[str]:
+    """--target when the user gave it (a --recipe then goes over that target's recipe), else None."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    given = ctx is not None and ctx.get_parameter_source("target") in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return target if given else None
+
+
 def _recipe(target: Optional[str], recipe: Optional[Path]) -> Any:
     from .recipes import load_recipe
 
-    return load_recipe(recipe, None if recipe else target)
+    return load_recipe(recipe, _given_target(target) if recipe else target)
 
 
 _target_opt = click.option("--target", default="x86-cpu", show_default=True, help="Target whose recipe supplies the settings.")
-_recipe_opt = click.option("--recipe", type=click.Path(path_type=Path), default=None, help="Your own recipe TOML.")
+_recipe_opt = click.option("--recipe", type=click.Path(path_type=Path), default=None,
+                           help="Your own recipe TOML (layered over the one it `extends`, or over --target's when given).")
 _size_opt = click.option("--input-size", type=int, default=None,
                          help="Crop size, with --preprocessing imagenet or the recipe's [preprocess], for an ONNX whose input shape is dynamic.")
 
@@ -221,10 +254,12 @@ def quantize(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Pat
               help="On the device: build, check and time the engines of a TensorRT bundle (made by `build --target jetson-*`).")
 @_target_opt
 @_recipe_opt
+@_ci_options
 @click.pass_context
 @_run
 def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional[str], precision: Optional[str],
-                out: Optional[Path], bundle: Optional[Path], target: str, recipe: Optional[Path]) -> None:
+                out: Optional[Path], bundle: Optional[Path], target: str, recipe: Optional[Path],
+                junit_file: Optional[Path], summary_file: Optional[Path]) -> None:
     """Compile an ONNX into a backend's artifact (OpenVINO IR, ONNX Runtime optimized model, TensorRT engine).
 
     With --bundle DIR (on the Jetson or GPU machine): build the bundle's TensorRT engines, compare them with the
@@ -239,7 +274,10 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
         res = compile_bundle(bundle, ctx.obj["progress"])
         click.echo(render_table(res.report))
         click.echo(f"\nengines: {', '.join(str(p) for p in res.engines)}\nreport: {res.bundle / 'report.md'}")
+        _write_ci(res.report, junit_file, summary_file)
         sys.exit(EXIT_OK if res.passed else EXIT_GATE_FAILED)
+    if junit_file or summary_file:
+        raise click.UsageError("--junit/--summary go with --bundle (a gate to report); compiling one artifact has no gate.")
     missing = [n for n, v in (("--onnx", onnx_path), ("--backend", backend), ("--precision", precision), ("--out", out)) if v is None]
     if missing:
         raise click.UsageError(f"compile needs {', '.join(missing)} (or --bundle DIR on the device).")
@@ -284,17 +322,26 @@ def evaluate(ctx: click.Context, artifacts: tuple, reference: Path, val: Optiona
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Directory for report.json/report.md.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
+@click.option("--baseline", type=click.Path(path_type=Path), default=None,
+              help="A previous build (directory, or report.json with its manifest.json) to compare with, artifact by "
+                   "artifact, under the recipe's [gates.baseline]; exit 3 if a check against it fails.")
 @_target_opt
 @_recipe_opt
+@_ci_options
 @_run
-def report(source: Path, out: Optional[Path], as_json: bool, target: str, recipe: Optional[Path]) -> None:
+def report(source: Path, out: Optional[Path], as_json: bool, baseline: Optional[Path], target: str, recipe: Optional[Path],
+           junit_file: Optional[Path], summary_file: Optional[Path]) -> None:
     """Gate an evaluation JSON (or re-gate a build directory) with the recipe; exit 3 if a gate fails."""
+    from .ci.baseline import baseline_passed, baseline_summary
     from .pipeline.commands import report_from
     from .report import render_table
 
-    rep = report_from(source, _recipe(target, recipe), out)
+    rep = report_from(source, _recipe(target, recipe), out, baseline)
     click.echo(json.dumps(rep, indent=2) if as_json else render_table(rep))
-    sys.exit(EXIT_OK if rep["gate"]["passed"] else EXIT_GATE_FAILED)
+    if rep.get("baseline") and not as_json:
+        click.echo(baseline_summary(rep["baseline"]))
+    _write_ci(rep, junit_file, summary_file)
+    sys.exit(EXIT_OK if rep["gate"]["passed"] and baseline_passed(rep) else EXIT_GATE_FAILED)
 
 
 @cli.group()

@@ -2,13 +2,18 @@
 
 Defaults live here, in DEFAULTS, and nowhere else; a recipe file overrides them key by key. Unknown
 sections or keys are errors (a typo must not silently fall back to a default).
+
+Recipes layer: defaults < a base recipe < the user's. A recipe names its base with ``extends = "x86-cpu"``
+(a target) or ``extends = "base.toml"`` (a path, relative to the recipe), and holds only what differs; a base
+may extend another. ``Recipe.provenance`` says, for every resolved value, which layer set it.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -53,6 +58,13 @@ DEFAULTS: Dict[str, Any] = {
         "max_top1_drop": 1.0,  # percentage points, INT8 vs the float model
         "min_agreement": 0.98,  # top-1 agreement with the float model
         "max_latency_ms": 0.0,  # p50 at batch 1; 0 = no latency gate
+        "baseline": {  # `report NEW --baseline OLD` (ci/baseline.py): artifact by artifact against a previous build
+            "max_top1_drop_vs_baseline": 1.0,  # percentage points of top-1 lost vs the baseline's same artifact
+            # batch-1 p50, compared only when the manifests name the same CPU and versions; 0 = not checked. Off by
+            # default: on shared runners the noise exceeds any useful bound (two identical demo builds here: +700%)
+            "max_latency_increase_pct": 0.0,
+            "max_size_increase_pct": 10.0,  # bytes on disk; 0 = not checked
+        },
     },
     "fallback": {  # accuracy-driven quantization (fallback.py, sensitivity.py)
         "enabled": True,  # when an INT8 artifact fails an accuracy gate, keep the most sensitive layers in float
@@ -79,6 +91,10 @@ class Recipe:
 
     data: Dict[str, Any]
     source: str
+    #: the files it was resolved from, base first: {"kind": "target" | "user", "name", "path", "sha256"}
+    layers: List[Dict[str, str]] = field(default_factory=list)
+    #: dotted key -> the layer that set it: "default", "target:<name>" or "user:<path>"
+    provenance: Dict[str, str] = field(default_factory=dict)
 
     @property
     def target(self) -> str:
@@ -97,21 +113,26 @@ class Recipe:
         return copy.deepcopy(self.data)
 
 
-def _merge(base: Dict[str, Any], override: Dict[str, Any], where: str, source: str) -> Dict[str, Any]:
-    out = copy.deepcopy(base)
+def _layer(
+    data: Dict[str, Any], schema: Dict[str, Any], override: Dict[str, Any], where: str, source: str,
+    label: Optional[str] = None, provenance: Optional[Dict[str, str]] = None,
+) -> None:
+    """Lay ``override`` over ``data`` in place, checking keys and types against ``schema`` (the defaults)."""
     for key, value in override.items():
         path = f"{where}.{key}" if where else key
-        if key not in base:
+        if key not in schema:
             raise BadInputError(
-                f"Unknown recipe key '{path}' in {source}. Known keys here: {', '.join(sorted(base)) or '(none)'}."
+                f"Unknown recipe key '{path}' in {source}. Known keys here: {', '.join(sorted(schema)) or '(none)'}."
             )
-        default = base[key]
-        if isinstance(default, dict) and default and not isinstance(value, dict):
+        default = schema[key]
+        if isinstance(default, dict) and not isinstance(value, dict):
             raise BadInputError(f"Recipe key '{path}' in {source} must be a table, got {value!r}.")
         if isinstance(default, dict) and default:
-            out[key] = _merge(default, value, path, source)
-        elif isinstance(default, dict):  # free-form table (preprocess)
-            out[key] = dict(value)
+            _layer(data[key], default, value, path, source, label, provenance)
+        elif isinstance(default, dict):  # free-form table (preprocess): key by key over the layer below
+            data[key].update(value)
+            if provenance is not None and label:
+                provenance.update({f"{path}.{k}": label for k in value})
         else:
             if isinstance(default, bool) != isinstance(value, bool) or (
                 not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int))
@@ -119,7 +140,22 @@ def _merge(base: Dict[str, Any], override: Dict[str, Any], where: str, source: s
                 raise BadInputError(
                     f"Recipe key '{path}' in {source} must be {type(default).__name__}, got {value!r}."
                 )
-            out[key] = value
+            data[key] = value
+            if provenance is not None and label:
+                provenance[path] = label
+
+
+def _merge(base: Dict[str, Any], override: Dict[str, Any], where: str, source: str) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    _layer(out, base, override, where, source)
+    return out
+
+
+def _leaves(data: Dict[str, Any], where: str = "") -> List[str]:
+    out: List[str] = []
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        out += _leaves(value, path) if isinstance(value, dict) and value else [path]
     return out
 
 
@@ -153,8 +189,15 @@ def _validate(data: Dict[str, Any], source: str) -> None:
             f"[fallback] in {source} needs measure in quantize-one | float-one | both, max_excluded_layers >= 0 and "
             f"subset > 0, got '{fb['measure']}', {fb['max_excluded_layers']}, {fb['subset']}."
         )
+    bl = data["gates"]["baseline"]
+    negative = [f"gates.baseline.{k} = {v}" for k, v in bl.items() if v < 0]
+    if negative:
+        raise BadInputError(f"{', '.join(negative)} in {source}: thresholds vs the baseline cannot be negative.")
     if not any(cfg["precisions"] for cfg in data["backends"].values()):
-        raise BadInputError(f"The recipe {source} enables no backend: give some backends.<name>.precisions.")
+        raise BadInputError(
+            f"The recipe {source} enables no backend: give some backends.<name>.precisions, or build on a target's "
+            f"recipe and keep only what differs: extends = \"x86-cpu\" (see `resnext-deploy targets`)."
+        )
 
 
 def recipes_dir() -> Path:
@@ -169,25 +212,70 @@ def list_targets() -> Dict[str, Path]:
     return {p.stem: p for p in sorted(recipes_dir().glob("*.toml"))}
 
 
-def load_recipe(path: Union[str, Path, None] = None, target: Optional[str] = None) -> Recipe:
-    """Load a recipe file, or the shipped recipe of ``target``."""
-    if path is None:
-        targets = list_targets()
-        if target not in targets:
-            raise BadInputError(
-                f"Unknown target '{target}'. Known targets: {', '.join(targets) or '(none found)'}. "
-                "Run `resnext-deploy targets` to list them, or pass your own --recipe FILE."
-            )
-        path = targets[target]
-    path = Path(path)
+def _read_toml(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise BadInputError(f"Recipe file '{path}' does not exist. Copy one from recipes/ and edit it.")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"Recipe file '{path}' is not valid TOML: {exc}.") from exc
-    data = _merge(defaults(), raw, "", str(path))
+
+
+def _target_path(target: str, needed_by: str) -> Path:
+    targets = list_targets()
+    if target not in targets:
+        raise BadInputError(
+            f"Unknown target '{target}'{needed_by}. Known targets: {', '.join(targets) or '(none found)'}. "
+            "Run `resnext-deploy targets` to list them, or pass your own --recipe FILE."
+        )
+    return targets[target]
+
+
+def _chain(path: Path, kind: str, name: str, seen: List[Path]) -> List[Dict[str, Any]]:
+    """The layers of one recipe file, base first: each {"kind", "name", "path", "sha256", "raw"}."""
+    real = path.resolve()
+    if real in seen:
+        loop = " -> ".join(str(p) for p in seen + [real])
+        raise BadInputError(f"Recipe '{path}' extends itself through {loop}. Remove one of the `extends` keys.")
+    raw = _read_toml(path)
+    layer = {"kind": kind, "name": name, "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "raw": raw}
+    base = raw.pop("extends", None)
+    if base is None:
+        return [layer]
+    if not isinstance(base, str) or not base:
+        raise BadInputError(f"extends = {base!r} in {path}: name a target (e.g. \"x86-cpu\") or a recipe file.")
+    if base.endswith(".toml") or "/" in base or "\\" in base:
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        return _chain(base_path, "user", str(base_path), seen + [real]) + [layer]
+    target_path = _target_path(base, f" (extends in {path})")
+    return _chain(target_path, "target", base, seen + [real]) + [layer]
+
+
+def load_recipe(path: Union[str, Path, None] = None, target: Optional[str] = None) -> Recipe:
+    """Load a recipe file, the shipped recipe of ``target``, or (both given) the file layered over ``target``'s.
+
+    A file with ``extends`` is layered over its base; giving ``target`` too is allowed when it names that base.
+    """
+    if path is None:
+        layers = _chain(_target_path(str(target), ""), "target", str(target), [])
+    else:
+        path = Path(path)
+        layers = _chain(path, "user", str(path), [])
+        if target is not None:
+            if layers[0]["kind"] == "target" and layers[0]["name"] != target:
+                raise BadInputError(
+                    f"--target {target} and the recipe {path}, which extends '{layers[0]['name']}': give one of them, "
+                    "or make the recipe's `extends` name the target."
+                )
+            if len(layers) == 1:  # a recipe without a base, given with a target: it goes over the target's
+                layers = _chain(_target_path(target, ""), "target", target, []) + layers
+    data = defaults()
+    provenance = {key: "default" for key in _leaves(data)}
+    for layer in layers:
+        label = f"{layer['kind']}:{layer['name']}"
+        _layer(data, defaults(), layer.pop("raw"), "", layer["path"], label, provenance)
+    source = layers[-1]["path"]
     if not data["target"]:
-        data["target"] = target or path.stem
-    _validate(data, str(path))
-    return Recipe(data, str(path))
+        data["target"] = target or Path(source).stem
+    _validate(data, source)
+    return Recipe(data, source, layers, provenance)

@@ -44,7 +44,7 @@ class BuildResult:
 
 def build(
     model: Union[str, Path, None] = None,
-    target: Optional[str] = "x86-cpu",
+    target: Optional[str] = None,
     recipe_path: Union[str, Path, None] = None,
     out: Union[str, Path, None] = None,
     arch: Optional[str] = None,
@@ -58,9 +58,10 @@ def build(
 
     ``sensitivity`` analyses and reports the layers' INT8 sensitivity even when the gate passes (None:
     the recipe's fallback.sensitivity); a failed accuracy gate triggers the fallback (fallback.py).
+    ``target`` alone picks its shipped recipe (default x86-cpu); with ``recipe_path`` the file is layered over it.
     """
     t_start = time.perf_counter()
-    recipe = load_recipe(recipe_path, None if recipe_path else target)
+    recipe = load_recipe(recipe_path, target if recipe_path else (target or "x86-cpu"))
     src = resolve_model(model, arch, num_classes, recipe.section("preprocess"))
     out_dir = Path(out) if out else Path("build") / src.name / recipe.target
     ensure_writable_dir(out_dir.parent)
@@ -139,7 +140,8 @@ def build(
             artifacts=artifacts,
             reports={p.name: sha256_file(p) for p in report_paths},
             gate=gate.to_dict(),
-            extra={"labels": src.labels, "reference": ref_art.name},
+            extra={"labels": src.labels, "reference": ref_art.name,
+                   "recipe_layers": recipe.layers, "recipe_provenance": recipe.provenance},
         )
         write_manifest(manifest, stage_dir)
     log.info("build written to %s (%s)", out_dir, gate.summary())

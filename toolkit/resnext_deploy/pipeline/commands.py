@@ -397,11 +397,17 @@ def evaluate_files(
     return evaluation
 
 
-def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = None) -> Dict[str, Any]:
+def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = None,
+                baseline: Optional[PathLike] = None) -> Dict[str, Any]:
     """Gate an evaluation JSON (from `evaluate`) or re-gate a build's report; write report.json/.md to out_dir.
 
     An evaluation JSON's report goes beside it by default; a build's report is only written with out_dir.
+    ``baseline`` (a previous build, verified by its manifest) adds the "vs baseline" section and its checks
+    under the recipe's ``[gates.baseline]`` (ci/baseline.py).
     """
+    from ..ci.baseline import compare_with_baseline, load_baseline, manifest_beside, markdown_section
+
+    base = load_baseline(baseline) if baseline is not None else None  # refused before any work if untrustworthy
     source = Path(source)
     if source.is_dir() or (source.is_file() and _schema(source) != EVALUATION_SCHEMA):
         # Re-gating a build: its own report stays as the manifest hashed it unless --out says where to write.
@@ -417,14 +423,20 @@ def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = 
         # keep what the build added (check, export, fallback, sensitivity, tensorrt ...): only the gate is redone
         extra={k: v for k, v in data.items() if k not in _REPORT_CORE},
     )
+    if base is not None:
+        new_manifest = manifest_beside(source) if source.is_dir() or _schema(source) != EVALUATION_SCHEMA else None
+        report["baseline"] = compare_with_baseline(report, base, recipe.section("gates")["baseline"], new_manifest)
     if out_dir:
         from ..accuracy.fallback import markdown_sections
 
-        write_report(report, out_dir, markdown_sections(report))
+        extra = markdown_sections(report) + (markdown_section(report["baseline"]) if base is not None else [])
+        write_report(report, out_dir, extra)
     return report
 
 
-_REPORT_CORE = {"schema", "schema_version", "model", "target", "reference", "dataset", "results", "gate", "stages", "notes"}
+# "baseline" too: a re-gated report gets its comparison anew (or none), never a stale one
+_REPORT_CORE = {"schema", "schema_version", "model", "target", "reference", "dataset", "results", "gate", "stages", "notes",
+                "baseline"}
 
 
 def _schema(path: Path) -> Any:

@@ -1,0 +1,46 @@
+"""The job summary: the parity table and the gate as compact Markdown (GitHub's step summary, a merge request note)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from ..gate import GateResult
+from ..report import table_rows
+from .baseline import baseline_passed, comparison_table
+from .junit import report_checks
+
+_COLUMNS = ("artifact", "backend", "prec", "top-1 %", "agree %", "min cos", "p50 ms", "speedup", "size")
+_PICK = (0, 1, 2, 3, 5, 7, 8, 11, 12)  # of report.COLUMNS: the ones a reviewer reads in a job summary
+
+
+def summary_markdown(report: Dict[str, Any]) -> str:
+    """Parity table, gate verdict with every failed or skipped check, and the comparison with a baseline if any."""
+    model = (report.get("model") or {}).get("name", "model")
+    gate = GateResult.from_dict(report["gate"])
+    ok = gate.passed and baseline_passed(report)
+    checks = report_checks(report)
+    failed = [c for c in checks if not c.passed]
+    skipped = [c for c in checks if c.skipped]
+    lines: List[str] = [
+        f"### resnext-deploy: `{model}` on `{report.get('target')}`: {'PASSED' if ok else 'FAILED'}",
+        "",
+        f"{len(checks) - len(failed) - len(skipped)} checks passed, {len(failed)} failed, {len(skipped)} skipped.",
+        "",
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in _COLUMNS) + "|",
+    ]
+    for row in table_rows(report):
+        lines.append("| " + " | ".join(row[i] if i < len(row) else "" for i in _PICK) + " |")
+    if failed:
+        lines += ["", "**Failed:**", ""] + [f"- {c.line()}" for c in failed]
+    if skipped:
+        lines += ["", f"<details><summary>{len(skipped)} skipped</summary>", ""]
+        lines += [f"- {c.line()}" for c in skipped] + ["", "</details>"]
+    section = report.get("baseline")
+    if section:
+        lines += ["", f"**vs baseline** `{section['source']}` (built {section.get('created')}): "
+                      f"{'PASSED' if section['passed'] else 'FAILED'}", ""]
+        lines += comparison_table(section)
+        if not section["latency_comparable"]:
+            lines += ["", f"Latency not compared: {section['latency_not_comparable_because']}."]
+    return "\n".join(lines) + "\n"
