@@ -12,6 +12,12 @@ if str(ROOT / "toolkit") not in sys.path:  # run from a checkout without install
     sys.path.insert(0, str(ROOT / "toolkit"))
 
 
+@pytest.fixture(autouse=True)
+def _no_github_step_summary(monkeypatch):
+    """The suite run inside GitHub Actions must not append every test build's summary to the job's page."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
 @pytest.fixture(scope="session")
 def demo_build(tmp_path_factory):
     """The shipped demo built for x86-cpu with the shipped recipe: a BuildResult."""

@@ -1,0 +1,99 @@
+"""Recipes that extend a target or another file: layering, provenance, errors; a two-line recipe builds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from resnext_deploy.cli import cli
+from resnext_deploy.errors import EXIT_BAD_INPUT, EXIT_OK, BadInputError
+from resnext_deploy.recipes import DEFAULTS, load_recipe
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_a_recipe_extends_a_target_and_holds_only_what_differs(tmp_path):
+    mine = _write(tmp_path / "mine.toml", 'extends = "x86-cpu"\ncalibration.count = 64\n')
+    r = load_recipe(mine)
+    shipped = load_recipe(target="x86-cpu")
+    assert r.target == "x86-cpu" and r.section("calibration")["count"] == 64
+    assert r.enabled_backends() == shipped.enabled_backends()
+    assert r.backend("openvino") == shipped.backend("openvino")
+    assert [(x["kind"], x["name"]) for x in r.layers] == [("target", "x86-cpu"), ("user", str(mine))]
+    assert r.provenance["calibration.count"] == f"user:{mine}"
+    assert r.provenance["backends.openvino.precisions"] == "target:x86-cpu"
+    assert r.provenance["fallback.subset"] == "target:x86-cpu"  # set by the file, to the default's value: still its
+    assert r.provenance["export.simplify"] == "default"  # x86-cpu.toml does not set it
+    assert set(r.provenance) >= {"gates.baseline.max_top1_drop_vs_baseline", "preprocess"}
+
+
+def test_a_chain_of_files_and_free_form_tables_merge_key_by_key(tmp_path):
+    base = _write(tmp_path / "base.toml", 'extends = "x86-cpu"\n[preprocess]\nresize = 40\ncrop = 32\n')
+    (tmp_path / "team").mkdir()
+    mine = _write(tmp_path / "team" / "mine.toml", 'extends = "../base.toml"\n[preprocess]\ncrop = 28\n')
+    r = load_recipe(mine)
+    assert r.section("preprocess") == {"resize": 40, "crop": 28}
+    assert [x["kind"] for x in r.layers] == ["target", "user", "user"]
+    assert r.provenance["preprocess.resize"].endswith("base.toml") and r.provenance["preprocess.crop"].endswith("mine.toml")
+
+
+def test_target_and_recipe_together_layer_the_recipe_over_the_target(tmp_path):
+    no_base = _write(tmp_path / "gates.toml", "[gates]\nmax_top1_drop = 0.5\n")
+    with pytest.raises(BadInputError, match='enables no backend.*extends = "x86-cpu"'):
+        load_recipe(no_base)  # alone it builds nothing, and the error says how to build on a target
+    r = load_recipe(no_base, "jetson-orin-nano")
+    assert r.target == "jetson-orin-nano" and r.enabled_backends() == ["tensorrt"]
+    assert r.section("gates")["max_top1_drop"] == 0.5 and r.provenance["gates.max_top1_drop"] == f"user:{no_base}"
+    extends = _write(tmp_path / "x.toml", 'extends = "x86-cpu"\n')
+    assert load_recipe(extends, "x86-cpu").target == "x86-cpu"
+    with pytest.raises(BadInputError, match="--target jetson-orin-nano and the recipe .* extends 'x86-cpu'"):
+        load_recipe(extends, "jetson-orin-nano")
+
+
+@pytest.mark.parametrize("text, match", [
+    ('extends = "x86-cpu"\n[calibration]\ncuont = 3\n', "Unknown recipe key 'calibration.cuont' in .*bad.toml"),
+    ('extends = "x86-cpux"\n', "Unknown target 'x86-cpux' \\(extends in .*bad.toml\\)"),
+    ('extends = "missing.toml"\n', "missing.toml' does not exist"),
+    ('extends = "bad.toml"\n', "extends itself"),
+    ("extends = 3\n", "extends = 3"),
+    ('extends = "x86-cpu"\ngates.baseline.max_top1_drop_vs_baseline = -1\n', "cannot be negative"),
+    ('extends = "x86-cpu"\ngates.baseline = 2\n', "'gates.baseline' .* must be a table"),
+])
+def test_bad_recipes_are_named(tmp_path, text, match):
+    with pytest.raises(BadInputError, match=match):
+        load_recipe(_write(tmp_path / "bad.toml", text))
+
+
+def test_cli_target_with_recipe_layers_and_recipe_alone_does_not(tmp_path, demo_build):
+    no_base = _write(tmp_path / "gates.toml", "[gates]\nmax_top1_drop = 0.5\n")
+    runner = CliRunner()
+    alone = runner.invoke(cli, ["report", str(demo_build.out_dir), "--recipe", str(no_base)])
+    assert alone.exit_code == EXIT_BAD_INPUT and "enables no backend" in alone.output
+    layered = runner.invoke(cli, ["report", str(demo_build.out_dir), "--target", "x86-cpu", "--recipe", str(no_base), "--json"])
+    assert layered.exit_code == EXIT_OK, layered.output
+    thresholds = {c["threshold"] for c in json.loads(layered.output)["gate"]["checks"] if c["metric"] == "top1_drop_pct"}
+    assert thresholds == {0.5}
+
+
+def test_a_two_line_user_recipe_builds_and_the_manifest_says_where_each_value_came_from(tmp_path):
+    mine = _write(tmp_path / "mine.toml", 'extends = "x86-cpu"\nevaluation.limit = 100\n')
+    out = tmp_path / "b"
+    res = CliRunner().invoke(cli, ["-q", "build", "--recipe", str(mine), "--out", str(out)])
+    assert res.exit_code == EXIT_OK, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert manifest["target"] == "x86-cpu" and report["dataset"]["validation_images"] == 100
+    # the target's backends and precisions, inherited: FP32 and INT8 for both
+    assert {a["name"] for a in manifest["artifacts"]} >= {"onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-int8"}
+    assert [x["kind"] for x in manifest["recipe_layers"]] == ["target", "user"]
+    assert manifest["recipe_layers"][1]["sha256"] and manifest["recipe_source"] == str(mine)
+    prov = manifest["recipe_provenance"]
+    assert prov["evaluation.limit"] == f"user:{mine}" and prov["backends.onnxruntime.precisions"] == "target:x86-cpu"
+    assert prov["gates.baseline.max_latency_increase_pct"] == "default"
+    assert set(prov) == {k for k in prov if k.split(".")[0] in DEFAULTS}  # every key is a recipe key
+    assert manifest["recipe"]["evaluation"]["limit"] == 100
