@@ -111,7 +111,9 @@ def tensorrt_stage(ctx: BuildContext, artifacts: List[Artifact], results: List[D
     out.extra["calibration_cache"]["shipped"] = ship_cache
     manifest = _bundle_manifest(src, recipe, fp32, qdq, specs, out, results, valset, stage_dir)
     write_bundle(root, fp32_onnx=fp32.abspath(stage_dir), qdq_onnx=qdq.abspath(stage_dir),
-                 calibration_cache=cache.to_bytes() if ship_cache else None, recipe_file=Path(recipe.source),
+                 calibration_cache=cache.to_bytes() if ship_cache else None,
+                 # a recipe that extends another is not whole by itself: then recipe.toml points at manifest.json
+                 recipe_file=Path(recipe.source) if len(recipe.layers) <= 1 else None,
                  golden=golden, manifest=manifest, readme=render_readme(src, recipe, specs, manifest, golden),
                  typed_models=typed)
     shutil.rmtree(typed_dir)
