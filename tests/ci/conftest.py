@@ -20,7 +20,8 @@ def _build(out: Path, recipe: Path, *extra: str) -> CliRunner:
 
 @pytest.fixture(scope="session")
 def ci_builds(tmp_path_factory, fast_recipe):
-    """{"good1", "good2", "bad"}: build directories; "recipe": the recipe all three were built with."""
+    """{"good1", "good2", "bad"}: build directories; "recipe": the recipe all three were built with. Each build
+    also wrote <name>.junit.xml and <name>.summary.md beside its directory (build --junit --summary)."""
     d = tmp_path_factory.mktemp("ci-builds")
     recipe = d / "ci.toml"
     # fallback off: it would leave the stem conv in float and rescue the collapsed build
@@ -30,7 +31,7 @@ def ci_builds(tmp_path_factory, fast_recipe):
     Image.new("L", (32, 32), color=0).save(calib / "black.png")  # one constant image: activation ranges collapse
     out = {"recipe": recipe}
     for name, extra, code in (("good1", (), EXIT_OK), ("good2", (), EXIT_OK), ("bad", ("--calib", str(calib)), EXIT_GATE_FAILED)):
-        res = _build(d / name, recipe, *extra)
+        res = _build(d / name, recipe, *extra, "--junit", str(d / f"{name}.junit.xml"), "--summary", str(d / f"{name}.summary.md"))
         assert res.exit_code == code, res.output
         out[name] = d / name
     return out

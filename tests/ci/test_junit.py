@@ -91,3 +91,16 @@ def test_junit_and_summary_go_with_a_gate(tmp_path):
     res = CliRunner().invoke(cli, ["compile", "--onnx", "m.onnx", "--backend", "openvino", "--precision", "int8",
                                    "--out", str(tmp_path), "--junit", str(tmp_path / "j.xml")])
     assert res.exit_code == 2 and "--junit/--summary go with --bundle" in res.output
+
+
+def test_build_writes_junit_and_summary_itself(ci_builds, junit_schema):
+    d = ci_builds["good1"].parent
+    for name in ("good1", "bad"):
+        report = json.loads((ci_builds[name] / "report.json").read_text())
+        text = (d / f"{name}.junit.xml").read_text()
+        junit_schema.validate(text)
+        root, cases = _cases(text)
+        assert len(cases) == len(report["gate"]["checks"])
+        assert int(root.get("failures")) == sum(not c["passed"] for c in report["gate"]["checks"])
+        md = (d / f"{name}.summary.md").read_text()
+        assert md == summary_markdown(report) and ("PASSED" if report["gate"]["passed"] else "FAILED") in md.splitlines()[0]

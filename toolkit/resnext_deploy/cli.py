@@ -331,7 +331,7 @@ def evaluate(ctx: click.Context, artifacts: tuple, reference: Path, val: Optiona
 @_run
 def report(source: Path, out: Optional[Path], as_json: bool, baseline: Optional[Path], target: str, recipe: Optional[Path],
            junit_file: Optional[Path], summary_file: Optional[Path]) -> None:
-    """Gate an evaluation JSON (or re-gate a build directory) with the recipe; exit 3 if a gate fails."""
+    """Gate an evaluation JSON (or re-gate a build directory) with the recipe, compare with --baseline; exit 3 if a check fails."""
     from .ci.baseline import baseline_passed, baseline_summary
     from .pipeline.commands import report_from
     from .report import render_table
