@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from .. import backends
 from ..artifacts import Artifact, atomic_file
 from ..errors import BadInputError
@@ -290,7 +292,7 @@ def export_file(
     calib_dir, _ = data_folders(src, recipe, Path(calib) if calib else None, need=("calib",),
                                 purpose="Exporting your own model (the comparison with PyTorch runs on real images)")
     check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
-    sample = load_calibration(calib_dir, src.preprocessing, 8, 0).data
+    sample = np.asarray(load_calibration(calib_dir, src.preprocessing, 8, 0).data)
     exp = recipe.section("export")
     res = onnx_from_torch(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"],
                           log_path=Path(str(out) + ".export.log"))

@@ -65,6 +65,10 @@ class ImageList:
         arr = self[:]
         return arr.astype(dtype) if dtype is not None else arr
 
+    def astype(self, dtype: Any) -> np.ndarray:
+        """Every image decoded, as an array (what ``data.astype`` gave when ``data`` was one)."""
+        return np.asarray(self, dtype=dtype)
+
     def batches(self, size: int) -> Iterator[Tuple[slice, np.ndarray]]:
         """(slice, decoded batch) in order, ``size`` images at a time."""
         for start in range(0, len(self.paths), size):

@@ -81,6 +81,7 @@ class ActorGroup:
         wired = [{_BLOB: put_model(ray, a)} if isinstance(a, ModelFiles) else (ray.put(a) if isinstance(a, np.ndarray) else a)
                  for a in args]
         remote = ray.remote(num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)(Host)
+        self._wired = wired  # held for the group's life: a restarted actor is rebuilt from these refs
         self.actors = [remote.remote(factory, *wired) for _ in range(max(1, n))]
         try:
             states = ray.get([a.ready.remote() for a in self.actors], timeout=READY_TIMEOUT)

@@ -1,8 +1,9 @@
 """Model files by content hash: the driver puts the bytes in Ray's object store, a worker writes and verifies them.
 
-A worker keeps them in a content-addressed folder of its node (``<tmp>/resnext-deploy-ray/<model digest>/``), so
-the actors of one node share one copy, and a file whose bytes do not hash to what the driver recorded is
-refused, naming the node.
+A worker keeps them in a folder of its own named by content (``<tmp>/resnext-deploy-ray/<model digest>-<pid>/``),
+not one shared by the node's actors: ONNX Runtime's quantizer writes ``<model>-inferred.onnx`` beside the
+model it reads, and two actors doing so in one folder read each other's half-written files. A file whose
+bytes do not hash to what the driver recorded is refused, naming the node.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def fetch_model(ray: Any, blob: Dict[str, Any], where: str) -> ModelFiles:
     """On a worker: the model's files written locally, each verified against its sha256."""
     hashes = {n: s for n, (_, s) in blob["files"].items()}
     # One folder per model (its files side by side: an OpenVINO .xml finds its .bin), named by content.
-    folder = node_cache() / ModelFiles(blob["name"], blob["backend"], Path(blob["main"]), sha256=hashes).digest[:32]
+    digest = ModelFiles(blob["name"], blob["backend"], Path(blob["main"]), sha256=hashes).digest
+    folder = node_cache() / f"{digest[:32]}-{os.getpid()}"
     paths = {}
     for name, (ref, sha) in blob["files"].items():
         path = folder / name
