@@ -65,10 +65,13 @@ def test_logits_are_bit_identical_in_the_same_order(cluster, demo_build):
     model = ModelFiles.of(art.name, "openvino", art.abspath(demo_build.out_dir), {"threads": 1})
     val = load_labeled(DEMO_VAL, DEMO_PREPROCESSING)
     local = LocalInference().logits(model, val.data, 8)
-    with open_inference(ScaleOptions(workers=2, shard_images=40)) as inference:
-        sharded = inference.logits(model, val.data, 8)
-    assert sharded.dtype == local.dtype and sharded.shape == local.shape
-    assert np.array_equal(sharded, local)  # bit for bit, same order
+    for workers_decode in (True, False):  # paths to workers that see the files / decoded shards by object ref
+        with open_inference(ScaleOptions(workers=2, shard_images=40)) as inference:
+            assert inference.cluster.shared_files  # a local cluster: every node sees the driver's files
+            inference.cluster.shared_files = workers_decode
+            sharded = inference.logits(model, val.data, 8)
+        assert sharded.dtype == local.dtype and sharded.shape == local.shape
+        assert np.array_equal(sharded, local)  # bit for bit, same order
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,10 @@ class ImageList:
         arr = self[:]
         return arr.astype(dtype) if dtype is not None else arr
 
+    def subset(self, start: int, stop: int) -> "ImageList":
+        """Images ``start:stop`` still undecoded (what a worker that sees the same files decodes itself)."""
+        return ImageList(self.paths[start:stop], self.spec)
+
     def astype(self, dtype: Any) -> np.ndarray:
         """Every image decoded, as an array (what ``data.astype`` gave when ``data`` was one)."""
         return np.asarray(self, dtype=dtype)

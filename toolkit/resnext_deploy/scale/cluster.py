@@ -27,6 +27,8 @@ class Cluster:
     workers: int
     started: bool
     address: str
+    #: the workers see the driver's files (a local cluster): they may decode images themselves
+    shared_files: bool = False
 
     def nodes(self) -> List[Dict[str, Any]]:
         """The alive nodes (address and CPUs), for the report's provenance."""
@@ -66,7 +68,9 @@ def connect(workers: int = 0, address: Optional[str] = None) -> Iterator[Cluster
         if n <= 0:
             raise BadInputError(f"The Ray cluster at '{address or 'local'}' has no CPUs for workers.")
         log.info("ray: %d workers on %s (%d CPUs)", n, address or "a local cluster", cpus)
-        yield Cluster(ray, n, mine, address or "local")
+        local = not address and all(nd.get("NodeManagerAddress") == ray.util.get_node_ip_address()
+                                    for nd in ray.nodes() if nd.get("Alive"))
+        yield Cluster(ray, n, mine, address or "local", shared_files=local)
     finally:
         if mine:
             ray.shutdown()

@@ -1,7 +1,8 @@
 """Logits on a Ray cluster: shards of images to one actor per model per worker, merged in shard order.
 
-The driver decodes a shard only when a worker has a free slot and hands it over as an object ref, so its
-memory follows the shards in flight, not the folder. Each actor loads its model's session once (files by
+On a cluster of other machines the driver decodes a shard only when a worker has a free slot and hands it
+over as an object ref, so its memory follows the shards in flight, not the folder; on a local cluster
+(``--workers``), whose workers see the same files, it hands out the shard's paths and the workers decode. Each actor loads its model's session once (files by
 content hash, verified), runs the shard in the same batches one process would, and returns float32 logits;
 the driver puts them back in shard order, so accuracy, agreement, cosine and the logits themselves are
 those of one process with the same settings, bit for bit.
@@ -37,7 +38,8 @@ class ArtifactSession:
         require(be.module, f"run {model.name} ({model.backend}) on this Ray worker")
         self.runner: Runner = be.load(model.path, model.settings)
 
-    def infer(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+    def infer(self, images: Any, batch_size: int) -> np.ndarray:
+        """Logits of a decoded shard or of an image list (decoded here, a batch at a time)."""
         return np.concatenate([self.runner.infer(images[s : s + batch_size]).astype(np.float32)
                                for s in range(0, len(images), batch_size)])
 
@@ -99,6 +101,10 @@ class RayInference:
                     progress(done_images, len(images))
 
             def make(shard: Shard) -> Callable[[], tuple]:
+                if self.cluster.shared_files and hasattr(images, "subset"):
+                    # Workers of a local cluster see the driver's files: they decode their own shards (same code,
+                    # same libraries, same pixels) and the driver only hands out paths.
+                    return lambda: (images.subset(shard.start, shard.stop), batch_size)
                 return lambda: (ray.put(np.ascontiguousarray(images[shard.start : shard.stop], dtype=np.float32)), batch_size)
 
             with ActorGroup(self.cluster, ArtifactSession, [work], min(self.cluster.workers, len(todo)), f"evaluate {model.name}") as group:
