@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--sensitivity-images", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-sensitivity", action="store_true")
+    ap.add_argument("--prepare-only", action="store_true", help="Build and cache the inputs, measure nothing.")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     import ray
@@ -122,6 +123,8 @@ def main() -> None:
     from resnext_deploy.scale import LocalInference, ModelFiles, ScaleOptions, open_inference
 
     p = prepare(args.work, args.images)
+    if args.prepare_only:
+        return
     d = p["build"]
     manifest = json.loads((d / "manifest.json").read_text())
     arts = {a["name"]: a for a in manifest["artifacts"]}

@@ -4,8 +4,10 @@
 
 Generates (seeded, offline) ImageFolder trees of natural-image crops in ``--work`` (not committed), builds the
 demo once, then runs `evaluate` on the demo's FP32 reference and ONNX Runtime INT8 artifact for each folder
-in a child process of its own and reads the child's peak RSS from the kernel (wait4's ru_maxrss). It also
-states what one decoded array of the folder would weigh, i.e. what the previous all-in-memory loader held.
+in a child process of its own, which reports its own peak RSS (VmHWM of /proc/self/status at exit: unlike
+ru_maxrss, it does not include the parent's memory at fork). It also states what one decoded array of the
+folder weighs, i.e. what an all-in-memory loader holds. ``--label`` names the run (e.g. to measure another
+checkout's code: PYTHONPATH=/other/toolkit python benchmarks/streaming_rss.py --label main).
 """
 
 from __future__ import annotations
@@ -43,14 +45,25 @@ def image_folder(root: Path, count: int, classes: int = 10, seed: int = 0, size:
     return folder
 
 
-def peak_rss_mb(cmd: list) -> tuple:
+#: runs the CLI and writes its own VmHWM (kB) to $RSS_OUT at exit
+WRAPPER = """
+import atexit, os, runpy, sys
+def _report():
+    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]
+    open(os.environ['RSS_OUT'], 'w').write(hwm)
+atexit.register(_report)
+sys.argv = ['resnext-deploy'] + sys.argv[1:]
+runpy.run_module('resnext_deploy', run_name='__main__')
+"""
+
+
+def peak_rss_mb(args: list, report: Path) -> tuple:
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err}")
-    return usage.ru_maxrss / 1024.0, time.perf_counter() - t  # Linux: kilobytes
+    res = subprocess.run([sys.executable, "-c", WRAPPER] + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=dict(os.environ, RSS_OUT=str(report)))
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{res.stderr.decode()}")
+    return int(report.read_text()) / 1024.0, time.perf_counter() - t
 
 
 def main() -> None:
@@ -58,27 +71,28 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/resnext-deploy-rss"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale")
     ap.add_argument("--counts", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--label", default="this checkout")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     from resnext_deploy.cpu import host_cpu
     from resnext_deploy.demo import DEMO_PREPROCESSING
-    from resnext_deploy.pipeline.build import build
 
     out_dir = args.work / "demo-build"
-    if not (out_dir / "manifest.json").is_file():
-        build(model=None, target="x86-cpu", out=out_dir)
+    if not (out_dir / "manifest.json").is_file():  # in a child: this process stays small (no torch)
+        subprocess.run([sys.executable, "-m", "resnext_deploy", "-q", "build", "--out", str(out_dir)], check=True,
+                       stdout=subprocess.DEVNULL)
     rows = []
     for n in args.counts:
         folder = image_folder(args.work, n)
-        cmd = [sys.executable, "-m", "resnext_deploy", "-q", "evaluate", str(out_dir / "onnxruntime" / "model-int8.ort.onnx"),
+        cmd = ["-q", "evaluate", str(out_dir / "onnxruntime" / "model-int8.ort.onnx"),
                "--reference", str(out_dir / "onnx" / "model-fp32.onnx"), "--val", str(folder),
                "--out", str(args.work / f"eval-{n}.json")]
-        rss, seconds = peak_rss_mb(cmd)
+        rss, seconds = peak_rss_mb(cmd, args.work / "rss.txt")
         eager = n * int(np.prod(DEMO_PREPROCESSING.input_shape)) * 4 / 2**20
         rows.append({"images": n, "peak_rss_mb": round(rss, 1), "seconds": round(seconds, 1),
                      "one_decoded_array_mb": round(eager, 1)})
         print(rows[-1], flush=True)
-    doc = {"what": "peak RSS of `resnext-deploy evaluate` (FP32 reference + ONNX Runtime INT8, demo model, "
+    doc = {"code": args.label, "what": "peak RSS of `resnext-deploy evaluate` (FP32 reference + ONNX Runtime INT8, demo model, "
                    f"{DEMO_PREPROCESSING.crop}x{DEMO_PREPROCESSING.crop} input) by image count",
            "machine": {"cpu": host_cpu().model, "cpus": os.cpu_count(), "python": platform.python_version(),
                        "load_average": os.getloadavg()},
@@ -86,7 +100,8 @@ def main() -> None:
            "growth_mb_per_1k_images": round((rows[-1]["peak_rss_mb"] - rows[0]["peak_rss_mb"])
                                             / max(1, (rows[-1]["images"] - rows[0]["images"]) / 1000), 2)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "streaming_rss.json").write_text(json.dumps(doc, indent=2))
+    name = "streaming_rss.json" if args.label == "this checkout" else f"streaming_rss-{args.label}.json"
+    (args.out / name).write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc, indent=2))
 
 
