@@ -7,6 +7,7 @@ existing one). Ray is imported only through ``resnext_deploy.optional`` and only
 
 from __future__ import annotations
 
-from .inference import LocalInference, ModelFiles, ScaleOptions, open_inference
+from .inference import LocalInference, ModelFiles, ScaleOptions
+from .switch import open_inference
 
 __all__ = ["LocalInference", "ModelFiles", "ScaleOptions", "open_inference"]
