@@ -144,7 +144,7 @@ def test_checkpoint_small_and_reaches_accuracy():
     val = datasets.load_labeled(DEMO_VAL, DEMO_PREPROCESSING)
     assert len(val.data) == 500 and not val.skipped
     with torch.no_grad():
-        pred = model(torch.from_numpy(val.data)).argmax(1).numpy()
+        pred = model(torch.from_numpy(np.asarray(val.data))).argmax(1).numpy()
     top1 = float((pred == val.labels).mean())
     assert top1 >= 0.97
     assert abs(top1 - ckpt["val_top1"]) < 1e-6

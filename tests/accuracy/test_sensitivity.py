@@ -67,7 +67,7 @@ def ranked(models, data, quantizer):
 
 def test_hostile_transformation_keeps_the_float_function(models, data):
     plain, hostile, records, path = models
-    x = torch.from_numpy(data[1].data)
+    x = torch.from_numpy(np.asarray(data[1].data))
     with torch.no_grad():
         a, b = plain(x).numpy(), hostile(x).numpy()
     assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()

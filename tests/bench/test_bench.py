@@ -215,7 +215,7 @@ def test_validation_folder_is_labeled_with_the_float_models_top1(tmp_path):
     assert sorted(d.name for d in val.iterdir()) == [str(i) for i in range(10)]
     loaded = load_labeled(val, spec)
     with torch.no_grad():
-        top1 = module(torch.from_numpy(loaded.data)).numpy().argmax(1)
+        top1 = module(torch.from_numpy(np.asarray(loaded.data))).numpy().argmax(1)
     assert len(loaded.paths) == 12 and np.array_equal(top1, loaded.labels)
 
 

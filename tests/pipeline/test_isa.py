@@ -161,7 +161,7 @@ def test_ort_guard_is_exact_and_leaves_seven_bit_weights_alone(vnni_build, demo_
     """session.x64quantprecision rewrites full-range int8 weights to uint8 (U8U8 kernels, which cannot saturate)
     and leaves 7-bit weights as they are (their U8S8 kernels are exact already)."""
     spec = Preprocessing.from_dict(vnni_build.manifest["preprocessing"])
-    data = load_labeled(vnni_build.manifest["inputs"]["validation"]["folder"], spec, None).data
+    data = np.asarray(load_labeled(vnni_build.manifest["inputs"]["validation"]["folder"], spec, None).data)
     ref = _ort_logits(vnni_build.out_dir / "onnx" / "model-fp32.onnx", data, "off")
     full = vnni_build.out_dir / "onnx" / "model-int8-uint8.onnx"
     guarded = _ort_logits(full, data, "on", tmp_path / "full-on.onnx")
@@ -200,7 +200,7 @@ def test_openvino_avx2_kernels_saturate_full_range_and_not_seven_bit(vnni_build,
     """OpenVINO with oneDNN capped at AVX2 (a no-op on an AVX2 machine): the u8s8 saturation is real, and the
     x86-cpu target's 7-bit weights keep INT8 at the float model's answers."""
     spec = Preprocessing.from_dict(vnni_build.manifest["preprocessing"])
-    data = load_labeled(vnni_build.manifest["inputs"]["validation"]["folder"], spec, None).data
+    data = np.asarray(load_labeled(vnni_build.manifest["inputs"]["validation"]["folder"], spec, None).data)
     np.save(tmp_path / "data.npy", data)
     with backends.get("onnxruntime").load(vnni_build.out_dir / "onnx" / "model-fp32.onnx", {}) as runner:
         ref = predict_all(runner, data, 8)

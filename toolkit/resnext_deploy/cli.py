@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import click
 
@@ -27,15 +27,21 @@ class _Progress:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._last = ""
+        self._rates: Dict[str, Any] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
             return
+        from .progress import Rate, format_eta
+
+        rate, left = self._rates.setdefault(stage, Rate()).update(done, total)
         width = 24
         if done < total and (done * 20 // max(total, 1)) == ((done - 1) * 20 // max(total, 1)):
             return  # redraw every 5%
         filled = int(width * done / max(total, 1))
-        click.echo(f"\r  {stage:<36} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", nl=False, err=True)
+        unit = "img/s" if any(w in stage for w in ("evaluate", "image", "calibrat")) else "/s"
+        speed = f" {rate:7.1f} {unit} ETA {format_eta(left)}" if rate else ""
+        click.echo(f"\r  {stage:<36} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{speed}", nl=False, err=True)
         if done >= total:
             click.echo("", err=True)
 
@@ -87,6 +93,22 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     ctx.obj = {"progress": _Progress(not quiet and sys.stderr.isatty())}
 
 
+def _scale_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--workers / --ray-address: the one switch that puts the logits on Ray workers (see README, Scale)."""
+    fn = click.option("--ray-address", default=None, metavar="ADDR",
+                      help="Run the accuracy work on this existing Ray cluster (e.g. 10.0.0.5:6379, or 'auto').")(fn)
+    fn = click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                      help="Shard the accuracy work over N Ray workers of one CPU on a local cluster started for the run "
+                           "(0: this process). Needs the [scale] extra. Latency is always measured in this process.")(fn)
+    return fn
+
+
+def _scale(workers: int, ray_address: Optional[str], resume: Optional[Path] = None) -> Any:
+    from .scale import ScaleOptions
+
+    return ScaleOptions(workers=workers, address=ray_address, resume=resume)
+
+
 def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--num-classes", type=int, default=None, help="Classes of the model (default: from the checkpoint's fc).")(fn)
     fn = click.option("--arch", default=None, help="Architecture of a state_dict: resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, resnext_demo.")(fn)
@@ -126,17 +148,19 @@ def _write_ci(report: Any, junit_file: Optional[Path], summary_file: Optional[Pa
 @click.option("--sensitivity", is_flag=True, default=None,
               help="Rank the layers by INT8 sensitivity and report it even when the gate passes (a failed gate always does).")
 @_ci_options
+@_scale_options
 @click.pass_context
 @_run
 def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_classes: Optional[int], target: str,
           recipe: Optional[Path], calib: Optional[Path], val: Optional[Path], out: Optional[Path], as_json: bool,
-          sensitivity: Optional[bool], junit_file: Optional[Path], summary_file: Optional[Path]) -> None:
+          sensitivity: Optional[bool], junit_file: Optional[Path], summary_file: Optional[Path], workers: int,
+          ray_address: Optional[str]) -> None:
     """Run the whole pipeline and gate it; writes one build directory."""
     from .pipeline.build import build as run_build
     from .report import render_table
 
     res = run_build(model, _given_target(target) if recipe else target, recipe, out, arch, num_classes, calib, val,
-                    ctx.obj["progress"], sensitivity=sensitivity)
+                    ctx.obj["progress"], sensitivity=sensitivity, scale=_scale(workers, ray_address))
     click.echo(json.dumps(res.report, indent=2) if as_json else render_table(res.report))
     fb = res.report.get("fallback")
     if fb and not as_json:
@@ -296,6 +320,9 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
 @click.option("--val", type=click.Path(path_type=Path), default=None,
               help="Labeled images, ImageFolder layout (default: the recipe's, else the ones the reference's build used; the demo's only for the demo).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the evaluation JSON here (input of `report`).")
+@click.option("--resume", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Keep each shard's logits in DIR (keyed by model sha256 and image list); a re-run resumes from them.")
+@_scale_options
 @_size_opt
 @_preprocessing_opt
 @_target_opt
@@ -303,6 +330,7 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
 @click.pass_context
 @_run
 def evaluate(ctx: click.Context, artifacts: tuple, reference: Path, val: Optional[Path], out: Optional[Path],
+             resume: Optional[Path], workers: int, ray_address: Optional[str],
              input_size: Optional[int], preprocessing: Optional[str], target: str, recipe: Optional[Path]) -> None:
     """Accuracy, agreement, logit error, latency and size of artifacts (by path) on the same images.
 
@@ -312,7 +340,7 @@ def evaluate(ctx: click.Context, artifacts: tuple, reference: Path, val: Optiona
     from .report import render_table
 
     ev = evaluate_files(reference, artifacts, val, _recipe(target, recipe), input_size, out, ctx.obj["progress"],
-                        preprocessing=preprocessing)
+                        preprocessing=preprocessing, scale=_scale(workers, ray_address, resume))
     click.echo(render_table(ev, with_gate=False))
     if out:
         click.echo(f"wrote {out}")
@@ -408,6 +436,7 @@ def predict(images: tuple, build_dir: Path, backend: str, precision: str, top_k:
 @click.option("--no-search", is_flag=True, help="Only rank the layers; do not search the fallback list.")
 @click.option("--compare-nncf", is_flag=True, help="Also run NNCF's quantize_with_accuracy_control (OpenVINO) and set it beside ours.")
 @click.option("--json", "as_json", is_flag=True, help="Print sensitivity.json.")
+@_scale_options
 @_size_opt
 @_preprocessing_opt
 @_target_opt
@@ -416,13 +445,17 @@ def predict(images: tuple, build_dir: Path, backend: str, precision: str, top_k:
 @_run
 def sensitivity(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Path], val: Optional[Path], activations: tuple,
                 measure: Optional[str], subset: Optional[int], max_excluded: Optional[int], no_search: bool, compare_nncf: bool,
-                as_json: bool, input_size: Optional[int], preprocessing: Optional[str], target: str, recipe: Optional[Path]) -> None:
-    """Rank the layers by how much INT8 error each brings, find the layers to leave in float, compare with NNCF."""
+                as_json: bool, workers: int, ray_address: Optional[str], input_size: Optional[int], preprocessing: Optional[str],
+                target: str, recipe: Optional[Path]) -> None:
+    """Rank the layers by how much INT8 error each brings, find the layers to leave in float, compare with NNCF.
+
+    With --workers / --ray-address the layers are shared out to Ray workers and the candidate checks sharded by image."""
     from .accuracy.sensitivity import markdown_table
     from .accuracy.study import comparison_rows, study_file
 
     doc = study_file(onnx_path, out, _recipe(target, recipe), calib, val, input_size, activations, measure, subset,
-                     max_excluded, not no_search, compare_nncf, ctx.obj["progress"], preprocessing=preprocessing)
+                     max_excluded, not no_search, compare_nncf, ctx.obj["progress"], preprocessing=preprocessing,
+                     scale=_scale(workers, ray_address))
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return

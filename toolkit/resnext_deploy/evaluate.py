@@ -88,7 +88,8 @@ def compare_logits(logits: np.ndarray, reference: np.ndarray) -> Dict[str, float
 
 def measure_latency(runner: Runner, sample: np.ndarray, cfg: TimingConfig) -> Dict[str, Any]:
     """Batch-1 latency percentiles after warm-up, first-inference time, and throughput at cfg.batch_size."""
-    one = np.ascontiguousarray(sample[:1])
+    first_batch = np.asarray(sample[: cfg.batch_size], dtype=np.float32)  # a lazy image list decodes only these
+    one = np.ascontiguousarray(first_batch[:1])
     t0 = time.perf_counter()
     runner.infer(one)
     first = (time.perf_counter() - t0) * 1e3
@@ -99,7 +100,7 @@ def measure_latency(runner: Runner, sample: np.ndarray, cfg: TimingConfig) -> Di
         t0 = time.perf_counter()
         runner.infer(one)
         times.append((time.perf_counter() - t0) * 1e3)
-    big = np.ascontiguousarray(np.resize(sample, (cfg.batch_size,) + sample.shape[1:]))
+    big = np.ascontiguousarray(np.resize(first_batch, (cfg.batch_size,) + first_batch.shape[1:]))
     runner.infer(big)  # warm-up at this shape
     n = max(3, cfg.iterations // 4)
     t0 = time.perf_counter()
@@ -130,9 +131,17 @@ def evaluate_runner(
     precision: str = "fp32",
     size_bytes: int = 0,
     progress: Optional[Callable[[int, int], None]] = None,
+    logits: Optional[np.ndarray] = None,
+    provenance: Optional[Dict[str, Any]] = None,
 ) -> "tuple[Metrics, np.ndarray]":
-    """All metrics of one loaded artifact; returns them and the logits (the reference's, when it is one)."""
-    logits = predict_all(runner, data, cfg.batch_size, progress)
+    """All metrics of one loaded artifact; returns them and the logits (the reference's, when it is one).
+
+    ``logits`` computed elsewhere (sharded, e.g. on Ray workers) are taken as they are; latency and throughput
+    are always measured here, with ``runner``, in this process. ``provenance`` says where each number came
+    from (``details["measured"]`` in the report).
+    """
+    if logits is None:
+        logits = predict_all(runner, data, cfg.batch_size, progress)
     cmp = compare_logits(logits, logits if reference is None else reference)
     timing = measure_latency(runner, data, cfg)
     metrics = Metrics(
@@ -143,7 +152,7 @@ def evaluate_runner(
         top1=topk_accuracy(logits, labels, 1),
         top5=topk_accuracy(logits, labels, 5),
         size_bytes=int(size_bytes),
-        details=dict(runner.details),
+        details=dict(runner.details, **({"measured": provenance} if provenance else {})),
         **cmp,
         **timing,
     )

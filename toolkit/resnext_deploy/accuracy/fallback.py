@@ -35,6 +35,7 @@ from ..pipeline.context import BuildContext
 from ..pipeline.quantize import weight_range_for
 from ..pipeline.steps import REFERENCE, evaluate_build, quantized_flavours, run_stages
 from .sensitivity import (
+    EVAL_BATCH,
     VariantQuantizer,
     analyze_sensitivity,
     attach_plot,
@@ -66,12 +67,21 @@ def search_exclusions(ranking: Sequence[str], cap: int, attempt: Callable[[List[
 def quick_check(
     quantizer: VariantQuantizer, flavours: Sequence[str], excluded: Sequence[str], images: np.ndarray,
     labels: Optional[np.ndarray], reference: np.ndarray, gates: Dict[str, Any], ort_settings: Optional[Dict[str, Any]] = None,
+    inference: Any = None,
 ) -> Dict[str, Any]:
-    """The gate's accuracy checks on the Q/DQ model of each flavour with ``excluded`` in float, run in ONNX Runtime."""
+    """The gate's accuracy checks on the Q/DQ model of each flavour with ``excluded`` in float, run in ONNX Runtime
+    (in this process, or sharded by image over a distributed ``inference``'s workers)."""
     per_flavour: Dict[str, Dict[str, Any]] = {}
     ref_top1 = topk_accuracy(reference, labels, 1) if labels is not None else 1.0
     for fl in flavours:
-        logits = run_onnx_model(quantizer.quantize(fl, exclude=excluded), images, ort_settings)
+        path = quantizer.quantize(fl, exclude=excluded)
+        if inference is not None and getattr(inference, "distributed", False):
+            from ..scale import ModelFiles
+
+            logits = inference.logits(ModelFiles.of(f"candidate {fl} ({len(excluded)} layers in float)", "onnxruntime", path,
+                                                    ort_settings), images, EVAL_BATCH)
+        else:
+            logits = run_onnx_model(path, images, ort_settings)
         agreement = float(np.mean(np.argmax(logits, 1) == np.argmax(reference, 1)))
         top1 = topk_accuracy(logits, labels, 1) if labels is not None else agreement
         drop = (ref_top1 - top1) * 100.0
@@ -147,7 +157,7 @@ def accuracy_fallback(
         subset = evenly_spaced(len(valset.data), cfg["subset"])
         sens = analyze_sensitivity(
             fp32, cal.data, valset.data[subset], flavours, cal_cfg, cfg["measure"],
-            ort_settings, quantizer=quantizer, reference=reference[subset], progress=progress,
+            ort_settings, quantizer=quantizer, reference=reference[subset], progress=progress, inference=ctx.inference,
         )
         report_extra["sensitivity"] = attach_plot(sens.to_dict(), stage_dir)
         stages["sensitivity"] = sens.seconds["total"]
@@ -157,7 +167,8 @@ def accuracy_fallback(
         kept: Dict[str, Any] = {}
 
         def attempt(excluded: List[str]) -> Dict[str, Any]:
-            record = quick_check(quantizer, flavours, excluded, valset.data, valset.labels, reference, gates, ort_settings)
+            record = quick_check(quantizer, flavours, excluded, valset.data, valset.labels, reference, gates, ort_settings,
+                                 inference=ctx.inference)
             record.update(built=False, passed=False)
             if progress:
                 progress("fallback: layers in float", len(excluded), cfg["max_excluded_layers"])

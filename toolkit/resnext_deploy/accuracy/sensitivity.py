@@ -123,6 +123,35 @@ def run_onnx_model(path: Union[str, Path], images: np.ndarray, settings: Optiona
         return predict_all(runner, images, EVAL_BATCH)
 
 
+class VariantWorker:
+    """One worker's share of the ranking (a Ray actor's object): the variants of a layer, quantized from the
+    driver's calibration cache (copied in, so no worker calibrates again) and run in ONNX Runtime."""
+
+    def __init__(self, fp32: Any, cache: Any, calibration: np.ndarray, images: np.ndarray, reference: np.ndarray,
+                 calibration_cfg: Dict[str, Any], weight_range: Optional[str], ort_settings: Dict[str, Any]) -> None:
+        import shutil
+
+        self.quantizer = VariantQuantizer(fp32.path, calibration, calibration_cfg, weight_range=weight_range)
+        shutil.copyfile(cache.path, self.quantizer.cache)
+        self.images, self.reference, self.ort_settings = images, reference, ort_settings
+
+    def _error(self, flavour: str, **kw: Any) -> Dict[str, float]:
+        return logit_error(run_onnx_model(self.quantizer.quantize(flavour, **kw), self.images, self.ort_settings), self.reference)
+
+    def measure(self, item: Tuple[int, str, str, str, Sequence[str]]) -> Dict[str, Any]:
+        """The row of one layer: (index, node, op type, measure, flavours) -> its errors per flavour."""
+        index, node, op_type, measure, flavours = item
+        row: Dict[str, Any] = {"node": node, "op_type": op_type, "index": index}
+        if measure in ("quantize-one", "both"):
+            row["quantize_one"] = {fl: self._error(fl, only=[node]) for fl in flavours}
+        if measure in ("float-one", "both"):
+            row["float_one"] = {fl: self._error(fl, exclude=[node]) for fl in flavours}
+        return row
+
+    def close(self) -> None:
+        self.quantizer.close()
+
+
 @dataclass
 class SensitivityResult:
     """The ranking and every measurement behind it (``to_dict`` is what report.json holds)."""
@@ -159,12 +188,15 @@ def analyze_sensitivity(
     quantizer: Optional[VariantQuantizer] = None,
     reference: Optional[np.ndarray] = None,
     progress: Progress = None,
+    inference: Any = None,
 ) -> SensitivityResult:
     """Measure every layer of ``fp32_path`` on ``images`` (NCHW float32) and rank them.
 
     ``flavours`` are the activation flavours to quantize with (a layer's score is its worst over them);
     ``reference`` is the float model's logits on ``images`` if already computed. A ``quantizer`` passed in
-    keeps its calibration for the caller (the fallback search reuses it).
+    keeps its calibration for the caller (the fallback search reuses it). A distributed ``inference``
+    (scale.open_inference with Ray) measures the layers on its workers, a layer per task, from this
+    calibration; the rows are merged in layer order, so the ranking is the one this process would give.
     """
     if measure not in MEASURES:
         raise BadInputError(f"Unknown sensitivity measure '{measure}'; use one of {', '.join(MEASURES)}.")
@@ -195,15 +227,33 @@ def analyze_sensitivity(
         t = time.perf_counter()
         ref = reference if reference is not None else run_onnx_model(fp32_path, images, ort_settings)
         eval_seconds += time.perf_counter() - t
-        baseline = {fl: measure_variant(fl) for fl in flavours}
+        baseline = {fl: measure_variant(fl) for fl in flavours}  # the first also writes the calibration cache
         rows: List[Dict[str, Any]] = []
-        for index, (node, op_type) in enumerate(layers):
-            row: Dict[str, Any] = {"node": node, "op_type": op_type, "index": index}
-            if measure in ("quantize-one", "both"):
-                row["quantize_one"] = {fl: measure_variant(fl, only=[node]) for fl in flavours}
-            if measure in ("float-one", "both"):
-                row["float_one"] = {fl: measure_variant(fl, exclude=[node]) for fl in flavours}
-            rows.append(row)
+        if inference is not None and getattr(inference, "distributed", False):
+            from ..scale import ModelFiles
+
+            t = time.perf_counter()
+            args = [ModelFiles.of("fp32 model", "onnxruntime", fp32_path), ModelFiles.of("calibration cache", "", q.cache),
+                    np.asarray(calibration, dtype=np.float32), np.asarray(images, dtype=np.float32), np.asarray(ref),
+                    q.settings, q.weight_range, inference.worker_settings(ort_settings)]
+            items = [(index, node, op_type, measure, flavours) for index, (node, op_type) in enumerate(layers)]
+            per_layer = len(flavours) * (2 if measure == "both" else 1)
+
+            def layer_done(n: int, _total: int) -> None:
+                if progress:
+                    progress("sensitivity", len(flavours) + n * per_layer, total)
+
+            rows = inference.map_items(VariantWorker, args, "measure", items, layer_done)
+            done = total
+            eval_seconds += time.perf_counter() - t  # quantize and evaluate, on the workers
+        else:
+            for index, (node, op_type) in enumerate(layers):
+                row: Dict[str, Any] = {"node": node, "op_type": op_type, "index": index}
+                if measure in ("quantize-one", "both"):
+                    row["quantize_one"] = {fl: measure_variant(fl, only=[node]) for fl in flavours}
+                if measure in ("float-one", "both"):
+                    row["float_one"] = {fl: measure_variant(fl, exclude=[node]) for fl in flavours}
+                rows.append(row)
     finally:
         seconds = {"calibration": q.calibration_seconds, "quantize": q.quantize_seconds}
         if own:

@@ -65,11 +65,13 @@ def study_file(
     compare_nncf: bool = False,
     progress: Progress = None,
     preprocessing: Optional[str] = None,
+    scale: Any = None,
 ) -> Dict[str, Any]:
     """Run the study (see the module doc) and write it into ``out``; returns the sensitivity.json document.
 
     ``None``/empty arguments take the recipe's values: flavours of its INT8 backends, ``fallback.measure``,
-    ``fallback.subset``, ``fallback.max_excluded_layers``.
+    ``fallback.subset``, ``fallback.max_excluded_layers``. ``scale`` (scale.ScaleOptions) puts the layers and
+    the candidate checks on Ray workers.
     """
     from ..pipeline.commands import model_meta
     from ..pipeline.source import data_folders
@@ -105,19 +107,23 @@ def study_file(
         "gates": {k: gates[k] for k in ("max_top1_drop", "min_agreement")},
         "max_excluded_layers": cap,
     }
-    with atomic_dir(out) as d:
+    from ..scale import open_inference
+
+    with open_inference(scale) as inference, atomic_dir(out) as d:
         quantizer = VariantQuantizer(onnx_path, cal.data, cal_cfg, weight_range=weight_range_for(recipe.section("quantize")))
         try:
             reference = run_onnx_model(onnx_path, valset.data, ort)
             idx = evenly_spaced(len(valset.data), subset)
-            sens = analyze_sensitivity(onnx_path, cal.data, valset.data[idx], flavours, cal_cfg,
-                                       measure, ort, quantizer=quantizer, reference=reference[idx], progress=progress)
+            sens = analyze_sensitivity(onnx_path, cal.data, valset.data[idx], flavours, cal_cfg, measure, ort,
+                                       quantizer=quantizer, reference=reference[idx], progress=progress, inference=inference)
+            doc["measured"] = {"accuracy": inference.describe()}
             doc["sensitivity"] = sens.to_dict()
             if search:
                 t = time.perf_counter()
 
                 def attempt(excluded: List[str]) -> Dict[str, Any]:
-                    record = quick_check(quantizer, flavours, excluded, valset.data, valset.labels, reference, gates, ort)
+                    record = quick_check(quantizer, flavours, excluded, valset.data, valset.labels, reference, gates, ort,
+                                         inference=inference)
                     record["passed"] = record["quick_passed"]
                     return record
 

@@ -21,6 +21,8 @@ from ..manifest import folder_digest, make_manifest, write_manifest
 from ..progress import Progress, step_progress
 from ..recipes import load_recipe
 from ..report import make_report, write_report
+from ..scale import ScaleOptions, open_inference
+from ..scale.render import markdown_section as measured_section
 from .context import BuildContext
 from .datasets import load_calibration, load_labeled, skipped_records
 from .source import data_folders, resolve_model
@@ -53,12 +55,15 @@ def build(
     val: Union[str, Path, None] = None,
     progress: Progress = None,
     sensitivity: Optional[bool] = None,
+    scale: Optional[ScaleOptions] = None,
 ) -> BuildResult:
     """Run the whole pipeline for one model and one target; returns the result (the gate is not raised).
 
     ``sensitivity`` analyses and reports the layers' INT8 sensitivity even when the gate passes (None:
     the recipe's fallback.sensitivity); a failed accuracy gate triggers the fallback (fallback.py).
     ``target`` alone picks its shipped recipe (default x86-cpu); with ``recipe_path`` the file is layered over it.
+    ``scale`` puts the accuracy evaluation, the sensitivity ranking and the fallback's candidate checks on Ray
+    workers (scale/); latency is measured in this process either way.
     """
     t_start = time.perf_counter()
     recipe = load_recipe(recipe_path, target if recipe_path else (target or "x86-cpu"))
@@ -87,8 +92,8 @@ def build(
             f"{src.num_classes} outputs. Use validation data with the model's classes."
         )
 
-    with atomic_dir(out_dir) as stage_dir:
-        ctx = BuildContext(src, recipe, cal, valset, stage_dir, progress, stages)
+    with open_inference(scale) as inference, atomic_dir(out_dir) as stage_dir:
+        ctx = BuildContext(src, recipe, cal, valset, stage_dir, progress, stages, inference=inference)
         artifacts = run_stages(ctx)
         ref_art = next(a for a in artifacts if a.name == REFERENCE)
         results = evaluate_build(ctx, artifacts)
@@ -106,6 +111,7 @@ def build(
             stages[name] = time.perf_counter() - t
             gate = apply_gates(results, REFERENCE, recipe.section("gates"))  # what it built here is gated too
         notes, report_extra = ctx.notes, ctx.extra
+        report_extra["measured"] = {"accuracy": inference.describe(), "latency": "measured in the driver process (each result's details.measured)"}
         stages["total"] = time.perf_counter() - t_start
         dataset = {
             "validation": str(val_dir),
@@ -125,7 +131,7 @@ def build(
             model=model_info, target=recipe.target, reference=REFERENCE, results=results, gate=gate,
             dataset=dataset, stages=stages, notes=notes, extra=report_extra,
         )
-        report_paths = write_report(report, stage_dir, markdown_sections(report))
+        report_paths = write_report(report, stage_dir, markdown_sections(report) + measured_section(report))
         manifest = make_manifest(
             model=model_info,
             target=recipe.target,

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from .. import backends
 from ..artifacts import Artifact, atomic_file
 from ..errors import BadInputError
@@ -23,6 +25,7 @@ from ..recipes import Recipe, load_recipe
 from ..report import make_report, read_report, write_report
 from .datasets import load_calibration, load_labeled, skipped_records
 from .source import ModelSource, data_folders, preprocessing_for, resolve_model
+from ..scale import ModelFiles, ScaleOptions, open_inference
 from .steps import REFERENCE
 
 log = logging.getLogger(__name__)
@@ -289,7 +292,7 @@ def export_file(
     calib_dir, _ = data_folders(src, recipe, Path(calib) if calib else None, need=("calib",),
                                 purpose="Exporting your own model (the comparison with PyTorch runs on real images)")
     check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
-    sample = load_calibration(calib_dir, src.preprocessing, 8, 0).data
+    sample = np.asarray(load_calibration(calib_dir, src.preprocessing, 8, 0).data)
     exp = recipe.section("export")
     res = onnx_from_torch(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"],
                           log_path=Path(str(out) + ".export.log"))
@@ -345,12 +348,14 @@ def backend_of(path: Path) -> str:
 def evaluate_files(
     reference: PathLike, artifacts: Sequence[PathLike], val: Optional[PathLike], recipe: Recipe,
     input_size: Optional[int] = None, out: Optional[PathLike] = None, progress: Progress = None,
-    preprocessing: Optional[str] = None,
+    preprocessing: Optional[str] = None, scale: Optional[ScaleOptions] = None,
 ) -> Dict[str, Any]:
     """Evaluate artifacts (by path) against an FP32 ONNX reference on labeled images; optionally write JSON.
 
     Preprocessing, names, precisions and the default validation folder come from each file's sidecar or its
-    build's manifest (:func:`model_meta`), so a build's artifacts evaluated by path give the build's numbers."""
+    build's manifest (:func:`model_meta`), so a build's artifacts evaluated by path give the build's numbers.
+    The images stream from the folder a batch at a time; ``scale`` shards the logits over Ray workers and/or
+    keeps each shard in a resume directory (latency is measured here either way)."""
     reference = _require_file(reference, "reference ONNX model")
     ref = model_meta(reference, recipe, input_size, preprocessing)
     spec = ref.preprocessing
@@ -358,10 +363,39 @@ def evaluate_files(
                              recorded=ref.folders, purpose=f"Evaluating against '{reference.name}'")
     valset = load_labeled(folder, spec, recipe.section("evaluation")["limit"] or None, step_progress(progress, "load validation images"))
     cfg = TimingConfig.from_recipe(recipe.section("evaluation"))
+    with open_inference(scale) as inference:
+        results = _evaluate_all(reference, ref, artifacts, recipe, valset, cfg, inference, progress)
+        scale_record = {"accuracy": inference.describe(), "resumed_shards": inference.resumed_shards,
+                        "latency": "measured in the driver process (each result's details.measured)"}
+    evaluation = {
+        "schema": EVALUATION_SCHEMA,
+        "reference": REFERENCE,
+        "model": {"name": ref.model.get("name") or reference.stem, "source": str(reference)},
+        "preprocessing": spec.to_dict(),
+        "preprocessing_from": ref.origin,
+        "dataset": {"validation": str(folder), "validation_images": len(valset.paths),
+                    "validation_skipped": len(valset.skipped), "validation_skipped_files": skipped_records(valset.skipped),
+                    "throughput_batch": cfg.batch_size},
+        "results": results,
+        "measured": scale_record,
+    }
+    if out:
+        with atomic_file(out) as tmp:
+            tmp.write_text(json.dumps(evaluation, indent=2))
+    return evaluation
+
+
+def _evaluate_all(reference: Path, ref: ModelMeta, artifacts: Sequence[PathLike], recipe: Recipe, valset: Any,
+                  cfg: TimingConfig, inference: Any, progress: Progress) -> List[Dict[str, Any]]:
+    """The reference, then every artifact against its logits; logits from ``inference``, timings from a local runner."""
+    spec = ref.preprocessing
     results = []
-    with backends.get("onnxruntime").load(reference, recipe.backend("onnxruntime")) as runner:
-        m, ref_logits = evaluate_runner(REFERENCE, runner, valset.data, valset.labels, None, cfg, "fp32",
-                                        reference.stat().st_size, step_progress(progress, f"evaluate {REFERENCE}"))
+    ort = recipe.backend("onnxruntime")
+    with backends.get("onnxruntime").load(reference, ort) as runner:
+        ref_logits = inference.logits(ModelFiles.of(REFERENCE, "onnxruntime", reference, ort), valset.data, cfg.batch_size,
+                                      step_progress(progress, f"evaluate {REFERENCE}"), runner=runner)
+        m, _ = evaluate_runner(REFERENCE, runner, valset.data, valset.labels, None, cfg, "fp32", reference.stat().st_size,
+                               logits=ref_logits, provenance=inference.provenance(runner))
         results.append(m.to_dict())
     for path in map(Path, artifacts):
         _require_file(path, "artifact")
@@ -376,25 +410,14 @@ def evaluate_files(
         name = record.get("backend") if record.get("backend") in backends.names() else backend_of(path)
         precision = record.get("precision") or ("int8" if "int8" in path.name else "fp32")
         size = sum(f.stat().st_size for f in [path, path.with_suffix(".bin")] if f.is_file())
+        name_ = record.get("name") or path.name
         with backends.get(name).load(path, recipe.backend(name)) as runner:
-            m, _ = evaluate_runner(record.get("name") or path.name, runner, valset.data, valset.labels, ref_logits, cfg,
-                                   precision, size, step_progress(progress, f"evaluate {path.name}"))
+            logits = inference.logits(ModelFiles.of(name_, name, path, recipe.backend(name)), valset.data, cfg.batch_size,
+                                      step_progress(progress, f"evaluate {path.name}"), runner=runner)
+            m, _ = evaluate_runner(name_, runner, valset.data, valset.labels, ref_logits, cfg, precision, size,
+                                   logits=logits, provenance=inference.provenance(runner))
             results.append(m.to_dict())
-    evaluation = {
-        "schema": EVALUATION_SCHEMA,
-        "reference": REFERENCE,
-        "model": {"name": ref.model.get("name") or reference.stem, "source": str(reference)},
-        "preprocessing": spec.to_dict(),
-        "preprocessing_from": ref.origin,
-        "dataset": {"validation": str(folder), "validation_images": len(valset.paths),
-                    "validation_skipped": len(valset.skipped), "validation_skipped_files": skipped_records(valset.skipped),
-                    "throughput_batch": cfg.batch_size},
-        "results": results,
-    }
-    if out:
-        with atomic_file(out) as tmp:
-            tmp.write_text(json.dumps(evaluation, indent=2))
-    return evaluation
+    return results
 
 
 def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = None,
@@ -428,9 +451,10 @@ def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = 
         report["baseline"] = compare_with_baseline(report, base, recipe.section("gates")["baseline"], new_manifest)
     if out_dir:
         from ..accuracy.fallback import markdown_sections
+        from ..scale.render import markdown_section as measured_section
 
-        extra = markdown_sections(report) + (markdown_section(report["baseline"]) if base is not None else [])
-        write_report(report, out_dir, extra)
+        extra = markdown_sections(report) + measured_section(report)
+        write_report(report, out_dir, extra + (markdown_section(report["baseline"]) if base is not None else []))
     return report
 
 

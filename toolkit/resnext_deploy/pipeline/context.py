@@ -35,6 +35,8 @@ class BuildContext:
     extra: Dict[str, Any] = field(default_factory=dict)
     #: the float reference's logits on the validation images (set by the first evaluation)
     reference_logits: Optional[np.ndarray] = None
+    #: where logits are computed (scale.open_inference: this process or Ray workers); None = this process
+    inference: Any = None
 
     def step(self, name: str) -> StepProgress:
         """The progress callback of one named step."""

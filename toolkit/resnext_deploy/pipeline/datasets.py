@@ -6,7 +6,9 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import hashlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -22,11 +24,81 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 
+class ImageList:
+    """Image files decoded on demand: ``images[a:b]`` (or an index array) decodes just those files.
+
+    It stands where a float32 NCHW array stood, so evaluation, calibration and the samplers read a folder a
+    batch at a time and never hold all of it decoded: peak memory follows the batch, not the folder.
+    ``np.asarray(images)`` still decodes everything, for the few consumers that need one array.
+    """
+
+    dtype = np.dtype(np.float32)
+    ndim = 4
+
+    def __init__(self, paths: Sequence[Path], spec: Preprocessing) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return (len(self.paths),) + tuple(self.spec.input_shape)
+
+    def _decode(self, paths: Sequence[Path]) -> np.ndarray:
+        if not paths:
+            return np.zeros((0,) + tuple(self.spec.input_shape), np.float32)
+        return np.stack([preprocess_image(load_image(p), self.spec) for p in paths])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            return self._decode(self.paths[key])
+        if isinstance(key, (int, np.integer)):
+            return self._decode([self.paths[int(key)]])[0]
+        index = np.asarray(key)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        return self._decode([self.paths[int(i)] for i in index])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = self[:]
+        return arr.astype(dtype) if dtype is not None else arr
+
+    def subset(self, start: int, stop: int) -> "ImageList":
+        """Images ``start:stop`` still undecoded (what a worker that sees the same files decodes itself)."""
+        return ImageList(self.paths[start:stop], self.spec)
+
+    def astype(self, dtype: Any) -> np.ndarray:
+        """Every image decoded, as an array (what ``data.astype`` gave when ``data`` was one)."""
+        return np.asarray(self, dtype=dtype)
+
+    def batches(self, size: int) -> Iterator[Tuple[slice, np.ndarray]]:
+        """(slice, decoded batch) in order, ``size`` images at a time."""
+        for start in range(0, len(self.paths), size):
+            sl = slice(start, min(start + size, len(self.paths)))
+            yield sl, self[sl]
+
+    def digest(self, labels: Optional[np.ndarray] = None) -> str:
+        """sha256 of the list (path, size, mtime of every file), the labels and the preprocessing: a resume key.
+
+        File stats, not contents: cheap for 50,000 files, and a file rewritten in place gets a new mtime.
+        """
+        h = hashlib.sha256(repr(sorted(self.spec.to_dict().items())).encode())
+        for p in self.paths:
+            st = p.stat()
+            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        if labels is not None:
+            h.update(np.asarray(labels, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+
 @dataclass
 class LoadedImages:
-    """Preprocessed images, the files they came from, and what was skipped (path, reason)."""
+    """The images of a folder (an :class:`ImageList`, decoded on demand, or an array), the files they come
+    from, and what was skipped (path, reason)."""
 
-    data: np.ndarray
+    data: Union[np.ndarray, ImageList]
     paths: List[Path]
     labels: Optional[np.ndarray] = None
     skipped: List[Tuple[Path, str]] = field(default_factory=list)
@@ -89,32 +161,18 @@ def skipped_records(skipped: Sequence[Tuple[Path, str]]) -> List[Dict[str, str]]
     return [{"path": str(p), "reason": why} for p, why in skipped]
 
 
-def _probe(paths: Sequence[Path]) -> Tuple[List[Path], List[Tuple[Path, str]]]:
+def _probe_all(paths: Sequence[Path], progress: StepProgress) -> Tuple[List[Path], List[Tuple[Path, str]]]:
+    """Decode-probe every file (one at a time, nothing kept) so the usable list is known before any batch."""
     good, skipped = [], []
-    for p in paths:
+    for i, p in enumerate(paths):
         why = skip_reason(p)
         if why:
             skipped.append((p, why))
         else:
             good.append(p)
-    return good, skipped
-
-
-def _load(paths: Sequence[Path], spec: Preprocessing, progress: StepProgress) -> Tuple[List[np.ndarray], List[int], List[Tuple[Path, str]]]:
-    arrays, kept, skipped = [], [], []
-    for i, p in enumerate(paths):
-        why = "not an image" if p.suffix.lower() not in IMAGE_SUFFIXES else None
-        if why is None:
-            try:
-                arrays.append(preprocess_image(load_image(p), spec))
-                kept.append(i)
-            except BadInputError:
-                why = skip_reason(p) or "unreadable"
-        if why:
-            skipped.append((p, why))
         if progress:
             progress(i + 1, len(paths))
-    return arrays, kept, skipped
+    return good, skipped
 
 
 def _warn_skipped(what: str, folder: Path, skipped: Sequence[Tuple[Path, str]]) -> None:
@@ -134,22 +192,18 @@ def load_calibration(
     files = _files(folder)
     if not files:
         raise BadInputError(f"The calibration folder '{folder}' is empty. Put a few hundred representative images in it.")
-    usable, skipped = files, []
-    if count is not None and count < len(files):
-        # Probe every file (so the skipped list is the folder's, whatever the count), then a seeded sample of
-        # the usable ones: deterministic, and exactly ``count`` images.
-        usable, skipped = _probe(files)
-        if count < len(usable):
-            usable = sorted(random.Random(seed).sample(usable, count))
-    arrays, kept, late = _load(usable, spec, progress)
-    skipped += late
+    # Probe every file (so the skipped list is the folder's, whatever the count), then a seeded sample of
+    # the usable ones: deterministic, and exactly ``count`` images, decoded when a batch is read.
+    usable, skipped = _probe_all(files, progress)
+    if count is not None and count < len(usable):
+        usable = sorted(random.Random(seed).sample(usable, count))
     _warn_skipped("calibration", folder, skipped)
-    if not arrays:
+    if not usable:
         raise BadInputError(
             f"The calibration folder '{folder}' has no readable images ({describe_skipped(skipped, folder)}). "
             f"Supported: {', '.join(sorted(IMAGE_SUFFIXES))}."
         )
-    return LoadedImages(np.stack(arrays), [usable[i] for i in kept], None, sorted(skipped))
+    return LoadedImages(ImageList(usable, spec), usable, None, sorted(skipped))
 
 
 def list_classes(folder: Union[str, Path]) -> List[str]:
@@ -181,21 +235,17 @@ def load_labeled(
         for p in _files(folder / name):
             files.append(p)
             labels.append(idx)
-    skipped: List[Tuple[Path, str]] = []
-    if limit is not None and limit < len(files):
-        # Probe every file (so the skipped list is the folder's, whatever the limit), then an even stride over
-        # the usable ones: every class represented, deterministic.
-        usable, skipped = _probe(files)
-        index = {p: i for i, p in enumerate(files)}
-        pairs = [(p, labels[index[p]]) for p in usable]
-        if limit < len(pairs):
-            pick = evenly_spaced(len(pairs), limit)
-            pairs = [pairs[i] for i in pick]
-        files, labels = [p for p, _ in pairs], [lab for _, lab in pairs]
-    arrays, kept, late = _load(files, spec, progress)
-    skipped += late
+    # Probe every file (so the skipped list is the folder's, whatever the limit), then an even stride over the
+    # usable ones (every class represented, deterministic); the images are decoded when a batch is read.
+    usable, skipped = _probe_all(files, progress)
+    index = {p: i for i, p in enumerate(files)}
+    pairs = [(p, labels[index[p]]) for p in usable]
+    if limit is not None and limit < len(pairs):
+        pick = evenly_spaced(len(pairs), limit)
+        pairs = [pairs[i] for i in pick]
     _warn_skipped("validation", folder, skipped)
-    if not arrays:
+    if not pairs:
         detail = f" ({describe_skipped(skipped, folder)})" if skipped else ""
         raise BadInputError(f"The validation folder '{folder}' has no readable images in its class subfolders{detail}.")
-    return LoadedImages(np.stack(arrays), [files[i] for i in kept], np.asarray([labels[i] for i in kept]), sorted(skipped))
+    kept = [p for p, _ in pairs]
+    return LoadedImages(ImageList(kept, spec), kept, np.asarray([lab for _, lab in pairs]), sorted(skipped))

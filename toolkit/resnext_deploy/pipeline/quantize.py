@@ -112,7 +112,8 @@ def _calibration_reader(data: np.ndarray, input_name: str, progress: Optional[Ca
         """Feeds the preprocessed calibration images in fixed-size batches, in order."""
 
         def __init__(self) -> None:
-            self._chunks: Iterator[np.ndarray] = iter([data[i : i + batch] for i in range(0, len(data), batch)])
+            # a generator: a lazy image list (datasets.ImageList) is decoded one batch at a time
+            self._chunks: Iterator[np.ndarray] = (data[i : i + batch] for i in range(0, len(data), batch))
             self._done = 0
 
         def get_next(self) -> Optional[Dict[str, np.ndarray]]:

@@ -10,6 +10,7 @@ from .. import backends
 from ..artifacts import Artifact
 from ..evaluate import TimingConfig, evaluate_runner
 from ..recipes import Recipe
+from ..scale import LocalInference, ModelFiles
 from .context import BuildContext
 
 #: the float reference every artifact is compared with: the exported model in ONNX Runtime
@@ -90,6 +91,14 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
     return artifacts
 
 
+def _sharded_logits(ctx: BuildContext, name: str, backend: str, path: Any, runner: Any, batch_size: int) -> Dict[str, Any]:
+    """Logits (and their provenance) of one model on the validation images, from ``ctx.inference`` (this process by default)."""
+    inference = ctx.inference or LocalInference()
+    model = ModelFiles.of(name, backend, path, ctx.recipe.backend(backend))
+    logits = inference.logits(model, ctx.validation.data, batch_size, ctx.step(f"evaluate {name}"), runner=runner)
+    return {"logits": logits, "provenance": inference.provenance(runner)}
+
+
 def evaluate_reference(ctx: BuildContext, artifacts: List[Artifact]) -> Dict[str, Any]:
     """The float reference (FP32 ONNX in ONNX Runtime) on the validation images; keeps its logits on ``ctx``."""
     cfg = TimingConfig.from_recipe(ctx.recipe.section("evaluation"))
@@ -97,7 +106,8 @@ def evaluate_reference(ctx: BuildContext, artifacts: List[Artifact]) -> Dict[str
     with backends.get("onnxruntime").load(ref_art.abspath(ctx.staging), ctx.recipe.backend("onnxruntime")) as runner:
         metrics, ctx.reference_logits = evaluate_runner(
             REFERENCE, runner, ctx.validation.data, ctx.validation.labels, None, cfg, "fp32",
-            ref_art.size_bytes(ctx.staging), ctx.step(f"evaluate {REFERENCE}"),
+            ref_art.size_bytes(ctx.staging),
+            **_sharded_logits(ctx, REFERENCE, "onnxruntime", ref_art.abspath(ctx.staging), runner, cfg.batch_size),
         )
     return metrics.to_dict()
 
@@ -109,7 +119,8 @@ def evaluate_artifact(ctx: BuildContext, art: Artifact, runner_backend: Optional
     name = runner_backend or art.backend
     with backends.get(name).load(art.abspath(ctx.staging), ctx.recipe.backend(name)) as runner:
         metrics, _ = evaluate_runner(art.name, runner, ctx.validation.data, ctx.validation.labels, ctx.reference_logits,
-                                     cfg, art.precision, art.size_bytes(ctx.staging), ctx.step(f"evaluate {art.name}"))
+                                     cfg, art.precision, art.size_bytes(ctx.staging),
+                                     **_sharded_logits(ctx, art.name, name, art.abspath(ctx.staging), runner, cfg.batch_size))
     row = metrics.to_dict()
     if role:
         row["details"]["role"] = role
