@@ -124,7 +124,7 @@ def measure_latency(runner: Runner, sample: np.ndarray, cfg: TimingConfig) -> Di
 def evaluate_runner(
     name: str,
     runner: Runner,
-    data: np.ndarray,
+    data: Any,  # an array, or a lazy image list (pipeline/datasets.ImageList) decoded a batch at a time
     labels: np.ndarray,
     reference: Optional[np.ndarray],
     cfg: TimingConfig,
