@@ -194,7 +194,9 @@ def main() -> None:
         measure("nncf: quantize (defaults), OpenVINO model", "openvino", xml, "int8", time.perf_counter() - t0,
                 settings={"overflow_fix": fix})
         # NNCF on the ONNX model: Q/DQ ONNX, run by both backends as ours.
-        ds = nncf.Dataset([np.ascontiguousarray(cal.data[i : i + 1]) for i in range(len(cal.data))])
+        input_name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
+        ds = nncf.Dataset([np.ascontiguousarray(cal.data[i : i + 1]) for i in range(len(cal.data))],
+                          lambda x: {input_name: x})  # NNCF's ONNX backend feeds ORT a dict
         for label, kwargs in (("nncf: quantize (defaults: fast bias correction), ONNX model", {}),
                               ("nncf: quantize, full bias correction, ONNX model", {"fast_bias_correction": False})):
             if wanted and not any(w in label for w in wanted):
