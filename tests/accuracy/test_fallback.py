@@ -160,7 +160,11 @@ def test_sensitivity_command_sets_nncf_beside_ours(hostile_ckpt, tmp_path):
     assert set(nncf_row["float_layers"]) & set(HOSTILE)
     # every layer NNCF's model runs in float is one its log says it reverted (NNCF quantizes all of them first)
     assert {f"{n}/WithoutBiases" for n in nncf_row["float_layers"]} <= set(peer["reverted_operations"])
-    assert nncf_row["gate_passed"] == (nncf_row["top1_drop_pct"] <= 1.0 and nncf_row["metrics"]["agreement"] >= 0.98)
+    # judged by the gate's own checks (the recipe's defaults: drop, MLPerf's ratio, agreement on all and confident images)
+    m, ref_top1 = nncf_row["metrics"], rows["openvino-fp32"]["metrics"]["top1"]
+    expected = (nncf_row["top1_drop_pct"] <= 1.0 and m["top1"] >= 0.99 * ref_top1 - 1e-9 and m["agreement"] >= 0.95
+                and m["agreement_confident"] >= 0.99)
+    assert nncf_row["gate_passed"] == expected
     assert (out / rows["nncf: accuracy control"]["path"]).is_file() and (out / "sensitivity.png").is_file()
     md = (out / "sensitivity.md").read_text()
     assert "## Beside NNCF's accuracy control" in md and "nncf: accuracy control" in res.output

@@ -39,6 +39,8 @@ class Metrics:
     top1: float
     top5: float
     agreement: float  # top-1 agreement with the float reference
+    agreement_confident: float  # the same on the images whose reference softmax margin >= CONFIDENT_MARGIN
+    confident_images: int
     max_abs_logit_diff: float
     mean_cosine: float
     min_cosine: float
@@ -72,14 +74,34 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 
-def compare_logits(logits: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
-    """Agreement of top-1 and the error of the logits against the reference's."""
+#: An image is "confident" when the reference's softmax puts at least this much more probability on its top-1
+#: class than on the runner-up. Below it the float model itself is close to a coin flip between two classes, and
+#: an INT8 flip there says little about the INT8 model (README: "Default gates").
+CONFIDENT_MARGIN = 0.2
+
+
+def softmax_margin(logits: np.ndarray) -> np.ndarray:
+    """Per image: softmax probability of the top-1 class minus that of the second."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    top2 = np.sort(p, axis=1)[:, -2:] if p.shape[1] > 1 else np.concatenate([np.zeros_like(p), p], axis=1)
+    return top2[:, 1] - top2[:, 0]
+
+
+def compare_logits(logits: np.ndarray, reference: np.ndarray) -> Dict[str, Any]:
+    """Agreement of top-1 (on all images, and on those the reference is confident about) and the logit error."""
+    same = np.argmax(logits, 1) == np.argmax(reference, 1)
+    confident = softmax_margin(reference) >= CONFIDENT_MARGIN
     diff = np.abs(logits - reference)
     num = np.sum(logits * reference, axis=1)
     den = np.linalg.norm(logits, axis=1) * np.linalg.norm(reference, axis=1)
     cos = num / np.maximum(den, 1e-12)
     return {
-        "agreement": float(np.mean(np.argmax(logits, 1) == np.argmax(reference, 1))),
+        "agreement": float(np.mean(same)),
+        # no confident image: nothing disagrees there (the count says how much the number rests on)
+        "agreement_confident": float(np.mean(same[confident])) if confident.any() else 1.0,
+        "confident_images": int(confident.sum()),
         "max_abs_logit_diff": float(diff.max()),
         "mean_cosine": float(cos.mean()),
         "min_cosine": float(cos.min()),

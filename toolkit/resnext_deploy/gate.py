@@ -54,20 +54,56 @@ class GateResult:
         return "gate FAILED: " + "; ".join(c.line() for c in self.failures())
 
 
-def apply_gates(results: List[Dict[str, Any]], reference: str, gates: Dict[str, Any]) -> GateResult:
-    """Check every non-reference artifact against the float reference's top-1.
+#: the checks a build's accuracy gate makes (the accuracy fallback repairs these; latency it cannot)
+ACCURACY_METRICS = ("top1_drop_pct", "top1_ratio", "agreement", "agreement_confident")
 
-    top-1 drop is in percentage points; agreement is the share of images with the same top-1 class.
+
+def accuracy_checks(artifact: str, row: Dict[str, Any], ref_top1: float, gates: Dict[str, Any]) -> List[Check]:
+    """The gate's accuracy checks of one result row against the float reference's top-1.
+
+    - top1_drop_pct: top-1 lost in percentage points (NNCF's accuracy control: an absolute max drop);
+    - top1_ratio: INT8 top-1 / float top-1 (MLPerf's rule: >= 99 %), when ``min_top1_ratio`` > 0;
+    - agreement: share of all images with the float model's top-1;
+    - agreement_confident: the same on images the float model is confident about (evaluate.CONFIDENT_MARGIN),
+      when ``min_agreement_confident`` > 0 and the row has it.
+    Used by the build's gate, the fallback's quick check and the accuracy study, so they agree on "passed".
     """
+    checks: List[Check] = []
+    drop = (ref_top1 - row["top1"]) * 100.0
+    checks.append(Check(artifact, "top1_drop_pct", drop, float(gates["max_top1_drop"]), "<=", drop <= gates["max_top1_drop"] + 1e-9))
+    ratio_min = float(gates.get("min_top1_ratio") or 0)
+    if ratio_min > 0 and ref_top1 > 0:
+        ratio = row["top1"] / ref_top1
+        checks.append(Check(artifact, "top1_ratio", ratio, ratio_min, ">=", ratio >= ratio_min - 1e-9))
+    checks.append(Check(artifact, "agreement", row["agreement"], float(gates["min_agreement"]), ">=",
+                        row["agreement"] >= gates["min_agreement"] - 1e-9))
+    conf_min = float(gates.get("min_agreement_confident") or 0)
+    if conf_min > 0 and row.get("agreement_confident") is not None:
+        value = float(row["agreement_confident"])
+        checks.append(Check(artifact, "agreement_confident", value, conf_min, ">=", value >= conf_min - 1e-9))
+    return checks
+
+
+def gate_description(gates: Dict[str, Any]) -> str:
+    """The accuracy gate in words: 'top-1 drop <= 1 pp, top-1 >= 99% of float, agreement >= 95% (>= 99% confident)'."""
+    parts = [f"top-1 drop <= {gates['max_top1_drop']:g} pp"]
+    if gates.get("min_top1_ratio"):
+        parts.append(f"top-1 >= {gates['min_top1_ratio'] * 100:g}% of float")
+    agree = f"agreement >= {gates['min_agreement'] * 100:g}%"
+    if gates.get("min_agreement_confident"):
+        agree += f" (>= {gates['min_agreement_confident'] * 100:g}% on confident images)"
+    return ", ".join(parts + [agree])
+
+
+def apply_gates(results: List[Dict[str, Any]], reference: str, gates: Dict[str, Any]) -> GateResult:
+    """Check every non-reference artifact against the float reference (accuracy_checks), and its latency budget."""
     by_name = {r["artifact"]: r for r in results}
     ref = by_name[reference]
     checks: List[Check] = []
     for r in results:
         if r["artifact"] == reference or r.get("pending"):
             continue
-        drop = (ref["top1"] - r["top1"]) * 100.0
-        checks.append(Check(r["artifact"], "top1_drop_pct", drop, float(gates["max_top1_drop"]), "<=", drop <= gates["max_top1_drop"] + 1e-9))
-        checks.append(Check(r["artifact"], "agreement", r["agreement"], float(gates["min_agreement"]), ">=", r["agreement"] >= gates["min_agreement"] - 1e-9))
+        checks += accuracy_checks(r["artifact"], r, ref["top1"], gates)
         budget = float(gates.get("max_latency_ms") or 0)
         if budget > 0 and r.get("latency_ms"):
             p50 = r["latency_ms"]["p50"]

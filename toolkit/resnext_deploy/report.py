@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .artifacts import atomic_file
 from .errors import BadInputError
+from .evaluate import CONFIDENT_MARGIN
 from .gate import GateResult
 
 REPORT_SCHEMA = "resnext-deploy/report"
@@ -62,7 +63,7 @@ def _fmt_size(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
-COLUMNS = ["artifact", "backend", "prec", "top-1", "top-5", "agree", "max|dlogit|", "min cos", "p50 ms", "p99 ms", "img/s", "speedup", "size"]
+COLUMNS = ["artifact", "backend", "prec", "top-1", "top-5", "agree", "agree conf", "max|dlogit|", "min cos", "p50 ms", "p99 ms", "img/s", "speedup", "size"]
 
 
 def table_rows(report: Dict[str, Any]) -> List[List[str]]:
@@ -82,6 +83,8 @@ def table_rows(report: Dict[str, Any]) -> List[List[str]]:
             f"{r['top1'] * 100:.2f}",
             f"{r['top5'] * 100:.2f}",
             f"{r['agreement'] * 100:.2f}",
+            # agreement on the images the float model is confident about (evaluate.CONFIDENT_MARGIN); older reports lack it
+            f"{r['agreement_confident'] * 100:.2f}" if r.get("agreement_confident") is not None else "",
             f"{r['max_abs_logit_diff']:.3g}",
             f"{r['min_cosine']:.5f}",
             f"{p50:.2f}",
@@ -113,6 +116,15 @@ def _skipped(d: Dict[str, Any], which: str) -> str:
     return f" ({n} file{'s' if n != 1 else ''} skipped{': ' + shown if shown else ''}{more})"
 
 
+def _confident(report: Dict[str, Any]) -> str:
+    """'; agree conf: on the 431 images where the reference's softmax margin is >= 0.2'."""
+    ref = next((r for r in report["results"] if r["artifact"] == report["reference"]), None)
+    if not ref or ref.get("confident_images") is None:
+        return ""
+    return (f"; agree conf: agreement on the {ref['confident_images']} of {ref['images']} images where the reference's "
+            f"top-1 softmax probability exceeds the runner-up's by >= {CONFIDENT_MARGIN:g}")
+
+
 def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = ()) -> str:
     """The report as Markdown; ``extra_sections`` (Markdown lines from the caller, e.g. the accuracy fallback's) go
     after the gate and what the backend executes."""
@@ -125,7 +137,8 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = ()) 
         + _skipped(d, "validation"),
         f"- calibration: {d.get('calibration_images')} images from `{d.get('calibration')}`, method {d.get('calibration_method')}, seed {d.get('calibration_seed')}"
         + _skipped(d, "calibration"),
-        f"- reference (float model): `{report['reference']}`; agreement and logit error are measured against it",
+        f"- reference (float model): `{report['reference']}`; agreement and logit error are measured against it"
+        + _confident(report),
         f"- latency: batch 1, percentiles after warm-up; throughput at batch {d.get('throughput_batch')}",
     ]
     isa = report.get("isa")

@@ -28,8 +28,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..artifacts import Artifact
-from ..evaluate import topk_accuracy
-from ..gate import GateResult, apply_gates
+from ..evaluate import compare_logits, topk_accuracy
+from ..gate import ACCURACY_METRICS, GateResult, accuracy_checks, apply_gates
 from ..sampling import evenly_spaced
 from ..pipeline.context import BuildContext
 from ..pipeline.quantize import weight_range_for
@@ -44,8 +44,6 @@ from .sensitivity import (
 
 log = logging.getLogger(__name__)
 
-#: gate checks that leaving layers in float can repair
-ACCURACY_METRICS = ("top1_drop_pct", "agreement")
 
 
 
@@ -82,13 +80,12 @@ def quick_check(
                                                     ort_settings), images, EVAL_BATCH)
         else:
             logits = run_onnx_model(path, images, ort_settings)
-        agreement = float(np.mean(np.argmax(logits, 1) == np.argmax(reference, 1)))
-        top1 = topk_accuracy(logits, labels, 1) if labels is not None else agreement
-        drop = (ref_top1 - top1) * 100.0
-        per_flavour[fl] = {
-            "top1": top1, "top1_drop_pct": drop, "agreement": agreement,
-            "passed": drop <= gates["max_top1_drop"] + 1e-9 and agreement >= gates["min_agreement"] - 1e-9,
-        }
+        cmp = compare_logits(logits, reference)
+        top1 = topk_accuracy(logits, labels, 1) if labels is not None else cmp["agreement"]
+        row = {"top1": top1, "top1_drop_pct": (ref_top1 - top1) * 100.0, "agreement": cmp["agreement"],
+               "agreement_confident": cmp["agreement_confident"]}
+        row["passed"] = all(c.passed for c in accuracy_checks(fl, row, ref_top1, gates))
+        per_flavour[fl] = row
     return {"excluded": list(excluded), "quick": per_flavour, "quick_passed": all(v["passed"] for v in per_flavour.values())}
 
 

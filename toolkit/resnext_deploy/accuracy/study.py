@@ -28,6 +28,7 @@ from .. import backends
 from ..artifacts import Artifact, atomic_dir, atomic_file
 from ..errors import BadInputError
 from ..evaluate import TimingConfig, evaluate_runner
+from ..gate import accuracy_checks, gate_description
 from ..pipeline.datasets import load_calibration, load_labeled
 from ..pipeline.quantize import weight_range_for
 from ..sampling import evenly_spaced
@@ -104,7 +105,7 @@ def study_file(
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "model": str(onnx_path),
         "dataset": {"calibration": str(calib_dir), "calibration_images": len(cal.paths), "validation": str(val_dir),
                     "validation_images": len(valset.paths)},
-        "gates": {k: gates[k] for k in ("max_top1_drop", "min_agreement")},
+        "gates": {k: gates[k] for k in ("max_top1_drop", "min_top1_ratio", "min_agreement", "min_agreement_confident")},
         "max_excluded_layers": cap,
     }
     from ..scale import open_inference
@@ -190,7 +191,7 @@ def _compare(
     for r in rows:
         m = r["metrics"]
         r["top1_drop_pct"] = (ref_top1 - m["top1"]) * 100.0
-        r["gate_passed"] = r["top1_drop_pct"] <= gates["max_top1_drop"] + 1e-9 and m["agreement"] >= gates["min_agreement"] - 1e-9
+        r["gate_passed"] = all(c.passed for c in accuracy_checks(r["name"], m, ref_top1, gates))
     return {"backend": "openvino", "activations": flavour, "rows": rows, "nncf": peer}
 
 
@@ -219,7 +220,7 @@ def render_markdown(doc: Dict[str, Any]) -> str:
         f"# Layer sensitivity of `{doc['model']}`", "",
         f"- calibration: {ds['calibration_images']} images from `{ds['calibration']}`",
         f"- validation: {ds['validation_images']} images from `{ds['validation']}`",
-        f"- gate: top-1 drop <= {doc['gates']['max_top1_drop']:g} pp, agreement >= {doc['gates']['min_agreement']:g}; "
+        f"- gate: {gate_description(doc['gates'])}; "
         f"at most {doc['max_excluded_layers']} layers in float",
         f"- took {doc['seconds']:.1f} s", "",
     ]

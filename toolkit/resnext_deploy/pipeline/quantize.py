@@ -9,6 +9,8 @@ Two activation flavours from the same weights rule (symmetric int8, per output c
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -102,6 +104,52 @@ def calibration_batch(proto: Any) -> int:
     if not per_image:
         return 8
     return int(max(1, min(CALIB_BATCH, CALIB_MEMORY_MB // (per_image * _CALIB_MEMORY_FACTOR))))
+
+
+# Histogram calibration as TensorRT does it: 2048 bins, an entropy threshold searched over windows of 128
+# quantized bins. ORT's entropy calibrator defaults to 128 and 128 (one candidate threshold: min-max), and
+# quantize_static does not pass bin counts through (only CalibPercentile, CalibTensorRangeSymmetric, ...),
+# so histogram methods run ORT's own calibrator here with these counts and hand quantize_static its ranges.
+HISTOGRAM_BINS = 2048
+ENTROPY_QUANTIZED_BINS = 128
+
+
+def _histogram_ranges_to_cache(
+    fp32_path: Union[str, Path], images: np.ndarray, input_name: str, method: str, cal: Dict[str, Any],
+    batch: int, per_image_mb: Optional[float], cache: Path, progress: Optional[Callable[[int, int], None]],
+) -> None:
+    """ORT's entropy / percentile calibrator with explicit bin counts; writes its ranges as ORT's JSON cache."""
+    import tempfile
+
+    quant = require("onnxruntime.quantization", "quantize to INT8")
+    from onnxruntime.quantization.calibrate import save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    options: Dict[str, Any] = {"num_bins": HISTOGRAM_BINS}
+    if method == "entropy":
+        options["num_quantized_bins"] = ENTROPY_QUANTIZED_BINS
+        kind = quant.CalibrationMethod.Entropy
+    else:
+        options["percentile"] = cal["percentile"]
+        kind = quant.CalibrationMethod.Percentile
+    # ORT's histogram calibrator keeps every intermediate tensor until collect_data returns; feeding it a chunk
+    # at a time (its histograms merge across calls) bounds the memory as for min-max.
+    chunk = max(batch, int(CALIB_MEMORY_MB // ((per_image_mb or 1.0) * _CALIB_MEMORY_FACTOR)) // batch * batch)
+    with tempfile.TemporaryDirectory(prefix="calib-") as tmp_dir:
+        calibrator = quant.create_calibrator(
+            Path(fp32_path), sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
+            augmented_model_path=str(Path(tmp_dir) / "augmented.onnx"), calibrate_method=kind, extra_options=options,
+        )
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):  # ORT's histogram calibrator prints its progress; we log it
+            for start in range(0, len(images), chunk):
+                part = images[start : start + chunk]
+                calibrator.collect_data(_calibration_reader(
+                    part, input_name, (lambda done, _n, s=start: progress(s + done, len(images))) if progress else None, batch))
+            ranges = calibrator.compute_data()
+        for line in printed.getvalue().splitlines():
+            log.debug("ORT calibrator: %s", line)
+        save_tensors_data(ranges, cache)
 
 
 def _calibration_reader(data: np.ndarray, input_name: str, progress: Optional[Callable[[int, int], None]],
@@ -201,8 +249,6 @@ def qdq_from_onnx(
         # Conv weights are per output channel (axis 0); Gemm's weight (transB=1) too.
         "QDQOpTypePerChannelSupportToAxis": {"Gemm": 0, "MatMul": 1},
     }
-    if method == "percentile":
-        extra["CalibPercentile"] = cal["percentile"]
     if flavour == "int8":
         extra["OpTypesToExcludeOutputQuantization"] = _output_producers(proto)
         # Keep biases in float: TensorRT's DequantizeLinear takes only int8 input, and an int32 bias DQ
@@ -214,6 +260,18 @@ def qdq_from_onnx(
     logging.getLogger().addFilter(quiet)
     with atomic_file(out_path) as tmp:
         try:
+            if method != "minmax":
+                # The ranges go through ORT's cache file: the caller's (shared by later variants), else a temporary one.
+                if calibration_cache is None:
+                    calibration_cache = Path(tmp).with_name(f".{Path(tmp).name}.ranges.json")
+                    own_cache: Optional[Path] = Path(calibration_cache)
+                else:
+                    own_cache = None
+                if not Path(calibration_cache).is_file():
+                    _histogram_ranges_to_cache(fp32_path, images, input_name, method, cal, batch,
+                                               activation_mb_per_image(proto), Path(calibration_cache), progress)
+            else:
+                own_cache = None
             quant.quantize_static(
                 str(fp32_path),
                 str(tmp),
@@ -233,6 +291,8 @@ def qdq_from_onnx(
             raise InternalError(f"ONNX Runtime quantization failed on '{fp32_path}': {exc}") from exc
         finally:
             logging.getLogger().removeFilter(quiet)
+            if own_cache is not None:
+                own_cache.unlink(missing_ok=True)
         # TensorRT's flavour: Q/DQ moved to where TensorRT fuses Conv+Add (tensorrt/qdq_placement.py)
         placement = qdq_placement.place_file(tmp).to_dict() if flavour == "int8" else None
     settings = {
@@ -250,6 +310,10 @@ def qdq_from_onnx(
         settings["quantized_nodes_only"] = list(quantize_nodes)
     if method == "percentile":
         settings["percentile"] = cal["percentile"]
+    if method != "minmax":
+        settings["histogram_bins"] = HISTOGRAM_BINS
+    if method == "entropy":
+        settings["quantized_bins"] = ENTROPY_QUANTIZED_BINS
     return Artifact.from_files(
         f"onnx-int8-{flavour}", [out_path], root, kind="onnx-qdq", backend="onnx", precision="int8",
         parent=parent, stage="quantize", settings=settings,
