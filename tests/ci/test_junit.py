@@ -104,3 +104,16 @@ def test_build_writes_junit_and_summary_itself(ci_builds, junit_schema):
         assert int(root.get("failures")) == sum(not c["passed"] for c in report["gate"]["checks"])
         md = (d / f"{name}.summary.md").read_text()
         assert md == summary_markdown(report) and ("PASSED" if report["gate"]["passed"] else "FAILED") in md.splitlines()[0]
+
+
+def test_summary_cells_sit_under_their_headings(demo_build):
+    """Each cell is the report's own number for its heading (a column added to the console table once shifted them)."""
+    report = demo_build.report
+    lines = [ln for ln in summary_markdown(report).splitlines() if ln.startswith("| ")]
+    head = [h.strip() for h in lines[0].strip("|").split("|")]
+    for line in lines[1:1 + len(report["results"])]:
+        cells = dict(zip(head, (c.strip() for c in line.strip("|").split("|"))))
+        row = next(r for r in report["results"] if cells["artifact"].startswith(r["artifact"]))
+        assert cells["top-1 %"] == f"{row['top1'] * 100:.2f}" and cells["agree %"] == f"{row['agreement'] * 100:.2f}"
+        assert cells["min cos"] == f"{row['min_cosine']:.5f}"
+        assert cells["speedup"].endswith("x") and cells["size"].endswith("B")
