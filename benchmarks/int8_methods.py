@@ -112,6 +112,7 @@ def main() -> None:
     fp32_art = exp.artifact
 
     rows: List[Dict[str, Any]] = []
+    failed: List[Dict[str, str]] = []  # peers that could not quantize this model, with their error
 
     def measure(name: str, backend: str, path: Path, precision: str, seconds: float, **extra: Any) -> Dict[str, Any]:
         be, cfg = (ort_be, ort_cfg) if backend == "onnxruntime" else (ov_be, ov_cfg)
@@ -202,14 +203,18 @@ def main() -> None:
             if wanted and not any(w in label for w in wanted):
                 continue
             t0 = time.perf_counter()
-            q = nncf.quantize(onnx.load(str(fp32)), ds, advanced_parameters=nncf_advanced_parameters(fix), **kwargs)
-            path = work / (re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") + ".onnx")
-            onnx.save(q, str(path))
-            q_s = time.perf_counter() - t0
-            art = Artifact.from_files(path.stem, [path], work, kind="onnx-qdq", backend="onnx", precision="int8")
-            for be, cfg, backend in ((ort_be, ort_cfg, "onnxruntime"), (ov_be, ov_cfg, "openvino")):
-                cpath, s = compiled(be, art, f"{path.stem}-{backend}", "int8", cfg)
-                measure(label, backend, cpath, "int8", q_s + s, settings={"overflow_fix": fix, **kwargs})
+            try:
+                q = nncf.quantize(onnx.load(str(fp32)), ds, advanced_parameters=nncf_advanced_parameters(fix), **kwargs)
+                path = work / (re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") + ".onnx")
+                onnx.save(q, str(path))
+                q_s = time.perf_counter() - t0
+                art = Artifact.from_files(path.stem, [path], work, kind="onnx-qdq", backend="onnx", precision="int8")
+                for be, cfg, backend in ((ort_be, ort_cfg, "onnxruntime"), (ov_be, ov_cfg, "openvino")):
+                    cpath, s = compiled(be, art, f"{path.stem}-{backend}", "int8", cfg)
+                    measure(label, backend, cpath, "int8", q_s + s, settings={"overflow_fix": fix, **kwargs})
+            except Exception as e:  # a peer's own failure is a result too (NNCF's full bias correction on ONNX)
+                failed.append({"name": label, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+                print(f"{label}: FAILED {failed[-1]['error']}", flush=True)
         if not wanted or any(w in "nncf: accuracy control" for w in wanted):
             ac = nncf_accuracy_control(fp32, cal.data, val.data, val.labels, gates["max_top1_drop"], work / "nncf-ac",
                                        ov_cfg, timing, reference)
@@ -229,7 +234,7 @@ def main() -> None:
         "calibration_images": len(cal.data), "validation": str(val_dir), "validation_images": len(val.data),
         "confident_margin": CONFIDENT_MARGIN, "confident_images": int(rows[0]["metrics"]["confident_images"]),
         "gates": gates, "cpu": cpu_model(), "cpu_flags": cpu_flags(), "weight_range_default": wr_default,
-        "overflow_fix_here": overflow_fix_for(), "rows": rows,
+        "overflow_fix_here": overflow_fix_for(), "rows": rows, "failed": failed,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -253,6 +258,7 @@ def main() -> None:
             f"| {r['name']} | {r['backend']} | {m['top1'] * 100:.2f} | {r['top1_drop_pct']:.2f} | {m['agreement'] * 100:.2f} | "
             f"{m['agreement_confident'] * 100:.2f} | {m['mean_cosine']:.4f} | {m['min_cosine']:.4f} | {f'{p50:.2f}' if timed else '-'} | "
             f"{f'{p50 / ov_fp32:.2f}' if timed else '-'} | {r['seconds']:.1f} | {'pass' if r['gate_passed'] else 'FAIL'} |")
+    lines += [f"| {f['name']} | - | failed: {f['error']} | | | | | | | | | |" for f in failed]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

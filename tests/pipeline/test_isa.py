@@ -22,7 +22,8 @@ from onnx import numpy_helper
 
 from resnext_deploy import backends, runtime
 from resnext_deploy.cpu import host_cpu, parse_cpuinfo
-from resnext_deploy.evaluate import compare_logits, predict_all
+from resnext_deploy.evaluate import compare_logits, predict_all, topk_accuracy
+from resnext_deploy.gate import accuracy_checks
 from resnext_deploy.pipeline.datasets import load_labeled
 from resnext_deploy.preprocess import Preprocessing
 from resnext_deploy.recipes import load_recipe
@@ -200,15 +201,23 @@ def test_openvino_avx2_kernels_saturate_full_range_and_not_seven_bit(vnni_build,
     """OpenVINO with oneDNN capped at AVX2 (a no-op on an AVX2 machine): the u8s8 saturation is real, and the
     x86-cpu target's 7-bit weights keep INT8 at the float model's answers."""
     spec = Preprocessing.from_dict(vnni_build.manifest["preprocessing"])
-    data = np.asarray(load_labeled(vnni_build.manifest["inputs"]["validation"]["folder"], spec, None).data)
+    val = load_labeled(vnni_build.manifest["inputs"]["validation"]["folder"], spec, None)
+    data, labels = np.asarray(val.data), np.asarray(val.labels)
     np.save(tmp_path / "data.npy", data)
     with backends.get("onnxruntime").load(vnni_build.out_dir / "onnx" / "model-fp32.onnx", {}) as runner:
         ref = predict_all(runner, data, 8)
-    seven = compare_logits(_openvino_avx2(demo_build.out_dir / "openvino" / "model-int8.xml", tmp_path / "data.npy", tmp_path / "7.npy"), ref)
-    full = compare_logits(_openvino_avx2(vnni_build.out_dir / "openvino" / "model-int8.xml", tmp_path / "data.npy", tmp_path / "f.npy"), ref)
+    seven_logits = _openvino_avx2(demo_build.out_dir / "openvino" / "model-int8.xml", tmp_path / "data.npy", tmp_path / "7.npy")
+    full_logits = _openvino_avx2(vnni_build.out_dir / "openvino" / "model-int8.xml", tmp_path / "data.npy", tmp_path / "f.npy")
+    seven, full = compare_logits(seven_logits, ref), compare_logits(full_logits, ref)
     assert seven["min_cosine"] >= 0.98 and seven["agreement"] >= 0.98, seven
     assert full["min_cosine"] < 0.95, f"full-range INT8 did not saturate under AVX2 kernels: {full}"
     print(json.dumps({"avx2_7bit": seven, "avx2_full": full}))
+    # The default gate sees it: saturation keeps top-1 within its 1 point here, and only the logit cosine shows it.
+    gates = load_recipe(target="x86-cpu").section("gates")
+    ref_top1 = topk_accuracy(ref, labels, 1)
+    saturated = accuracy_checks("saturated", dict(full, top1=topk_accuracy(full_logits, labels, 1)), ref_top1, gates)
+    assert "min_cosine" in {c.metric for c in saturated if not c.passed}, saturated
+    assert all(c.passed for c in accuracy_checks("7-bit", dict(seven, top1=topk_accuracy(seven_logits, labels, 1)), ref_top1, gates))
 
 
 @pytest.mark.parametrize("body, needle", [

@@ -55,7 +55,7 @@ class GateResult:
 
 
 #: the checks a build's accuracy gate makes (the accuracy fallback repairs these; latency it cannot)
-ACCURACY_METRICS = ("top1_drop_pct", "top1_ratio", "agreement", "agreement_confident")
+ACCURACY_METRICS = ("top1_drop_pct", "top1_ratio", "agreement", "agreement_confident", "min_cosine")
 
 
 def accuracy_checks(artifact: str, row: Dict[str, Any], ref_top1: float, gates: Dict[str, Any]) -> List[Check]:
@@ -65,7 +65,10 @@ def accuracy_checks(artifact: str, row: Dict[str, Any], ref_top1: float, gates: 
     - top1_ratio: INT8 top-1 / float top-1 (MLPerf's rule: >= 99 %), when ``min_top1_ratio`` > 0;
     - agreement: share of all images with the float model's top-1;
     - agreement_confident: the same on images the float model is confident about (evaluate.CONFIDENT_MARGIN),
-      when ``min_agreement_confident`` > 0 and the row has it.
+      when ``min_agreement_confident`` > 0 and the row has it;
+    - min_cosine: the lowest per-image cosine between the artifact's and the float model's logits, when
+      ``min_cosine`` > 0 and the row has it. Saturating INT8 kernels (full-range weights on AVX2) keep top-1 and
+      confident agreement but bend a few images' logits: this is the check that sees them.
     Used by the build's gate, the fallback's quick check and the accuracy study, so they agree on "passed".
     """
     checks: List[Check] = []
@@ -81,6 +84,10 @@ def accuracy_checks(artifact: str, row: Dict[str, Any], ref_top1: float, gates: 
     if conf_min > 0 and row.get("agreement_confident") is not None:
         value = float(row["agreement_confident"])
         checks.append(Check(artifact, "agreement_confident", value, conf_min, ">=", value >= conf_min - 1e-9))
+    cos_min = float(gates.get("min_cosine") or 0)
+    if cos_min > 0 and row.get("min_cosine") is not None:
+        value = float(row["min_cosine"])
+        checks.append(Check(artifact, "min_cosine", value, cos_min, ">=", value >= cos_min - 1e-9))
     return checks
 
 
@@ -92,7 +99,8 @@ def gate_description(gates: Dict[str, Any]) -> str:
     agree = f"agreement >= {gates['min_agreement'] * 100:g}%"
     if gates.get("min_agreement_confident"):
         agree += f" (>= {gates['min_agreement_confident'] * 100:g}% on confident images)"
-    return ", ".join(parts + [agree])
+    cos = [f"logit cosine >= {gates['min_cosine']:g} on every image"] if gates.get("min_cosine") else []
+    return ", ".join(parts + [agree] + cos)
 
 
 def apply_gates(results: List[Dict[str, Any]], reference: str, gates: Dict[str, Any]) -> GateResult:

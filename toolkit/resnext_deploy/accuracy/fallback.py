@@ -83,7 +83,7 @@ def quick_check(
         cmp = compare_logits(logits, reference)
         top1 = topk_accuracy(logits, labels, 1) if labels is not None else cmp["agreement"]
         row = {"top1": top1, "top1_drop_pct": (ref_top1 - top1) * 100.0, "agreement": cmp["agreement"],
-               "agreement_confident": cmp["agreement_confident"]}
+               "agreement_confident": cmp["agreement_confident"], "min_cosine": cmp["min_cosine"]}
         row["passed"] = all(c.passed for c in accuracy_checks(fl, row, ref_top1, gates))
         per_flavour[fl] = row
     return {"excluded": list(excluded), "quick": per_flavour, "quick_passed": all(v["passed"] for v in per_flavour.values())}

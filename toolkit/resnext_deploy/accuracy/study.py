@@ -105,7 +105,7 @@ def study_file(
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "model": str(onnx_path),
         "dataset": {"calibration": str(calib_dir), "calibration_images": len(cal.paths), "validation": str(val_dir),
                     "validation_images": len(valset.paths)},
-        "gates": {k: gates[k] for k in ("max_top1_drop", "min_top1_ratio", "min_agreement", "min_agreement_confident")},
+        "gates": {k: gates[k] for k in ("max_top1_drop", "min_top1_ratio", "min_agreement", "min_agreement_confident", "min_cosine")},
         "max_excluded_layers": cap,
     }
     from ..scale import open_inference
