@@ -148,7 +148,7 @@ def test_a_lenient_recipe_passes_the_same_collapsed_build(tmp_path, fast_recipe)
     lenient = tmp_path / "lenient.toml"
     # every accuracy check off: the drop, MLPerf's ratio, and agreement on all and on confident images
     lenient.write_text(fast_recipe.read_text() + "\n[gates]\nmax_top1_drop = 100.0\nmin_top1_ratio = 0.0\nmin_agreement = 0.0\n"
-                       "min_agreement_confident = 0.0\n")
+                       "min_agreement_confident = 0.0\nmin_cosine = 0.0\n")
     res = CliRunner().invoke(cli, ["report", str(out), "--recipe", str(lenient), "--out", str(tmp_path / "r")])
     assert res.exit_code == EXIT_OK, res.output
     assert (tmp_path / "r" / "report.md").is_file()

@@ -19,7 +19,6 @@ that need them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from .artifacts import sha256_file
 from .errors import BadInputError
 from .optional import require
 from .preprocess import Preprocessing, preprocess_image
@@ -203,22 +203,6 @@ def compute_demo_mean_std(seed: int = 0) -> Dict[str, float]:
 # -------------------------------------------------------------------------------------------- training
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _evaluate(model, x: np.ndarray, y: np.ndarray, torch, batch: int = 250) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for s in range(0, len(x), batch):
-            logits = model(torch.from_numpy(x[s : s + batch]))
-            correct += int((logits.argmax(1).numpy() == y[s : s + batch]).sum())
-    return correct / max(1, len(x))
 
 
 def train_demo(
@@ -239,6 +223,7 @@ def train_demo(
     """
     torch = require("torch", "train the demo model")
     from .models.resnext import create
+    from .models.runner import eval_top1
     from .pipeline import datasets
 
     data_dir, out_path = Path(data_dir), Path(out_path)
@@ -292,8 +277,8 @@ def train_demo(
         log.info("demo training: epoch %d/%d loss %.4f", epoch + 1, epochs, total / seen)
 
     model.eval()
-    val_top1 = _evaluate(model, val.data, val.labels, torch)
-    train_top1 = _evaluate(model, train["x"], train["y"], torch)
+    val_top1 = eval_top1(model, val.data, val.labels, 250)
+    train_top1 = eval_top1(model, train["x"], train["y"], 250)
     seconds = time.perf_counter() - started
     log.info("demo training: val top-1 %.4f, train top-1 %.4f, %.1f s", val_top1, train_top1, seconds)
 
@@ -312,7 +297,7 @@ def train_demo(
     tmp = out_path.with_suffix(".tmp")
     torch.save(checkpoint, tmp)
     os.replace(tmp, out_path)
-    sha = _sha256(out_path)
+    sha = sha256_file(out_path)
 
     info = {k: v for k, v in checkpoint.items() if k != "state_dict"}
     info.update({"checkpoint": out_path.name, "sha256": sha, "train_images": len(x_train),
@@ -352,7 +337,7 @@ def demo_model_info(demo_dir: Optional[Path] = None) -> Dict[str, Any]:
         torch = require("torch", "read the demo checkpoint")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         info = {k: v for k, v in ckpt.items() if k != "state_dict"}
-        info.update({"checkpoint": ckpt_path.name, "sha256": _sha256(ckpt_path)})
+        info.update({"checkpoint": ckpt_path.name, "sha256": sha256_file(ckpt_path)})
         return info
     raise BadInputError(
         f"The demo model is not in '{demo_dir}' (no demo.json or resnext_demo.pt). "

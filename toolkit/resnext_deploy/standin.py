@@ -23,7 +23,6 @@ checkpoint (state_dict in float16: half the bytes, the float model is built in f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .artifacts import sha256_file
 from .errors import BadInputError
 from .optional import require
 from .preprocess import Preprocessing, preprocess_image
@@ -210,21 +210,6 @@ def training_batch(step: int, seed: int = 0, batch: int = BATCH_SIZE) -> Dict[st
 # -------------------------------------------------------------------------------------------- training
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _evaluate(model, x: np.ndarray, y: np.ndarray, torch, batch: int = 100) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for s in range(0, len(x), batch):
-            correct += int((model(torch.from_numpy(x[s : s + batch])).argmax(1).numpy() == y[s : s + batch]).sum())
-    return correct / max(1, len(x))
 
 
 def train_standin(data_dir: Path, out_path: Path, steps: int = DEFAULT_STEPS, seed: int = 0) -> Dict[str, Any]:
@@ -236,6 +221,7 @@ def train_standin(data_dir: Path, out_path: Path, steps: int = DEFAULT_STEPS, se
     """
     torch = require("torch", "train the stand-in model")
     from .models.resnext import create
+    from .models.runner import eval_top1
     from .pipeline import datasets
 
     data_dir, out_path = Path(data_dir), Path(out_path)
@@ -273,7 +259,7 @@ def train_standin(data_dir: Path, out_path: Path, steps: int = DEFAULT_STEPS, se
         if (step + 1) % 10 == 0 or step == 0:
             log.info("stand-in training: step %d/%d loss %.4f (%.1f s)", step + 1, steps, loss.item(),
                      time.perf_counter() - started)
-    val_top1 = _evaluate(model, val.data, val_y, torch)
+    val_top1 = eval_top1(model, val.data, val_y, 100)
     seconds = time.perf_counter() - started
     log.info("stand-in training: val top-1 %.4f, %.1f s", val_top1, seconds)
 
@@ -294,7 +280,7 @@ def train_standin(data_dir: Path, out_path: Path, steps: int = DEFAULT_STEPS, se
     tmp = out_path.with_suffix(".tmp")
     torch.save(checkpoint, tmp)
     os.replace(tmp, out_path)
-    sha = _sha256(out_path)
+    sha = sha256_file(out_path)
     info = {k: v for k, v in checkpoint.items() if k != "state_dict"}
     info.update({"checkpoint": out_path.name, "sha256": sha, "val_images": int(len(val.data)),
                  "train_seconds": round(seconds, 1), "torch": str(torch.__version__)})
