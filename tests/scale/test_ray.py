@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
-from ray.cluster_utils import Cluster  # noqa: E402
 
 from resnext_deploy.demo import DEMO_CALIB, DEMO_PREPROCESSING, DEMO_VAL  # noqa: E402
 from resnext_deploy.pipeline.datasets import load_calibration, load_labeled  # noqa: E402
@@ -28,16 +27,9 @@ ACCURACY = ("artifact", "images", "top1", "top5", "agreement", "max_abs_logit_di
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    for _ in range(2):
-        c.add_node(num_cpus=1)
-    ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
-    try:
+def cluster(start_ray_cluster):
+    with start_ray_cluster([None, None]) as c:
         yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def _accuracy(results):

@@ -12,7 +12,6 @@ import os
 import pytest
 
 ray = pytest.importorskip("ray")
-from ray.cluster_utils import Cluster  # noqa: E402
 
 from resnext_deploy.errors import EXIT_MISSING_DEPENDENCY, MissingDependencyError  # noqa: E402
 from resnext_deploy.scale import ModelFiles, ScaleOptions, open_inference  # noqa: E402
@@ -21,19 +20,13 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def cluster_without_openvino(tmp_path_factory):
+def cluster_without_openvino(tmp_path_factory, start_ray_cluster):
     shadow = tmp_path_factory.mktemp("no-openvino")
     (shadow / "openvino").mkdir()
     (shadow / "openvino" / "__init__.py").write_text("raise ImportError(\"No module named 'openvino'\")\n")
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     path = os.pathsep.join(p for p in (str(shadow), os.environ.get("PYTHONPATH", "")) if p)
-    c.add_node(num_cpus=1, env_vars={"PYTHONPATH": path})
-    ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
-    try:
+    with start_ray_cluster([{"PYTHONPATH": path}]) as c:
         yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def test_a_worker_missing_the_backend_package_is_named(cluster_without_openvino, demo_build):

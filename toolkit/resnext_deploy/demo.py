@@ -223,7 +223,7 @@ def train_demo(
     """
     torch = require("torch", "train the demo model")
     from .models.resnext import create
-    from .models.runner import eval_top1
+    from .models.runner import eval_top1, save_checkpoint
     from .pipeline import datasets
 
     data_dir, out_path = Path(data_dir), Path(out_path)
@@ -293,19 +293,7 @@ def train_demo(
         "seed": seed,
         "epochs": epochs,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, out_path)
-    sha = sha256_file(out_path)
-
-    info = {k: v for k, v in checkpoint.items() if k != "state_dict"}
-    info.update({"checkpoint": out_path.name, "sha256": sha, "train_images": len(x_train),
-                 "val_images": int(len(val.data))})
-    info_path = out_path.parent / "demo.json"
-    tmp_info = info_path.with_suffix(".json.tmp")
-    tmp_info.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_info, info_path)
+    sha = save_checkpoint(checkpoint, out_path, "demo.json", train_images=len(x_train), val_images=int(len(val.data)))["sha256"]
 
     return {
         "val_top1": val_top1,

@@ -34,7 +34,6 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .artifacts import sha256_file
 from .errors import BadInputError
 from .optional import require
 from .preprocess import Preprocessing, preprocess_image
@@ -221,7 +220,7 @@ def train_standin(data_dir: Path, out_path: Path, steps: int = DEFAULT_STEPS, se
     """
     torch = require("torch", "train the stand-in model")
     from .models.resnext import create
-    from .models.runner import eval_top1
+    from .models.runner import eval_top1, save_checkpoint
     from .pipeline import datasets
 
     data_dir, out_path = Path(data_dir), Path(out_path)
@@ -276,18 +275,8 @@ def train_standin(data_dir: Path, out_path: Path, steps: int = DEFAULT_STEPS, se
         "steps": steps,
         "batch_size": BATCH_SIZE,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, out_path)
-    sha = sha256_file(out_path)
-    info = {k: v for k, v in checkpoint.items() if k != "state_dict"}
-    info.update({"checkpoint": out_path.name, "sha256": sha, "val_images": int(len(val.data)),
-                 "train_seconds": round(seconds, 1), "torch": str(torch.__version__)})
-    info_path = out_path.parent / "standin.json"
-    tmp_info = info_path.with_suffix(".json.tmp")
-    tmp_info.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_info, info_path)
+    info = save_checkpoint(checkpoint, out_path, "standin.json", val_images=int(len(val.data)),
+                           train_seconds=round(seconds, 1), torch=str(torch.__version__))
     return {**info, "checkpoint": str(out_path), "checkpoint_bytes": out_path.stat().st_size, "seconds": seconds}
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict
 
 import numpy as np
 
@@ -36,3 +39,25 @@ def eval_top1(module: Any, x: np.ndarray, y: np.ndarray, batch: int = 100) -> fl
             logits = module(torch.from_numpy(np.ascontiguousarray(x[s : s + batch])))
             correct += int((logits.argmax(1).numpy() == y[s : s + batch]).sum())
     return correct / max(1, len(x))
+
+
+def save_checkpoint(checkpoint: Dict[str, Any], out_path: Path, info_name: str, **info_extra: Any) -> Dict[str, Any]:
+    """Write a trained model's checkpoint and its JSON description beside it (each via a temp file and a rename).
+
+    The description is the checkpoint without its state_dict, plus the file's name and sha256 and ``info_extra``;
+    it is returned.
+    """
+    torch = require("torch", "save the checkpoint")
+    from ..artifacts import sha256_file
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, out_path)
+    info = {k: v for k, v in checkpoint.items() if k != "state_dict"}
+    info.update({"checkpoint": out_path.name, "sha256": sha256_file(out_path), **info_extra})
+    info_path = out_path.parent / info_name
+    tmp_info = info_path.with_suffix(".json.tmp")
+    tmp_info.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp_info, info_path)
+    return info
