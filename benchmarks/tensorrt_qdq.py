@@ -2,6 +2,8 @@
 
     python benchmarks/tensorrt_qdq.py                          # the demo
     python benchmarks/tensorrt_qdq.py --arch resnext50_32x4d   # seeded ResNeXt-50, natural images (bench inputs)
+    python benchmarks/tensorrt_qdq.py --model calibration/standin/resnext50_standin.pt \
+        --calib-dir calibration/standin/calib --val-dir calibration/standin/val   # the trained ResNeXt-50 stand-in
 
 For the TensorRT (int8) flavour it compares ONNX Runtime's own Q/DQ placement with ours (tensorrt/qdq_placement.py):
 Q/DQ node counts, placements that block Conv+Add fusion, and accuracy against the FP32 model; then the FP16 ONNX
@@ -36,6 +38,9 @@ def cpu_flags() -> list:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default=None)
+    ap.add_argument("--model", type=Path, default=None, help="a checkpoint instead (e.g. calibration/standin/resnext50_standin.pt)")
+    ap.add_argument("--calib-dir", type=Path, default=None, help="with --model: calibration images")
+    ap.add_argument("--val-dir", type=Path, default=None, help="with --model: labeled validation images")
     ap.add_argument("--calib", type=int, default=128)
     ap.add_argument("--val", type=int, default=0, help="validation images (0: all)")
     ap.add_argument("--out", type=Path, default=None)
@@ -61,6 +66,11 @@ def main() -> None:
         inputs = arch_inputs(args.arch, calib_count=300, val_count=500)
         src = resolve_model(inputs.checkpoint, args.arch, None, {})
         calib_dir, val_dir = inputs.calibration, inputs.validation
+    elif args.model:
+        src = resolve_model(args.model)
+        calib_dir, val_dir = args.calib_dir, args.val_dir
+        if calib_dir is None or val_dir is None:
+            raise SystemExit("--model needs --calib-dir and --val-dir")
     else:
         src = resolve_model(None)
         calib_dir, val_dir = data_folders(src, recipe, None, None)
