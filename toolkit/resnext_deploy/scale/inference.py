@@ -15,7 +15,7 @@ import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -23,7 +23,8 @@ from .. import backends
 from ..artifacts import sha256_file
 from ..backends.base import Runner
 from ..errors import BadInputError
-from .shards import SHARD_IMAGES, Shard, ShardStore, plan_shards
+from ..evaluate import predict_all
+from .shards import SHARD_IMAGES, ShardStore, plan_shards
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,9 @@ class LocalInference:
                 if got is None:
                     if runner is None:
                         runner = stack.enter_context(backends.get(model.backend).load(model.path, model.settings))
-                    got = np.concatenate([runner.infer(images[s : min(s + batch_size, shard.stop)]).astype(np.float32)
-                                          for s in range(shard.start, shard.stop, batch_size)])
+                    # a lazy list's subset decodes a batch at a time; an array's slice is a view
+                    part = images.subset(shard.start, shard.stop) if hasattr(images, "subset") else images[shard.start : shard.stop]
+                    got = predict_all(runner, part, batch_size)
                     if self.store:
                         self.store.put(key, shard, got)
                 else:

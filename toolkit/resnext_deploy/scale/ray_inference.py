@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import backends
 from ..backends.base import Runner
+from ..evaluate import predict_all
 from ..optional import require
 from .actors import ActorGroup
 from .cluster import Cluster
@@ -40,8 +41,7 @@ class ArtifactSession:
 
     def infer(self, images: Any, batch_size: int) -> np.ndarray:
         """Logits of a decoded shard or of an image list (decoded here, a batch at a time)."""
-        return np.concatenate([self.runner.infer(images[s : s + batch_size]).astype(np.float32)
-                               for s in range(0, len(images), batch_size)])
+        return predict_all(self.runner, images, batch_size)
 
 
 class RayInference:
