@@ -6,6 +6,10 @@ Exit codes (documented in the README):
   3  a gate failed (the build finished, the optimized model is not good enough)
   4  internal error (a bug, or a backend that failed in a way we did not foresee)
   5  a required optional package is missing
+  6  the machine ran out of a resource: disk full, quota exceeded, read-only file system
+  7  pending on device: every check that could run here passed, the TensorRT engines were not built
+     (no TensorRT on this machine); CI can tell it from a failure
+130  interrupted by SIGINT (Ctrl-C); 143 terminated by SIGTERM: staging removed, the previous build untouched
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ EXIT_BAD_INPUT = 2
 EXIT_GATE_FAILED = 3
 EXIT_INTERNAL = 4
 EXIT_MISSING_DEPENDENCY = 5
+EXIT_RESOURCE = 6
+EXIT_PENDING_ON_DEVICE = 7
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class DeployError(Exception):
@@ -45,6 +53,12 @@ class MissingDependencyError(DeployError):
     """An optional package is needed for this step and is not installed."""
 
     exit_code = EXIT_MISSING_DEPENDENCY
+
+
+class ResourceError(DeployError):
+    """The operating system ran out of something: ENOSPC, EDQUOT, EROFS. Names the path and what was needed."""
+
+    exit_code = EXIT_RESOURCE
 
 
 class InternalError(DeployError):
