@@ -183,3 +183,30 @@ def test_export_alone_names_the_nan_weight(tmp_path, demo_ckpt):
         onnx_from_torch(module, tmp_path / "m.onnx", sample, log_path=tmp_path / "export.log")
     msg = str(info.value)
     assert "parameter 'fc.weight' holds NaN or Inf" in msg and "export.tolerance" not in msg
+
+
+# --------------------------------------------------------------------------------------------------
+# the flag travels to the processes that load the model
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_the_bench_worker_gets_the_opt_in(tmp_path, demo_ckpt, allow):
+    """`bench` loads the PyTorch model in a worker process: the refusal is a bad input there too (exit 2, not
+    'internal error'), and --trust-pickle reaches it (BenchConfig.allow_pickle -> the worker's spec)."""
+    from resnext_deploy.bench.pool import Worker
+    from resnext_deploy.bench.run import BenchConfig
+
+    path = payload(tmp_path, "nested", demo_ckpt)
+    np.save(tmp_path / "inputs.npy", np.zeros((2, 3, 32, 32), np.float32))
+    cfg = BenchConfig("pytorch-fp32", "peer", "pytorch", "fp32", str(path), "the model as trained", {"threads": 1},
+                      "resnext_demo", 10, allow_pickle=allow)
+    worker = Worker(cfg.name, tmp_path / "worker.log")
+    try:
+        if allow:
+            assert worker.call("load", spec=cfg.spec(tmp_path / "inputs.npy", 2))["ok"]
+        else:
+            with pytest.raises(BadInputError, match=f"'{SYSTEM}'.*--trust-pickle"):
+                worker.call("load", spec=cfg.spec(tmp_path / "inputs.npy", 2))
+    finally:
+        worker.kill()
+    assert (tmp_path / "PWNED").exists() == allow
