@@ -203,3 +203,15 @@ def test_model_format(tmp_path, demo):
     (tmp_path / "e.keras").write_bytes(b"x")
     got = {p.name: trust.model_format(p) for p in sorted(tmp_path.iterdir())}
     assert got == {"a.pt": "torch", "b.pt": "safetensors", "c.pt": "torchscript", "d.onnx": "onnx", "e.keras": "keras"}
+
+
+def test_refuse_early_scans_without_unpickling(tmp_path, demo, torch_load_calls):
+    """For a loader that runs later (a bench worker): the static scan refuses now, reading no tensor."""
+    marker = tmp_path / "PWNED"
+    path = _payload_file(tmp_path, "nested", Touch(marker), demo)
+    with pytest.raises(BadInputError, match=f"'{SYSTEM}'.*--trust-pickle"):
+        trust.refuse_early(path, allow_pickle=False)
+    trust.refuse_early(path, allow_pickle=True)  # the opt-in: the loader decides (and warns) when it loads
+    torch.save(demo.state_dict(), tmp_path / "weights.pt")
+    trust.refuse_early(tmp_path / "weights.pt", allow_pickle=False)
+    assert torch_load_calls == [] and not marker.exists()

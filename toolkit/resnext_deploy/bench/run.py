@@ -22,6 +22,7 @@ from ..accuracy.peers import overflow_fix_for
 from ..artifacts import atomic_file, ensure_writable_dir
 from ..errors import BadInputError, DeployError
 from ..manifest import read_manifest
+from ..models.trust import refuse_early
 from ..preprocess import Preprocessing
 from ..progress import Progress
 from .machine import (
@@ -463,6 +464,9 @@ def run_bench(
         build["wall_s"] = (report.get("stages") or {}).get("total")
     data = _inputs(build_dir, manifest, work, opts.predict_images)
     configs = configurations(build_dir, manifest, out / "peers", opts.allow_pickle)
+    for cfg in configs:  # a worker loads the PyTorch model much later: refuse a file that needs the opt-in now
+        if cfg.kind == "pytorch":
+            refuse_early(cfg.path, cfg.allow_pickle)
     if opts.configs:
         unknown = sorted(set(opts.configs) - {c.name for c in configs})
         if unknown:

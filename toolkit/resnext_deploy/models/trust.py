@@ -170,13 +170,7 @@ def torch_load(path: PathLike, allow_pickle: bool = False) -> Any:
 
     first = first_unsafe_global(p, refusal)
     if first is not None:
-        refuse_code_execution(
-            p,
-            f"needs full unpickling: it asks for the Python global '{first}', which the safe loader "
-            "(torch.load with weights_only=True) does not allow (a whole pickled module, or Python objects beside "
-            "the weights)",
-            allow_pickle,
-        )
+        refuse_code_execution(p, _needs_unpickling(first), allow_pickle)
     elif not allow_pickle:
         # No global named: the safe loader met pickle it does not read (random bytes, another format, or a
         # pickle protocol above torch.save's default 2). Nothing was unpickled.
@@ -200,6 +194,25 @@ def torch_load(path: PathLike, allow_pickle: bool = False) -> Any:
         ) from None
     except Exception as exc:
         raise unreadable(p, f"{type(exc).__name__}: {exc}") from None
+
+
+def refuse_early(path: PathLike, allow_pickle: bool) -> None:
+    """Refuse now a torch.save file that will need the opt-in, from a static scan of its pickle (nothing unpickled,
+    no tensor read): for a loader that runs later or in another process (a bench worker). Other formats, files the
+    scan cannot read, and ``allow_pickle`` pass; the loader itself still decides."""
+    p = Path(path)
+    if allow_pickle or not p.is_file() or model_format(p) != "torch":
+        return
+    first = first_unsafe_global(p)
+    if first is not None:
+        refuse_code_execution(p, _needs_unpickling(first), False)
+
+
+def _needs_unpickling(first: str) -> str:
+    return (
+        f"needs full unpickling: it asks for the Python global '{first}', which the safe loader (torch.load with "
+        "weights_only=True) does not allow (a whole pickled module, or Python objects beside the weights)"
+    )
 
 
 def _safe_globals() -> List[Any]:
