@@ -18,6 +18,7 @@ The opt-in is logged as a warning before anything from the file runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -159,7 +160,7 @@ def torch_load(path: PathLike, allow_pickle: bool = False) -> Any:
     torch = require("torch", "load PyTorch checkpoints")
     p = Path(path)
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with _allowing_safe_globals(torch):
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only load failed" not in str(exc).lower():
@@ -215,6 +216,12 @@ def _needs_unpickling(first: str) -> str:
     )
 
 
+def _allowing_safe_globals(torch: Any) -> Any:
+    """SAFE_GLOBALS allowed inside the block only (torch >= 2.5; before, the file needs the opt-in)."""
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    return scoped(_safe_globals()) if scoped is not None else contextlib.nullcontext()
+
+
 def _safe_globals() -> List[Any]:
     import argparse
 
@@ -242,7 +249,7 @@ def first_unsafe_global(path: PathLike, refusal: str = "") -> Optional[str]:
         return m.group(1)
     torch = require("torch", "inspect PyTorch checkpoints")
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with _allowing_safe_globals(torch):
             names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception:  # not a zip checkpoint, or opcodes the scan does not know: no name to give
         return None
