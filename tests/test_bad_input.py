@@ -142,10 +142,11 @@ def test_channel_mismatch_block_is_reported_before_export(tmp_path):
     model.layer2[0].downsample = None  # identity shortcut while the main path changes channels and stride
     path = tmp_path / "broken.pt"
     torch.save(model, path)
-    res = run("build", "--model", str(path), "--calib", str(DEMO_VAL), "--val", str(DEMO_VAL), "--out", str(tmp_path / "o"))
+    res = run("build", "--model", str(path), "--trust-pickle", "--calib", str(DEMO_VAL), "--val", str(DEMO_VAL),
+              "--out", str(tmp_path / "o"))
     assert_bad(res, "layer2.0", "(1, 128, 16, 16)", "(1, 64, 32, 32)")
     assert not (tmp_path / "o").exists()
-    assert_bad(run("check", "--model", str(path)), "layer2.0")
+    assert_bad(run("check", "--model", str(path), "--trust-pickle"), "layer2.0")
 
 
 def test_user_model_needs_data_folders(tmp_path):

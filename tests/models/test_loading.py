@@ -50,7 +50,7 @@ def _sd(model):
         ("plain state_dict", lambda m: _sd(m), ARCH, "state_dict"),
         ("{'state_dict': sd}", lambda m: {"state_dict": _sd(m)}, ARCH, "checkpoint"),
         ("{'model': sd}", lambda m: {"model": _sd(m), "arch": ARCH}, None, "checkpoint"),
-        ("{'model': module}", lambda m: {"model": m}, None, "checkpoint"),
+        ("{'model': module} (opt-in)", lambda m: {"model": m}, None, "checkpoint"),
         ("DDP module. prefix", lambda m: {"module." + k: v for k, v in _sd(m).items()}, ARCH, "state_dict"),
         (
             "torch.compile _orig_mod. prefix",
@@ -58,13 +58,13 @@ def _sd(model):
             None,
             "checkpoint",
         ),
-        ("pickled whole module", lambda m: m, None, "module"),
+        ("pickled whole module (opt-in)", lambda m: m, None, "module"),
     ],
 )
 def test_accepted_forms_round_trip(tmp_path: Path, demo, x, form, make, arch, source) -> None:
     path = tmp_path / "model.pt"
     torch.save(make(demo), path)
-    loaded = load_torch_model(path, arch, None)
+    loaded = load_torch_model(path, arch, None, allow_pickle="opt-in" in form)
     assert loaded.source == source, form
     assert loaded.arch == ARCH
     assert loaded.num_classes == 10
@@ -229,15 +229,15 @@ def test_dict_without_weights(tmp_path: Path) -> None:
     assert "'epoch'" in msg and "state_dict" in msg
 
 
-def test_pickled_module_refused_without_pickle(tmp_path: Path, demo) -> None:
+def test_pickled_module_refused_by_default(tmp_path: Path, demo) -> None:
     path = tmp_path / "whole.pt"
     torch.save(demo, path)
-    msg = _raises(path, None, allow_pickle=False)
-    assert str(path) in msg and "state_dict" in msg
+    msg = _raises(path, None)
+    assert str(path) in msg and "state_dict" in msg and "--trust-pickle" in msg
 
 
 def test_num_classes_disagreeing_with_whole_module(tmp_path: Path, demo) -> None:
     path = tmp_path / "whole.pt"
     torch.save(demo, path)
-    msg = _raises(path, None, 5)
+    msg = _raises(path, None, 5, allow_pickle=True)
     assert "5" in msg and "10" in msg

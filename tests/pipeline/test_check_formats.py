@@ -1,6 +1,6 @@
 """The seeds' bug (a residual add whose identity shortcut meets a wider main path) and a wrong-groups conv, caught
-the same way for every form a model arrives in: state_dict + --arch, checkpoint dict, `module.` prefix, pickled
-module, TorchScript (scripted and traced). Exit 2, block and shapes named, no traceback, no Torch IR."""
+the same way for every form a model arrives in: state_dict + --arch, checkpoint dict, `module.` prefix, safetensors,
+pickled module (with --trust-pickle), TorchScript (scripted and traced). Exit 2, block and shapes named, no traceback, no Torch IR."""
 
 from __future__ import annotations
 
@@ -54,9 +54,14 @@ def save(model: nn.Module, form: str, path, arch: str):
     if form == "module_prefix":
         torch.save({"module." + k: v for k, v in sd.items()}, path)
         return ["--arch", arch]
+    if form == "safetensors":  # the file keeps the .pt name: the format is recognised by its header
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+        return ["--arch", arch]
     if form == "pickled":
         torch.save(model, path)
-        return []
+        return ["--trust-pickle"]  # a whole pickled module runs code when it loads: the user opts in
     if form == "script":
         torch.jit.script(model).save(str(path))
         return []
@@ -71,8 +76,8 @@ def save(model: nn.Module, form: str, path, arch: str):
 
 # A model whose forward cannot run cannot be traced either (torch.jit.trace runs it): traced models are checked
 # in test_silent_broadcast_in_a_traced_model and test_check.py.
-FORMS = ["state_dict", "checkpoint", "module_prefix", "pickled", "script"]
-WEIGHT_FORMS = {"state_dict", "checkpoint", "module_prefix"}
+FORMS = ["state_dict", "checkpoint", "module_prefix", "safetensors", "pickled", "script"]
+WEIGHT_FORMS = {"state_dict", "checkpoint", "module_prefix", "safetensors"}
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -184,7 +189,8 @@ def test_bad_block_in_a_non_resnext_residual_net(form, tmp_path):
         with pytest.raises(RuntimeError):  # tracing it fails too: the forward cannot run
             torch.jit.trace(model, torch.zeros(1, 3, 224, 224))
         return
-    assert_refused(run("check", "--model", str(path)), "block 'body.1' (BasicBlock)", "(1, 24, 224, 224)",
+    trust = ["--trust-pickle"] if form == "pickled" else []
+    assert_refused(run("check", "--model", str(path), *trust), "block 'body.1' (BasicBlock)", "(1, 24, 224, 224)",
                    "(1, 16, 224, 224)", "channels (16 -> 24)")
 
 

@@ -109,11 +109,19 @@ def _scale(workers: int, ray_address: Optional[str], resume: Optional[Path] = No
     return ScaleOptions(workers=workers, address=ray_address, resume=resume)
 
 
+_trust_opt = click.option(
+    "--trust-pickle", is_flag=True,
+    help="Load a model file that needs full unpickling (a whole pickled module, Python objects in a checkpoint). "
+         "Unpickling runs code from the file: only for files you made or trust. Default: refused (exit 2).")
+
+
 def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = _trust_opt(fn)
     fn = click.option("--num-classes", type=int, default=None, help="Classes of the model (default: from the checkpoint's fc).")(fn)
     fn = click.option("--arch", default=None, help="Architecture of a state_dict: resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, resnext_demo.")(fn)
     fn = click.option("--model", "model", type=click.Path(path_type=Path), default=None,
-                      help="Checkpoint (state_dict, checkpoint dict, pickled module, TorchScript) or ONNX file. Default: the shipped demo.")(fn)
+                      help="Checkpoint (state_dict, checkpoint dict), safetensors, TorchScript or ONNX file; a pickled module "
+                           "needs --trust-pickle. Default: the shipped demo.")(fn)
     return fn
 
 
@@ -151,7 +159,7 @@ def _write_ci(report: Any, junit_file: Optional[Path], summary_file: Optional[Pa
 @_scale_options
 @click.pass_context
 @_run
-def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_classes: Optional[int], target: str,
+def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_classes: Optional[int], trust_pickle: bool, target: str,
           recipe: Optional[Path], calib: Optional[Path], val: Optional[Path], out: Optional[Path], as_json: bool,
           sensitivity: Optional[bool], junit_file: Optional[Path], summary_file: Optional[Path], workers: int,
           ray_address: Optional[str]) -> None:
@@ -160,7 +168,7 @@ def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_cl
     from .report import render_table
 
     res = run_build(model, _given_target(target) if recipe else target, recipe, out, arch, num_classes, calib, val,
-                    ctx.obj["progress"], sensitivity=sensitivity, scale=_scale(workers, ray_address))
+                    ctx.obj["progress"], sensitivity=sensitivity, scale=_scale(workers, ray_address), allow_pickle=trust_pickle)
     click.echo(json.dumps(res.report, indent=2) if as_json else render_table(res.report))
     fb = res.report.get("fallback")
     if fb and not as_json:
@@ -219,11 +227,11 @@ _preprocessing_opt = click.option(
 @_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @_run
-def check(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], as_json: bool) -> None:
+def check(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], trust_pickle: bool, as_json: bool) -> None:
     """Lint a model before export: residual adds of unequal shapes, grouped convs whose channels don't divide."""
     from .pipeline.commands import check_file
 
-    res = check_file(model, arch, num_classes)
+    res = check_file(model, arch, num_classes, allow_pickle=trust_pickle)
     click.echo(json.dumps(res, indent=2) if as_json else res.get("summary", f"{res['model']}: passed {', '.join(res.get('checks', []))}"))
 
 
@@ -234,12 +242,12 @@ def check(model: Optional[Path], arch: Optional[str], num_classes: Optional[int]
 @_target_opt
 @_recipe_opt
 @_run
-def export(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], out: Path, calib: Optional[Path],
+def export(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], trust_pickle: bool, out: Path, calib: Optional[Path],
            target: str, recipe: Optional[Path]) -> None:
     """Check, export to ONNX (opset >= 17, dynamic batch), simplify, and compare with PyTorch."""
     from .pipeline.commands import export_file
 
-    art = export_file(model, out, arch, num_classes, calib, _recipe(target, recipe))
+    art = export_file(model, out, arch, num_classes, calib, _recipe(target, recipe), allow_pickle=trust_pickle)
     click.echo(f"wrote {art.path} (max |onnx - torch| = {art.settings['max_abs_diff_vs_torch']:.3g}, sha256 {art.sha256[:12]})")
 
 
@@ -523,17 +531,18 @@ def demo_hostile(out: Path, blocks: str, factor: float, channel: int) -> None:
 @click.option("--calib-count", type=int, default=300, show_default=True, help="Calibration images for --arch.")
 @click.option("--val-count", type=int, default=500, show_default=True, help="Validation images for --arch.")
 @click.option("--json", "as_json", is_flag=True, help="Print bench.json instead of the table.")
+@_trust_opt
 @click.pass_context
 @_run
 def bench(ctx: click.Context, build_dir: Optional[Path], arch: Optional[str], weights: Optional[Path], out: Path,
           cache: Optional[Path], rounds: int, iterations: int, batches: int, images: int, configs: tuple,
-          profile_runs: int, calib_count: int, val_count: int, as_json: bool) -> None:
+          profile_runs: int, calib_count: int, val_count: int, as_json: bool, trust_pickle: bool) -> None:
     """Time our artifacts beside PyTorch eager, ONNX Runtime, OpenVINO and NNCF, in one run (writes bench.json/.md/.png/.html)."""
     from .bench import BenchOptions, run_bench
     from .bench.render import render_table
 
     opts = BenchOptions(rounds=rounds, latency_iterations=iterations, throughput_batches=batches, predict_images=images,
-                        configs=list(configs) or None, profile_runs=profile_runs)
+                        configs=list(configs) or None, profile_runs=profile_runs, allow_pickle=trust_pickle)
     res = run_bench(build_dir, arch, weights, out, cache, opts, calib_count=calib_count, val_count=val_count,
                     progress=ctx.obj["progress"])
     click.echo(json.dumps(res, indent=2, default=str) if as_json else render_table(res))

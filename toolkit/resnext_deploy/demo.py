@@ -322,8 +322,9 @@ def demo_model_info(demo_dir: Optional[Path] = None) -> Dict[str, Any]:
         except ValueError as exc:
             raise BadInputError(f"'{info_path}' is not valid JSON ({exc}). Retrain the demo: resnext-deploy demo train.") from exc
     if ckpt_path.is_file():
-        torch = require("torch", "read the demo checkpoint")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        from .models.trust import torch_load
+
+        ckpt = torch_load(ckpt_path)
         info = {k: v for k, v in ckpt.items() if k != "state_dict"}
         info.update({"checkpoint": ckpt_path.name, "sha256": sha256_file(ckpt_path)})
         return info

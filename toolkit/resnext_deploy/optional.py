@@ -26,6 +26,7 @@ _ADVICE: Dict[str, str] = {
     "sklearn": "pip install scikit-learn",
     "matplotlib": "pip install matplotlib",
     "psutil": "pip install psutil",
+    "safetensors": "pip install 'resnext-deploy[build]' (or: pip install safetensors)",
     "ray": "pip install 'resnext-deploy[scale]' (Ray >= 2.10), on the driver and on every node of the cluster",
 }
 

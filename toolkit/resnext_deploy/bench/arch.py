@@ -79,8 +79,11 @@ def arch_inputs(
     seed: int = 0,
     progress: Progress = None,
     target: str = "x86-cpu",
+    *,
+    allow_pickle: bool = False,
 ) -> ArchInputs:
-    """Everything `build` needs for ``arch`` without a download (cached under ``cache``)."""
+    """Everything `build` needs for ``arch`` without a download (cached under ``cache``). ``allow_pickle``
+    (--trust-pickle) lets ``weights`` need full unpickling (models/trust.py)."""
     from ..models.resnext import ARCHS
 
     if arch not in ARCHS:
@@ -93,7 +96,7 @@ def arch_inputs(
     # The images are labeled exactly as the build will preprocess them: the checkpoint's own preprocessing
     # (if it records one) with the recipe's overrides, else the architecture's default.
     overrides = load_recipe(target=target).section("preprocess")
-    src = resolve_model(weights, arch, None, overrides) if weights is not None else None
+    src = resolve_model(weights, arch, None, overrides, allow_pickle=allow_pickle) if weights is not None else None
     spec = src.preprocessing if src is not None else preprocessing_for(None, ARCHS[arch].input_size, overrides)
     cache = ensure_writable_dir(Path(cache) if cache else default_cache())
     if progress:
@@ -125,7 +128,7 @@ def arch_inputs(
                 torch.save({"state_dict": module.state_dict(), "arch": arch, "num_classes": ARCHS[arch].default_num_classes}, str(tmp))
             if progress:
                 progress("initialise weights, re-estimate BatchNorm", 1, 1)
-        src = resolve_model(checkpoint, arch, None, overrides)
+        src = resolve_model(checkpoint, arch, None, overrides, allow_pickle=allow_pickle)
         notes.append(
             f"Weights: no checkpoint was given, so {arch} was initialised from seed {seed} (each residual branch's last "
             "BatchNorm scaled to 0.2, as trained ResNets keep their branches small), its BatchNorm statistics "

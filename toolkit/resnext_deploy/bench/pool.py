@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..errors import InternalError
+from ..errors import BadInputError, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class Worker:
         if not reply.get("ok"):
             log.debug("worker %s failed: %s", self.name, reply.get("traceback"))
             self.close()
+            if reply.get("bad_input"):  # e.g. a model file refused by models/trust.py: the user's input, exit 2
+                raise BadInputError(f"The benchmark worker for {self.name}: {reply['bad_input']}")
             raise InternalError(f"The benchmark worker for {self.name} failed during '{op}': {reply.get('error')} (log: {self.log_path}).")
         return reply
 

@@ -22,6 +22,7 @@ from ..accuracy.peers import overflow_fix_for
 from ..artifacts import atomic_file, ensure_writable_dir
 from ..errors import BadInputError, DeployError
 from ..manifest import read_manifest
+from ..models.trust import refuse_early
 from ..preprocess import Preprocessing
 from ..progress import Progress
 from .machine import (
@@ -68,6 +69,7 @@ class BenchOptions:
     profile_runs: int = 20  # batch-1 runs under the runtime's own per-layer profiler (0: no profile)
     configs: Optional[List[str]] = None  # None = all
     measure_clock: bool = True
+    allow_pickle: bool = False  # --trust-pickle: the model file (--weights, a build's source) may need full unpickling
 
     def validate(self) -> None:
         for k in ("rounds", "latency_iterations", "throughput_batches", "batch_size", "predict_images"):
@@ -91,10 +93,11 @@ class BenchConfig:
     arch: Optional[str] = None
     num_classes: Optional[int] = None
     prepare: Optional[Dict[str, Any]] = None
+    allow_pickle: bool = False  # travels to the worker that loads a PyTorch model file (models/trust.py)
 
     def spec(self, inputs: Path, batch: int) -> Dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "path": self.path, "settings": self.settings, "arch": self.arch,
-                "num_classes": self.num_classes, "inputs": str(inputs), "batch": batch}
+                "num_classes": self.num_classes, "inputs": str(inputs), "batch": batch, "allow_pickle": self.allow_pickle}
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -136,13 +139,13 @@ def bench_recipe(target: str, calib_count: int, out: Path) -> Path:
     return out
 
 
-def _build_for_arch(arch: str, inputs: Any, out: Path, target: str, calib_count: int) -> Dict[str, Any]:
+def _build_for_arch(arch: str, inputs: Any, out: Path, target: str, calib_count: int, allow_pickle: bool = False) -> Dict[str, Any]:
     """Run `resnext-deploy build` in a child process: its wall time and peak RSS are the build's own."""
     recipe = bench_recipe(target, calib_count, out / "work" / f"{target}-bench.toml")
     args = [sys.executable, "-m", "resnext_deploy.bench.measured", str(out / "work" / "build-peak-rss.json"),
             "-q", "build", "--model", str(inputs.checkpoint), "--arch", arch,
             "--calib", str(inputs.calibration), "--val", str(inputs.validation), "--recipe", str(recipe),
-            "--out", str(out / "build")]
+            "--out", str(out / "build")] + (["--trust-pickle"] if allow_pickle else [])
     res = run_child(args, out / "work" / "logs" / "build.log")
     peak = out / "work" / "build-peak-rss.json"
     res["peak_rss_mb"] = json.loads(peak.read_text())["peak_rss_mb"] if peak.is_file() else None
@@ -154,8 +157,9 @@ def _build_for_arch(arch: str, inputs: Any, out: Path, target: str, calib_count:
     return res
 
 
-def configurations(build_dir: Path, manifest: Dict[str, Any], peers_dir: Path) -> List[BenchConfig]:
-    """The peers (what a user would otherwise run) and our build's artifacts."""
+def configurations(build_dir: Path, manifest: Dict[str, Any], peers_dir: Path, allow_pickle: bool = False) -> List[BenchConfig]:
+    """The peers (what a user would otherwise run) and our build's artifacts. ``allow_pickle`` goes to the worker
+    that loads the build's PyTorch model file."""
     model = manifest.get("model") or {}
     fp32_onnx = build_dir / "onnx" / "model-fp32.onnx"
     arts = {a["name"]: a for a in manifest.get("artifacts", [])}
@@ -163,7 +167,7 @@ def configurations(build_dir: Path, manifest: Dict[str, Any], peers_dir: Path) -
     out: List[BenchConfig] = []
     if model.get("kind") != "onnx" and model.get("source") and Path(model["source"]).is_file():
         out.append(BenchConfig(PYTORCH, "peer", "pytorch", "fp32", model["source"], "PyTorch eager (inference_mode), the model as trained",
-                               {"threads": 0}, model.get("arch"), model.get("num_classes")))
+                               {"threads": 0}, model.get("arch"), model.get("num_classes"), allow_pickle=allow_pickle))
     out.append(BenchConfig(ORT_FP32, "peer", "onnxruntime", "fp32", str(fp32_onnx),
                            "ONNX Runtime CPU, default session options, on the exported ONNX", {}))
     out.append(BenchConfig("openvino-fp32", "peer", "openvino", "fp32", str(fp32_onnx),
@@ -440,11 +444,11 @@ def run_bench(
     if arch is not None:
         from .arch import arch_inputs
 
-        inputs = arch_inputs(arch, weights, cache, calib_count, val_count, seed, progress, target)
+        inputs = arch_inputs(arch, weights, cache, calib_count, val_count, seed, progress, target, allow_pickle=opts.allow_pickle)
         notes += inputs.notes
         if progress:
             progress("build (child process)", 0, 1)
-        child = _build_for_arch(arch, inputs, out, target, calib_count)
+        child = _build_for_arch(arch, inputs, out, target, calib_count, opts.allow_pickle)
         if progress:
             progress("build (child process)", 1, 1)
         build = {"measured_here": True, **child}
@@ -459,7 +463,10 @@ def run_bench(
     if not build.get("measured_here"):
         build["wall_s"] = (report.get("stages") or {}).get("total")
     data = _inputs(build_dir, manifest, work, opts.predict_images)
-    configs = configurations(build_dir, manifest, out / "peers")
+    configs = configurations(build_dir, manifest, out / "peers", opts.allow_pickle)
+    for cfg in configs:  # a worker loads the PyTorch model much later: refuse a file that needs the opt-in now
+        if cfg.kind == "pytorch":
+            refuse_early(cfg.path, cfg.allow_pickle)
     if opts.configs:
         unknown = sorted(set(opts.configs) - {c.name for c in configs})
         if unknown:

@@ -20,6 +20,8 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
+from ..errors import BadInputError
+
 
 def peak_rss_mb() -> float:
     """This process's peak resident set since it started (VmHWM). Not getrusage: Linux keeps ru_maxrss across
@@ -41,7 +43,8 @@ def make_runner(spec: Dict[str, Any]) -> Any:
         from ..models.loading import load_torch_model
         from ..models.runner import TorchRunner
 
-        loaded = load_torch_model(spec["path"], spec.get("arch"), spec.get("num_classes"))
+        loaded = load_torch_model(spec["path"], spec.get("arch"), spec.get("num_classes"),
+                                  allow_pickle=bool(spec.get("allow_pickle", False)))
         return TorchRunner(loaded.module, threads=int(spec.get("settings", {}).get("threads", 0)))
     from .. import backends
 
@@ -174,7 +177,8 @@ def main() -> None:
             if op == "finish":
                 return
         except Exception as exc:  # reported to the parent, which records the configuration as failed
-            send({"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+            send({"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
+                  "bad_input": str(exc) if isinstance(exc, BadInputError) else None})
             return
 
 

@@ -89,19 +89,20 @@ def make_quantization_hostile(
 
 def write_hostile_demo(
     out: Union[str, Path], blocks: Sequence[str] = DEFAULT_BLOCKS, factor: float = DEFAULT_FACTOR,
-    channel: int = 0, source: Optional[Union[str, Path]] = None,
+    channel: int = 0, source: Optional[Union[str, Path]] = None, allow_pickle: bool = False,
 ) -> Dict[str, Any]:
     """Write the demo checkpoint (or ``source``, a checkpoint dict) made hostile; returns what was changed.
 
     The checkpoint keeps the demo's arch, labels and preprocessing and records the change under
-    ``hostile`` so a report can name the layers that should come back in float.
+    ``hostile`` so a report can name the layers that should come back in float. ``allow_pickle``: a ``source``
+    that needs full unpickling (see models/trust.py).
     """
     torch = require("torch", "write the hostile demo checkpoint")
     from ..demo import DEMO_CHECKPOINT
     from .loading import load_torch_model
 
     source = Path(source) if source else DEMO_CHECKPOINT
-    loaded = load_torch_model(source)
+    loaded = load_torch_model(source, allow_pickle=allow_pickle)
     module = copy.deepcopy(loaded.module).eval()
     records = make_quantization_hostile(module, blocks, factor, channel)
     checkpoint = {

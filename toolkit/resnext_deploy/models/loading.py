@@ -3,8 +3,10 @@
 Accepted: a plain ``state_dict``; a checkpoint dict holding the weights under ``state_dict`` /
 ``model`` / ``model_state_dict`` (a state_dict or a whole ``nn.Module``), optionally with ``arch``,
 ``num_classes``, ``labels`` and ``preprocessing`` keys; keys prefixed ``module.`` (DataParallel/DDP)
-or ``_orig_mod.`` (torch.compile); a whole pickled module (``torch.save(model)``); TorchScript
-(``torch.jit.save``). Every failure is a :class:`BadInputError` that says what to do.
+or ``_orig_mod.`` (torch.compile); a safetensors file (a state_dict; ``arch`` etc. from its metadata);
+TorchScript (``torch.jit.save``); a whole pickled module (``torch.save(model)``) only with ``allow_pickle``.
+Whether a file may be opened, and how, is decided in :mod:`.trust`. Every failure is a :class:`BadInputError`
+that says what to do.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from ..errors import BadInputError
 from ..optional import require
 from .resnext import ARCHS, ArchSpec, ResNeXt, create
+from .trust import model_format, safetensors_load, torch_load, torchscript_load
 
 torch = require("torch", "load PyTorch models")
 nn = torch.nn
@@ -44,7 +45,7 @@ class LoadedModel:
     """A model ready for export, plus what its file told us about it.
 
     ``source`` is one of ``"state_dict"``, ``"checkpoint"`` (a dict with weights and metadata),
-    ``"module"`` (a pickled whole module) or ``"torchscript"``.
+    ``"module"`` (a pickled whole module), ``"torchscript"`` or ``"safetensors"``.
     """
 
     module: Any  # torch.nn.Module (or torch.jit.ScriptModule), in eval mode, on the CPU
@@ -69,13 +70,13 @@ def load_torch_model(
     arch: Optional[str] = None,
     num_classes: Optional[int] = None,
     *,
-    allow_pickle: bool = True,
+    allow_pickle: bool = False,
 ) -> LoadedModel:
     """Load a model file of any supported form; see the module docstring.
 
-    ``arch`` / ``num_classes`` override what the checkpoint records. ``allow_pickle=False`` refuses
-    files that need full (code-executing) unpickling, i.e. whole pickled modules and checkpoints with
-    non-tensor Python objects; by default such files are loaded with a logged warning.
+    ``arch`` / ``num_classes`` override what the checkpoint records. Files that need full (code-executing)
+    unpickling, i.e. whole pickled modules and checkpoints with Python objects beyond tensors and plain data,
+    are refused (BadInputError naming the first such object) unless ``allow_pickle=True`` (``--trust-pickle``).
     """
     p = _check_path(path)
     if arch is not None and arch not in ARCHS:
@@ -86,10 +87,15 @@ def load_torch_model(
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes <= 0):
         raise BadInputError(f"--num-classes must be a positive integer, got {num_classes!r}.")
 
-    if _is_torchscript_archive(p):
+    fmt = model_format(p)
+    if fmt == "torchscript":
         return _load_torchscript(p, arch, num_classes)
-
-    obj = _torch_load(p, allow_pickle)
+    if fmt == "safetensors":
+        tensors, meta = safetensors_load(p)
+        return _from_state_dict(tensors, p, arch, num_classes, meta=meta, source="safetensors")
+    if fmt != "torch":
+        raise BadInputError(f"Model file '{p}' is a {fmt} file, not a PyTorch model; it is not read here.")
+    obj = torch_load(p, allow_pickle)
     return _from_object(obj, p, arch, num_classes)
 
 
@@ -115,77 +121,6 @@ def _check_path(path: PathLike) -> Path:
     return p
 
 
-def _corrupt(p: Path, detail: str, truncated: bool = False) -> BadInputError:
-    what = (
-        "is truncated (its zip archive has no end record: an interrupted save, copy or download)"
-        if truncated
-        else "is truncated, corrupt or not a PyTorch file"
-    )
-    detail = " ".join(detail.split())
-    if len(detail) > 200:
-        detail = detail[:200] + "..."
-    return BadInputError(
-        f"Model file '{p}' ({p.stat().st_size} bytes) could not be read: it {what}. "
-        "Re-save it with torch.save(model.state_dict(), path) (or torch.jit.save for TorchScript) or download "
-        f"it again, and check that the file is complete. (Detail: {detail})"
-    )
-
-
-def _is_torchscript_archive(p: Path) -> bool:
-    """True for a TorchScript zip (it has ``constants.pkl`` and ``code/`` entries; torch.save files do not)."""
-    with p.open("rb") as fh:
-        head = fh.read(4)
-    if head != b"PK\x03\x04":
-        return False
-    if not zipfile.is_zipfile(p):
-        # A torch.save/jit.save file is a zip: one without an end record was cut short.
-        raise _corrupt(p, "zip archive without a central directory", truncated=True)
-    try:
-        with zipfile.ZipFile(p) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise _corrupt(p, str(exc), truncated=True) from None
-    return any(n.endswith("/constants.pkl") or n == "constants.pkl" or "/code/" in n for n in names)
-
-
-def _torch_load(p: Path, allow_pickle: bool) -> Any:
-    """torch.load with ``weights_only=True``; full unpickling only when that refuses the file's objects."""
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise _corrupt(p, f"{type(exc).__name__}: {exc}") from None
-        refusal = str(exc)
-    except Exception as exc:  # RuntimeError (zip reader), EOFError, KeyError, ... from a damaged file
-        raise _corrupt(p, f"{type(exc).__name__}: {exc}") from None
-
-    # The safe loader refused a Python object: a whole pickled module, or a checkpoint carrying
-    # e.g. an argparse.Namespace. Loading it executes code from the file.
-    if not allow_pickle:
-        raise BadInputError(
-            f"Model file '{p}' holds Python objects (a whole pickled module or other non-tensor data) that can "
-            "only be loaded with full unpickling, which runs code from the file, and pickle loading is disabled. "
-            "Re-save only the weights with torch.save(model.state_dict(), path), or export TorchScript. "
-            f"({_first_line(refusal)})"
-        )
-    logger.warning(
-        "'%s' holds Python objects beyond tensors; loading it with full unpickling (weights_only=False). "
-        "Only do this with files you trust.",
-        p,
-    )
-    try:
-        return torch.load(p, map_location="cpu", weights_only=False)
-    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
-        raise BadInputError(
-            f"Model file '{p}' is a pickled Python object whose class cannot be imported here ({exc}). "
-            "A whole module saved with torch.save(model) can only be loaded where the code that defined its "
-            "class is importable. Re-save it as weights (torch.save(model.state_dict(), path)) and pass --arch, "
-            "or export it with torch.jit.save, or put the defining module on PYTHONPATH."
-        ) from None
-    except Exception as exc:
-        raise _corrupt(p, f"{type(exc).__name__}: {exc}") from None
-
-
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
@@ -196,10 +131,7 @@ def _first_line(text: str) -> str:
 
 def _load_torchscript(p: Path, arch: Optional[str], num_classes: Optional[int]) -> LoadedModel:
     extra = {TORCHSCRIPT_METADATA_FILE: ""}
-    try:
-        module = torch.jit.load(str(p), map_location="cpu", _extra_files=extra)
-    except Exception as exc:
-        raise _corrupt(p, f"{type(exc).__name__}: {exc}") from None
+    module = torchscript_load(p, extra)
     meta: Dict[str, Any] = {}
     raw = extra.get(TORCHSCRIPT_METADATA_FILE) or ""
     if raw:

@@ -42,7 +42,7 @@ _SHORTCUT_HINT = (
 class Finding:
     """One problem found in the model; ``message`` is the full explanation for the user."""
 
-    kind: str  # "residual_add" | "conv_groups" | "conv_input_channels" | "forward_error"
+    kind: str  # "non_finite" | "residual_add" | "conv_groups" | "conv_input_channels" | "forward_error"
     module: str  # module path as in named_modules() ("" is the top-level module)
     module_type: str
     message: str
@@ -125,6 +125,7 @@ def check_model(model: Any, input_shape: Optional[Sequence[int]] = None) -> Chec
     shape = _resolve_input_shape(model, input_shape)
     report = CheckReport(input_shape=shape)
 
+    _finite_check(torch, model, report)
     flagged_convs = _static_conv_checks(torch, model, report)
 
     if isinstance(model, torch.jit.ScriptModule):
@@ -210,6 +211,45 @@ def _int_attr(module: Any, name: str) -> Optional[int]:
     except Exception:  # a ScriptModule raises if the attribute was not kept
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def nonfinite_tensors(model: Any) -> List[Tuple[str, str, int, int]]:
+    """Floating-point parameters and buffers holding NaN or Inf, in ``named_parameters`` then ``named_buffers``
+    order: (name, "parameter" | "buffer", count of NaN/Inf values, numel)."""
+    torch = require("torch", "check the model's weights")
+    found = []
+    for what, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in named:
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                bad = int((~torch.isfinite(t.detach())).sum())
+                if bad:
+                    found.append((name, what, bad, int(t.numel())))
+    return found
+
+
+def _finite_check(torch: Any, model: Any, report: CheckReport) -> None:
+    """A NaN/Inf weight makes every output NaN: name the first one (export would only say the outputs differ)."""
+    found = nonfinite_tensors(model)
+    if not found:
+        return
+    name, what, bad, numel = found[0]
+    t = dict(model.named_parameters() if what == "parameter" else model.named_buffers())[name].detach()
+    kinds = " and ".join(k for k, n in (("NaN", int(torch.isnan(t).sum())), ("Inf", int(torch.isinf(t).sum()))) if n)
+    owner = name.rsplit(".", 1)[0] if "." in name else ""
+    more = ""
+    if len(found) > 1:
+        names = ", ".join(f"'{n}'" for n, *_ in found[1:6])
+        more = f" {len(found) - 1} more tensor(s) hold NaN/Inf too: {names}{' ...' if len(found) > 6 else ''}."
+    report.findings.append(Finding(
+        kind="non_finite",
+        module=owner,
+        module_type=_type_name(dict(model.named_modules()).get(owner, model)),
+        message=(
+            f"The {what} '{name}' holds {kinds} ({bad} of {numel} values), so the model's outputs would be NaN or Inf. "
+            f"The weights are broken (a diverged training run, or a damaged or wrongly converted checkpoint): use a "
+            f"checkpoint from before the divergence, or re-save the weights.{more}"
+        ),
+    ))
 
 
 def _static_conv_checks(torch: Any, model: Any, report: CheckReport) -> set:

@@ -227,12 +227,14 @@ def _require_file(path: PathLike, what: str) -> Path:
     return p
 
 
-def check_file(model: Optional[PathLike], arch: Optional[str] = None, num_classes: Optional[int] = None) -> Dict[str, Any]:
+def check_file(model: Optional[PathLike], arch: Optional[str] = None, num_classes: Optional[int] = None, *,
+               allow_pickle: bool = False) -> Dict[str, Any]:
     """Architecture check of a PyTorch model file (or the demo); ONNX files get onnx.checker and, when they hold
-    Q/DQ nodes, TensorRT's Q/DQ rules (qdq_rules.py: every violation with its node name)."""
+    Q/DQ nodes, TensorRT's Q/DQ rules (qdq_rules.py: every violation with its node name). ``allow_pickle``:
+    --trust-pickle (models/trust.py)."""
     if model is not None and str(model).lower().endswith(".onnx"):
         return _check_onnx(Path(model))
-    src = resolve_model(model, arch, num_classes)
+    src = resolve_model(model, arch, num_classes, allow_pickle=allow_pickle)
     if src.module is None:
         from ..optional import require
 
@@ -279,14 +281,15 @@ def _check_onnx(path: Path) -> Dict[str, Any]:
 
 def export_file(
     model: Optional[PathLike], out: PathLike, arch: Optional[str] = None, num_classes: Optional[int] = None,
-    calib: Optional[PathLike] = None, recipe: Optional[Recipe] = None,
+    calib: Optional[PathLike] = None, recipe: Optional[Recipe] = None, *, allow_pickle: bool = False,
 ) -> Artifact:
-    """Check and export a PyTorch model to ONNX, compared with PyTorch on a few real calibration images."""
+    """Check and export a PyTorch model to ONNX, compared with PyTorch on a few real calibration images.
+    ``allow_pickle``: --trust-pickle (models/trust.py)."""
     from .check import check_or_raise
     from .export import onnx_from_torch
 
     recipe = recipe or load_recipe(target="x86-cpu")
-    src = resolve_model(model, arch, num_classes, recipe.section("preprocess"))
+    src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), allow_pickle=allow_pickle)
     if src.module is None:
         raise BadInputError(f"'{src.path}' is already ONNX: export takes a PyTorch model.")
     calib_dir, _ = data_folders(src, recipe, Path(calib) if calib else None, need=("calib",),

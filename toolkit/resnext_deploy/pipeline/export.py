@@ -259,7 +259,18 @@ def onnx_from_torch(
         got = run_onnx(tmp, sample)
         diff = float(np.abs(expected - got).max())
         log.info("export: %d -> %d nodes, max |onnx - torch| = %.3g on %d images", nodes_before, nodes_after, diff, len(sample))
-        if not np.isfinite(diff) or diff > tolerance:
+        if not np.isfinite(diff):
+            from .check import nonfinite_tensors
+
+            bad = nonfinite_tensors(model)
+            where = (f"the {bad[0][1]} '{bad[0][0]}' holds NaN or Inf ({len(bad)} tensor(s) in all)" if bad else
+                     "no weight holds NaN or Inf, so a layer overflows or divides by zero on these images")
+            side = "PyTorch's" if not np.isfinite(expected).all() else "the ONNX model's"
+            raise BadInputError(
+                f"The outputs ({side}) hold NaN or Inf on {len(sample)} real images: {where}. "
+                "Run `resnext-deploy check` on the model; no tolerance can fix this."
+            )
+        if diff > tolerance:
             raise BadInputError(
                 f"The exported ONNX differs from PyTorch by {diff:.3g} (max abs logit difference on "
                 f"{len(sample)} real images), above the tolerance {tolerance:g}. Check the model for "

@@ -54,8 +54,12 @@ def resolve_model(
     arch: Optional[str] = None,
     num_classes: Optional[int] = None,
     preprocess_overrides: Optional[Dict[str, Any]] = None,
+    *,
+    allow_pickle: bool = False,
 ) -> ModelSource:
-    """Turn --model/--arch/--num-classes into a ModelSource (None = the shipped demo)."""
+    """Turn --model/--arch/--num-classes into a ModelSource (None = the shipped demo).
+
+    ``allow_pickle`` (``--trust-pickle``) lets a file that needs full unpickling load (models/trust.py)."""
     overrides = preprocess_overrides or {}
     if model is None:
         from ..demo import DEMO_CHECKPOINT, demo_model_info
@@ -71,7 +75,9 @@ def resolve_model(
     if not path.exists():
         raise BadInputError(f"The model file '{path}' does not exist. Pass a checkpoint, a TorchScript file or an ONNX file.")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)
-    if path.suffix.lower() == ".onnx":
+    from ..models.trust import model_format
+
+    if model_format(path) == "onnx":
         from .export import onnx_input_info
 
         info = onnx_input_info(path)
@@ -84,7 +90,7 @@ def resolve_model(
     from ..models.loading import load_torch_model
     from ..models.resnext import ARCHS
 
-    loaded = load_torch_model(path, arch, num_classes)
+    loaded = load_torch_model(path, arch, num_classes, allow_pickle=allow_pickle)
     size = ARCHS[loaded.arch].input_size if loaded.arch in ARCHS else 224
     return ModelSource(
         name, path, "torch", loaded.arch, loaded.num_classes, loaded.labels,
