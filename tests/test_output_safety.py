@@ -280,7 +280,7 @@ def test_enospc_inside_a_build_folder_is_a_resource_error_naming_the_path(tmp_pa
     msg = str(e.value)
     assert e.value.exit_code == EXIT_RESOURCE
     assert "model-int8.onnx" in msg and "no space left" in msg
-    assert "1.4 MiB written" in msg and "previous output there takes 2.9 MiB" in msg and "untouched" in msg
+    assert "1.4 MiB written" in msg and "complete output takes about 2.9 MiB" in msg and "untouched" in msg
     assert snapshot(out) == before and beside(out) == []
 
 
@@ -325,7 +325,10 @@ def tiny_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-@pytest.mark.parametrize("previous_kib", [2600, 2300])  # 2600: the export fails; 2300: a later stage does
+# How much the previous build leaves free decides where the build fails, each a different way of saying it:
+# 2600 KiB: the export's onnx.save (OSError); 2300: ORT's quantize_static reads a model a C++ writer truncated
+# (DecodeError, the finding); 1200: OpenVINO's save_model ("basic_ios::clear: iostream error")
+@pytest.mark.parametrize("previous_kib", [2600, 2300, 1200])
 def test_build_on_a_full_tmpfs_exits_6_and_keeps_the_previous_build(tiny_tmpfs, previous_kib):
     out = fake_build(tiny_tmpfs / "b", payload=os.urandom(previous_kib * 1024))
     before = snapshot(out)

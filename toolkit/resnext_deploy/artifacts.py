@@ -209,7 +209,7 @@ def remove_stale(final: Union[str, Path]) -> List[Path]:
     that process ends (harmless: a few hidden folders)."""
     final = Path(final)
     pattern = re.compile(r"^\.?" + re.escape(staging_prefix(final)) + r"(\d+)-")
-    removed = []
+    removed: List[Path] = []
     try:
         entries = list(final.parent.iterdir())
     except OSError:
@@ -348,10 +348,11 @@ def resource_error(exc: OSError, written: Union[str, Path], final: Union[str, Pa
             free = 0
         need = f"{_mib(done)} written, {_mib(free)} left on the device"
         previous = folder_size(final) if final is not None and Path(final).is_dir() else 0
-        if previous:  # a previous output is the best estimate of what a complete one takes
-            need += f"; the previous output there takes {_mib(previous)}: free at least {_mib(max(previous - free, 1 << 20))} more"
+        if previous > done:  # the previous output is the best estimate of what a complete one takes
+            more = max(int(previous * 1.1) - done - free, 1 << 20)
+            need += f"; a complete output takes about {_mib(previous)} (the previous one): free at least {_mib(more)} more"
         else:
-            need += f"; free more than {_mib(max(done, 1 << 20))}"
+            need += f"; free at least {_mib(max(done, 1 << 20))} more"
         kept = f" The previous output at '{final}' is untouched." if final is not None and os.path.lexists(final) else ""
         err = ResourceError(f"Cannot write '{where}': {what} ({need}), or choose another --out.{kept}")
     err.os_error, err.path = exc, where  # type: ignore[attr-defined]  # an outer writer re-describes it
@@ -376,32 +377,78 @@ def disk_errors(written: Union[str, Path], final: Union[str, Path, None] = None)
         if inner is None or Path(written) == Path(getattr(exc, "path", "")):
             raise
         raise resource_error(inner, written, final, where=getattr(exc, "path", None)) from exc.__cause__
-    except DeployError:  # ours already says what went wrong
-        raise
+    except DeployError as exc:  # ours says what went wrong, unless a full disk is behind it (a wrapped OSError)
+        cause = resource_cause(exc)
+        if cause is None:
+            raise
+        raise resource_error(cause, written, final) from exc
     except Exception as exc:
-        log.debug("writing '%s' failed", written, exc_info=True)
-        cause: Optional[BaseException] = exc
-        while cause is not None and not is_resource_error(cause):
-            cause = cause.__cause__ or cause.__context__
+        log.debug("writing '%s' failed (%s bytes free there)", written, _free_bytes(written), exc_info=True)
+        cause = resource_cause(exc)
+        if cause is None and _device_full(written):
+            cause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         if cause is not None:
-            raise resource_error(cause, written, final) from exc  # type: ignore[arg-type]
-        text = str(exc)
-        for code, _ in RESOURCE_ERRNOS.items():
-            if os.strerror(code) in text:
-                raise resource_error(OSError(code, os.strerror(code)), written, final) from exc
-        if _device_full(written):
-            raise resource_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), written, final) from exc
+            raise resource_error(cause, written, final) from exc
         raise
 
 
-def _device_full(path: Union[str, Path]) -> bool:
-    """The file system of ``path`` has (next to) no space left for an unprivileged writer."""
+def resource_cause(exc: BaseException) -> Optional[OSError]:
+    """The ENOSPC/EDQUOT/EROFS behind ``exc``: itself, its cause or context, or named in its message (a C++
+    writer's RuntimeError "No space left on device"); None if there is none. Code that turns exceptions into
+    its own errors lets these through, so they reach :func:`disk_errors` (exit 6, not "bad input")."""
+    seen = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if is_resource_error(e):
+            return e  # type: ignore[return-value]
+        for code in RESOURCE_ERRNOS:
+            if os.strerror(code) in str(e):
+                return OSError(code, os.strerror(code))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _free_bytes(path: Union[str, Path]) -> Optional[int]:
     path = Path(path)
     try:
         st = os.statvfs(path if path.is_dir() else path.parent)
     except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _largest_file(path: Path) -> int:
+    if not path.is_dir():
+        return path.stat().st_size if path.is_file() else 0
+    return max((f.stat().st_size for f in path.rglob("*") if f.is_file()), default=0)
+
+
+def _device_full(path: Union[str, Path]) -> bool:
+    """The file system of ``path`` cannot take one more file as large as the largest written so far (at
+    least 1 MiB): asked by reserving that much in a probe file, removed at once. A C++ writer that failed on a
+    full disk ("iostream error", a truncated protobuf) may already have freed its half-written file, so the
+    free space alone does not tell."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    try:
+        need = max(1 << 20, _largest_file(path))
+    except OSError:
+        need = 1 << 20
+    probe = folder / f".space-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    except OSError as exc:
+        return is_resource_error(exc)
+    try:
+        os.posix_fallocate(fd, 0, need)
         return False
-    return st.f_bavail * st.f_frsize < (64 << 10)
+    except OSError as exc:
+        return is_resource_error(exc)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
 
 
 def ensure_writable_dir(path: Union[str, Path]) -> Path:

@@ -123,7 +123,8 @@ def _sigterm_raises() -> Iterator[None]:
 def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Take a trained ResNeXt from PyTorch to edge devices: ONNX, INT8, OpenVINO, ONNX Runtime, TensorRT.
 
-    Exit codes: 0 ok, 2 bad input or usage, 3 a gate failed, 4 internal error, 5 missing package.
+    Exit codes: 0 ok, 2 bad input or usage, 3 a gate failed, 4 internal error, 5 missing package, 6 disk full/quota/
+    read-only, 7 pending on device, 130 SIGINT, 143 SIGTERM.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ctx.obj = {"progress": _Progress(not quiet and sys.stderr.isatty())}

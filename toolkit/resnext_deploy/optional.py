@@ -36,9 +36,13 @@ _ADVICE: Dict[str, str] = {
 log = logging.getLogger(__name__)
 
 #: environment switches that turn libraries' usage reporting off, set before they are imported (a Ray cluster
-#: the toolkit starts inherits them): Ray's documented opt-out (docs.ray.io, "Usage Stats Collection"), and
-#: NNCF's CI switch (nncf/definitions.py: NNCF_CI, read by nncf.telemetry at import)
-NO_TELEMETRY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "NNCF_CI": "1"}
+#: the toolkit starts inherits them):
+#: - ONNX Runtime >= 1.29 on Linux reports to Microsoft (1DS, mobile.events.data.microsoft.com) and writes
+#:   ~/.cache/Microsoft/DeveloperTools/.onnxruntime/{deviceid,onnxruntime.db}; ORT_DISABLE_TELEMETRY is its opt-out
+#:   (read by libonnxruntime when its environment is created; measured: with it, nothing is written under ~)
+#: - Ray's usage stats: RAY_USAGE_STATS_ENABLED=0 (docs.ray.io, "Usage Stats Collection")
+#: - NNCF: NNCF_CI (nncf/definitions.py; nncf.telemetry reads it at import and then sends nothing)
+NO_TELEMETRY_ENV = {"ORT_DISABLE_TELEMETRY": "1", "RAY_USAGE_STATS_ENABLED": "0", "NNCF_CI": "1"}
 #: the package OpenVINO (ov.convert_model) and NNCF send their usage reports through
 _TELEMETRY_PACKAGE = "openvino_telemetry"
 
