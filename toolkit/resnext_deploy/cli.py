@@ -69,7 +69,7 @@ def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except Terminated:
-            click.echo("terminated (SIGTERM): staging removed, the previous output untouched", err=True)
+            click.echo("terminated (SIGTERM)", err=True)
             sys.exit(EXIT_TERMINATED)
         except BrokenPipeError:  # `resnext-deploy ... | head`: the reader left; not an error of ours
             # Python's own advice: point stdout at devnull so the flush at exit does not raise again.
