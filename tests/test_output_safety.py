@@ -338,3 +338,18 @@ def test_build_on_a_full_tmpfs_exits_6_and_keeps_the_previous_build(tiny_tmpfs, 
     assert f"Cannot write '{tiny_tmpfs}" in proc.stderr and "no space left on the device" in proc.stderr
     assert "internal error" not in proc.stderr and "DecodeError" not in proc.stderr and "Traceback" not in proc.stderr
     assert snapshot(out) == before and beside(out) == []
+
+
+def test_enospc_outside_a_writer_is_exit_6_not_internal(monkeypatch):
+    """Any command: an OSError ENOSPC that reaches the CLI is the resource exit code with the path."""
+    import resnext_deploy.pipeline.commands as commands
+
+    def full(*a, **k):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/home/u/.cache/x.bin")
+
+    monkeypatch.setattr(commands, "check_file", full)
+    before = signal.getsignal(signal.SIGTERM)
+    res = CliRunner().invoke(cli, ["check"])
+    assert res.exit_code == EXIT_RESOURCE, res.output
+    assert "Cannot write '/home/u/.cache/x.bin': the disk quota is exceeded" in res.output and "internal" not in res.output
+    assert signal.getsignal(signal.SIGTERM) is before  # the CLI's SIGTERM handler is gone after the command

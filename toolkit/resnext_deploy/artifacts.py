@@ -331,16 +331,22 @@ def _mib(n: float) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-def resource_error(exc: OSError, written: Union[str, Path], final: Union[str, Path, None] = None,
+def resource_error(exc: OSError, written: Union[str, Path, None], final: Union[str, Path, None] = None,
                    where: Union[str, Path, None] = None) -> ResourceError:
     """One clear error for ENOSPC/EDQUOT/EROFS: the path, what was written, what more is needed (estimated from
-    the previous output at ``final`` when there is one, else from what had been written)."""
-    written = Path(written)
-    where = Path(where) if where else Path(exc.filename) if exc.filename else written
+    the previous output at ``final`` when there is one, else from what had been written). ``written``: the file
+    or staging folder being written (None: unknown, then only the free space is said)."""
+    where = Path(where) if where else Path(exc.filename) if exc.filename else Path(written) if written else None
     what = RESOURCE_ERRNOS.get(exc.errno or 0, exc.strerror or str(exc))
+    target = f"Cannot write '{where}'" if where else "Cannot write"
     if exc.errno == errno.EROFS:
-        err = ResourceError(f"Cannot write '{where}': {what}. Choose an output on a writable file system (--out).")
+        err = ResourceError(f"{target}: {what}. Choose an output on a writable file system (--out).")
+    elif written is None:
+        free = _free_bytes(where) if where else None
+        left = f" ({_mib(free)} left on the device)" if free is not None else ""
+        err = ResourceError(f"{target}: {what}{left}. Free some space, or write somewhere else.")
     else:
+        written = Path(written)
         done = folder_size(written)
         try:
             free = shutil.disk_usage(written if written.is_dir() else written.parent).free
@@ -354,7 +360,7 @@ def resource_error(exc: OSError, written: Union[str, Path], final: Union[str, Pa
         else:
             need += f"; free at least {_mib(max(done, 1 << 20))} more"
         kept = f" The previous output at '{final}' is untouched." if final is not None and os.path.lexists(final) else ""
-        err = ResourceError(f"Cannot write '{where}': {what} ({need}), or choose another --out.{kept}")
+        err = ResourceError(f"{target}: {what} ({need}), or choose another --out.{kept}")
     err.os_error, err.path = exc, where  # type: ignore[attr-defined]  # an outer writer re-describes it
     return err
 

@@ -79,7 +79,7 @@ def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
             from .artifacts import is_resource_error, resource_error
 
             if is_resource_error(exc):  # disk full / quota / read-only outside an atomic writer: not a bug
-                err = resource_error(exc, getattr(exc, "filename", None) or ".")  # type: ignore[arg-type]
+                err = resource_error(exc, None)  # type: ignore[arg-type]
                 click.echo(f"error: {err}", err=True)
                 sys.exit(err.exit_code)
             log.debug("internal error", exc_info=True)
