@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from resnext_deploy.artifacts import atomic_dir, atomic_file, foreign, remove_stale, staging_prefix
+from resnext_deploy.artifacts import atomic_dir, atomic_file, foreign, host_tag, remove_stale, staging_prefix
 from resnext_deploy.cli import cli
 from resnext_deploy.errors import (EXIT_BAD_INPUT, EXIT_RESOURCE, EXIT_TERMINATED, BadInputError, ResourceError)
 from resnext_deploy.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION
@@ -145,21 +145,23 @@ def dead_pid() -> int:
 
 def test_stale_staging_of_a_dead_process_is_removed_a_live_ones_kept(tmp_path):
     out = fake_build(tmp_path / "b")
-    dead = tmp_path / f"{staging_prefix(out)}{dead_pid()}-abcdefgh"
+    dead = tmp_path / f"{staging_prefix(out)}{dead_pid()}-{host_tag()}-abcdefgh"
     (dead / "onnx").mkdir(parents=True)
     (dead / "onnx" / "model.onnx").write_bytes(b"half" * 1000)
     dead_fallback = tmp_path / f".{dead.name}.fallback-xyz"  # made beside a staging folder by the fallback
     dead_fallback.mkdir()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        live = tmp_path / f"{staging_prefix(out)}{sleeper.pid}-abcdefgh"
+        live = tmp_path / f"{staging_prefix(out)}{sleeper.pid}-{host_tag()}-abcdefgh"
         live.mkdir()
+        elsewhere = tmp_path / f"{staging_prefix(out)}{dead_pid()}-0badc0de-abcdefgh"  # another machine's (NFS)
+        elsewhere.mkdir()
         other = tmp_path / ".c.tmp-1-abcdefgh"  # another output's: not ours to judge
         other.mkdir()
         with atomic_dir(out) as d:
             (d / "new.txt").write_text("new")
         assert not dead.exists() and not dead_fallback.exists()
-        assert live.is_dir() and other.is_dir()
+        assert live.is_dir() and other.is_dir() and elsewhere.is_dir()
         assert remove_stale(out) == []
     finally:
         sleeper.kill()
@@ -179,7 +181,7 @@ def test_sigterm_mid_build_removes_staging_and_exits_143(tmp_path):
     """A real build of the demo in a child process, sent SIGTERM once its staging folder holds the ONNX."""
     out = fake_build(tmp_path / "b")
     before = snapshot(out)
-    stale = tmp_path / f"{staging_prefix(out)}{dead_pid()}-zzzzzzzz"  # a SIGKILLed build's litter
+    stale = tmp_path / f"{staging_prefix(out)}{dead_pid()}-{host_tag()}-zzzzzzzz"  # a SIGKILLed build's litter
     stale.mkdir()
     (stale / "junk").write_bytes(b"j" * 4096)
     proc = subprocess.Popen([sys.executable, "-m", "resnext_deploy", "-q", "build", "--out", str(out)],

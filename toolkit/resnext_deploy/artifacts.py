@@ -119,7 +119,7 @@ def atomic_dir(final: Union[str, Path], force: bool = False, ours: Optional[Call
     ensure_writable_dir(final.parent)
     check_replaceable(final, force, ours)
     remove_stale(final)
-    stage = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(final)}{os.getpid()}-", dir=final.parent))
+    stage = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(final)}{os.getpid()}-{host_tag()}-", dir=final.parent))
     umask = os.umask(0)
     os.umask(umask)
     stage.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a build directory is as readable as any other
@@ -184,8 +184,15 @@ def check_replaceable(path: Union[str, Path], force: bool = False, ours: Optiona
 
 
 def staging_prefix(final: Union[str, Path]) -> str:
-    """Name prefix of ``final``'s staging folders; the writer's pid follows (``.NAME.tmp-<pid>-<random>``)."""
+    """Name prefix of ``final``'s staging folders; the writer's pid and host follow (``.NAME.tmp-<pid>-<host>-*``)."""
     return f".{Path(final).name}.tmp-"
+
+
+def host_tag() -> str:
+    """8 hex digits naming this machine: on a shared file system, only the machine whose pid it is judges it."""
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def pid_alive(pid: int) -> bool:
@@ -202,13 +209,14 @@ def pid_alive(pid: int) -> bool:
 
 
 def remove_stale(final: Union[str, Path]) -> List[Path]:
-    """Remove what dead processes left beside ``final``: staging folders ``.NAME.tmp-<pid>-*`` (and the temp
-    folders made beside a staging folder, ``..NAME.tmp-<pid>-*``) whose pid no longer runs. Returns them.
+    """Remove what dead processes left beside ``final``: staging folders ``.NAME.tmp-<pid>-<host>-*`` (and the
+    temp folders made beside a staging folder, ``..NAME.tmp-<pid>-<host>-*``) of this host whose pid no longer
+    runs. Returns them.
 
-    A live process's staging is never touched. A pid the system reused after a crash keeps its litter until
-    that process ends (harmless: a few hidden folders)."""
+    A live process's staging is never touched, nor another machine's (a shared file system). A pid the system
+    reused after a crash keeps its litter until that process ends (harmless: a few hidden folders)."""
     final = Path(final)
-    pattern = re.compile(r"^\.?" + re.escape(staging_prefix(final)) + r"(\d+)-")
+    pattern = re.compile(r"^\.?" + re.escape(staging_prefix(final)) + r"(\d+)-" + host_tag() + "-")
     removed: List[Path] = []
     try:
         entries = list(final.parent.iterdir())
