@@ -1,22 +1,26 @@
 """The `resnext-deploy` command: parses, calls the library, prints. Decisions live in the library.
 
-Exit codes: 0 ok, 2 bad input/usage, 3 gate failed, 4 internal error, 5 missing package.
+Exit codes: 0 ok, 2 bad input/usage, 3 gate failed, 4 internal error, 5 missing package, 6 out of a resource
+(disk full, quota, read-only), 7 pending on device, 130 SIGINT, 143 SIGTERM (see errors.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import click
 
 from . import backends
-from .errors import EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_OK, DeployError
+from .errors import (EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, DeployError,
+                     Terminated)
 
 log = logging.getLogger("resnext_deploy")
 
@@ -52,7 +56,8 @@ def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_raises():
+                return fn(*args, **kwargs)
         except DeployError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -62,12 +67,21 @@ def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
+        except Terminated:
+            click.echo("terminated (SIGTERM)", err=True)
+            sys.exit(EXIT_TERMINATED)
         except BrokenPipeError:  # `resnext-deploy ... | head`: the reader left; not an error of ours
             # Python's own advice: point stdout at devnull so the flush at exit does not raise again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(EXIT_OK)
         except Exception as exc:  # a bug: say so, keep the traceback for --verbose
+            from .artifacts import is_resource_error, resource_error
+
+            if is_resource_error(exc):  # disk full / quota / read-only outside an atomic writer: not a bug
+                err = resource_error(exc, None)  # type: ignore[arg-type]
+                click.echo(f"error: {err}", err=True)
+                sys.exit(err.exit_code)
             log.debug("internal error", exc_info=True)
             click.echo(
                 f"internal error: {type(exc).__name__}: {exc}. This is a bug in resnext-deploy or a backend; "
@@ -79,6 +93,28 @@ def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` in the main thread (as SIGINT raises
+    KeyboardInterrupt), so staging folders are removed on the way out; a second SIGTERM during that cleanup
+    is ignored. The previous handler is restored afterwards (the CLI may run inside a test or an application)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log every step (and tracebacks of internal errors).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -87,7 +123,8 @@ def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
 def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Take a trained ResNeXt from PyTorch to edge devices: ONNX, INT8, OpenVINO, ONNX Runtime, TensorRT.
 
-    Exit codes: 0 ok, 2 bad input or usage, 3 a gate failed, 4 internal error, 5 missing package.
+    Exit codes: 0 ok, 2 bad input or usage, 3 a gate failed, 4 internal error, 5 missing package, 6 disk full/quota/
+    read-only, 7 pending on device, 130 SIGINT, 143 SIGTERM.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ctx.obj = {"progress": _Progress(not quiet and sys.stderr.isatty())}
@@ -125,6 +162,12 @@ def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+_force_opt = click.option(
+    "--force", is_flag=True,
+    help="Replace --out even when it is not a previous output of resnext-deploy (a folder of other files, a file, a "
+         "symbolic link). Without it such an --out is refused (exit 2): see README, Output folders.")
+
+
 def _ci_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--summary", "summary_file", type=click.Path(path_type=Path), default=None,
                       help="Write the parity table and the gate as Markdown (a CI job summary). With GITHUB_STEP_SUMMARY "
@@ -152,6 +195,7 @@ def _write_ci(report: Any, junit_file: Optional[Path], summary_file: Optional[Pa
 @click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration images (any layout). Default: the recipe's, else the demo's.")
 @click.option("--val", type=click.Path(path_type=Path), default=None, help="Labeled validation images, ImageFolder layout.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Build directory (default build/<model>/<target>).")
+@_force_opt
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.option("--sensitivity", is_flag=True, default=None,
               help="Rank the layers by INT8 sensitivity and report it even when the gate passes (a failed gate always does).")
@@ -162,13 +206,14 @@ def _write_ci(report: Any, junit_file: Optional[Path], summary_file: Optional[Pa
 def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_classes: Optional[int], trust_pickle: bool, target: str,
           recipe: Optional[Path], calib: Optional[Path], val: Optional[Path], out: Optional[Path], as_json: bool,
           sensitivity: Optional[bool], junit_file: Optional[Path], summary_file: Optional[Path], workers: int,
-          ray_address: Optional[str]) -> None:
+          ray_address: Optional[str], force: bool) -> None:
     """Run the whole pipeline and gate it; writes one build directory."""
     from .pipeline.build import build as run_build
     from .report import render_table
 
     res = run_build(model, _given_target(target) if recipe else target, recipe, out, arch, num_classes, calib, val,
-                    ctx.obj["progress"], sensitivity=sensitivity, scale=_scale(workers, ray_address), allow_pickle=trust_pickle)
+                    ctx.obj["progress"], sensitivity=sensitivity, scale=_scale(workers, ray_address), allow_pickle=trust_pickle,
+                    force=force)
     click.echo(json.dumps(res.report, indent=2) if as_json else render_table(res.report))
     fb = res.report.get("fallback")
     if fb and not as_json:
@@ -448,6 +493,7 @@ def predict(images: tuple, build_dir: Path, backend: str, precision: str, top_k:
 @cli.command()
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), required=True, help="FP32 ONNX model (e.g. from `export`).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for sensitivity.json/.md/.png (replaced whole).")
+@_force_opt
 @click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration images (default: the recipe's, else the demo's).")
 @click.option("--val", type=click.Path(path_type=Path), default=None, help="Labeled images, ImageFolder layout (default: the recipe's, else the demo's).")
 @click.option("--activations", multiple=True, type=click.Choice(["uint8", "int8"]),
@@ -469,7 +515,7 @@ def predict(images: tuple, build_dir: Path, backend: str, precision: str, top_k:
 def sensitivity(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Path], val: Optional[Path], activations: tuple,
                 measure: Optional[str], subset: Optional[int], max_excluded: Optional[int], no_search: bool, compare_nncf: bool,
                 as_json: bool, workers: int, ray_address: Optional[str], input_size: Optional[int], preprocessing: Optional[str],
-                target: str, recipe: Optional[Path]) -> None:
+                target: str, recipe: Optional[Path], force: bool) -> None:
     """Rank the layers by how much INT8 error each brings, find the layers to leave in float, compare with NNCF.
 
     With --workers / --ray-address the layers are shared out to Ray workers and the candidate checks sharded by image."""
@@ -478,7 +524,7 @@ def sensitivity(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[
 
     doc = study_file(onnx_path, out, _recipe(target, recipe), calib, val, input_size, activations, measure, subset,
                      max_excluded, not no_search, compare_nncf, ctx.obj["progress"], preprocessing=preprocessing,
-                     scale=_scale(workers, ray_address))
+                     scale=_scale(workers, ray_address), force=force)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
@@ -521,6 +567,7 @@ def demo_hostile(out: Path, blocks: str, factor: float, channel: int) -> None:
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="torchvision-format checkpoint for --arch (default: seeded weights, BatchNorm re-estimated on natural images).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench"), show_default=True, help="Output directory.")
+@_force_opt
 @click.option("--cache", type=click.Path(path_type=Path), default=None, help="Cache for generated images and weights (default ~/.cache/resnext-deploy/bench).")
 @click.option("--rounds", type=int, default=10, show_default=True, help="Interleaved rounds over the configurations.")
 @click.option("--iterations", type=int, default=10, show_default=True, help="Timed batch-1 runs per configuration per round.")
@@ -536,7 +583,7 @@ def demo_hostile(out: Path, blocks: str, factor: float, channel: int) -> None:
 @_run
 def bench(ctx: click.Context, build_dir: Optional[Path], arch: Optional[str], weights: Optional[Path], out: Path,
           cache: Optional[Path], rounds: int, iterations: int, batches: int, images: int, configs: tuple,
-          profile_runs: int, calib_count: int, val_count: int, as_json: bool, trust_pickle: bool) -> None:
+          profile_runs: int, calib_count: int, val_count: int, as_json: bool, trust_pickle: bool, force: bool) -> None:
     """Time our artifacts beside PyTorch eager, ONNX Runtime, OpenVINO and NNCF, in one run (writes bench.json/.md/.png/.html)."""
     from .bench import BenchOptions, run_bench
     from .bench.render import render_table
@@ -544,7 +591,7 @@ def bench(ctx: click.Context, build_dir: Optional[Path], arch: Optional[str], we
     opts = BenchOptions(rounds=rounds, latency_iterations=iterations, throughput_batches=batches, predict_images=images,
                         configs=list(configs) or None, profile_runs=profile_runs, allow_pickle=trust_pickle)
     res = run_bench(build_dir, arch, weights, out, cache, opts, calib_count=calib_count, val_count=val_count,
-                    progress=ctx.obj["progress"])
+                    progress=ctx.obj["progress"], force=force)
     click.echo(json.dumps(res, indent=2, default=str) if as_json else render_table(res))
     click.echo(f"\nwrote {', '.join(res['outputs'])}")
 

@@ -65,3 +65,11 @@ class InternalError(DeployError):
     """Something inside the toolkit or a backend went wrong unexpectedly."""
 
     exit_code = EXIT_INTERNAL
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (CI cancelled the job): raised in the main thread by the CLI's handler so that every
+    ``with atomic_dir`` unwinds and removes its staging. A BaseException, like KeyboardInterrupt, so that an
+    ``except Exception`` on the way does not swallow it. Exit code 143."""
+
+    exit_code = EXIT_TERMINATED

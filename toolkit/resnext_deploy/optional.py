@@ -7,6 +7,9 @@ Call ``require("openvino")`` inside a function; a missing package becomes a
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import sys
 from types import ModuleType
 from typing import Dict, Optional
 
@@ -31,8 +34,41 @@ _ADVICE: Dict[str, str] = {
 }
 
 
+log = logging.getLogger(__name__)
+
+#: environment switches that turn libraries' usage reporting off, set before they are imported (a Ray cluster
+#: the toolkit starts inherits them):
+#: - ONNX Runtime >= 1.29 on Linux reports to Microsoft (1DS, mobile.events.data.microsoft.com) and writes
+#:   ~/.cache/Microsoft/DeveloperTools/.onnxruntime/{deviceid,onnxruntime.db}; ORT_DISABLE_TELEMETRY is its opt-out
+#:   (read by libonnxruntime when its environment is created; measured: with it, nothing is written under ~)
+#: - Ray's usage stats: RAY_USAGE_STATS_ENABLED=0 (docs.ray.io, "Usage Stats Collection")
+#: - NNCF: NNCF_CI (nncf/definitions.py; nncf.telemetry reads it at import and then sends nothing)
+NO_TELEMETRY_ENV = {"ORT_DISABLE_TELEMETRY": "1", "RAY_USAGE_STATS_ENABLED": "0", "NNCF_CI": "1"}
+#: the package OpenVINO (ov.convert_model) and NNCF send their usage reports through
+_TELEMETRY_PACKAGE = "openvino_telemetry"
+
+
+def no_telemetry() -> None:
+    """Make sure nothing leaves the machine from the libraries we load; idempotent, called before any import.
+
+    OpenVINO's telemetry (``openvino_telemetry``) sends to Google Analytics unless a consent file says no, and
+    writes ~/intel/openvino_ga_cid and ~/intel/stats. Its documented opt-out, ``opt_in_out --opt_out``, writes
+    ~/intel/openvino_telemetry: a file in the user's home we may not write either. Both of its users handle
+    the package being absent: ``openvino.tools.ovc`` falls back to its own ``telemetry_stub`` and NNCF to
+    ``NNCFTelemetryStub`` (their code for installs without it). So the toolkit's processes see it as absent
+    (``sys.modules[name] = None`` makes its import raise ImportError, as Python documents), unless something
+    imported it before us, which is logged."""
+    for key, value in NO_TELEMETRY_ENV.items():
+        os.environ[key] = value
+    if _TELEMETRY_PACKAGE not in sys.modules:
+        sys.modules[_TELEMETRY_PACKAGE] = None  # type: ignore[assignment]
+    elif sys.modules[_TELEMETRY_PACKAGE] is not None:
+        log.warning("%s was imported before resnext-deploy could switch it off; OpenVINO may report usage", _TELEMETRY_PACKAGE)
+
+
 def require(module: str, purpose: Optional[str] = None) -> ModuleType:
     """Import ``module`` or raise MissingDependencyError naming the package to install."""
+    no_telemetry()
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -46,6 +82,7 @@ def require(module: str, purpose: Optional[str] = None) -> ModuleType:
 
 def available(module: str) -> bool:
     """True if ``module`` imports (used to list backends without failing)."""
+    no_telemetry()
     try:
         importlib.import_module(module)
         return True

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from .. import backends
-from ..artifacts import Artifact, atomic_dir, atomic_file
+from ..artifacts import Artifact, atomic_dir, atomic_file, check_replaceable
 from ..errors import BadInputError
 from ..evaluate import TimingConfig, evaluate_runner
 from ..gate import accuracy_checks, gate_description
@@ -67,8 +67,11 @@ def study_file(
     progress: Progress = None,
     preprocessing: Optional[str] = None,
     scale: Any = None,
+    force: bool = False,
 ) -> Dict[str, Any]:
     """Run the study (see the module doc) and write it into ``out``; returns the sensitivity.json document.
+
+    ``out`` may be missing, empty or an output of this toolkit; anything else is refused unless ``force``.
 
     ``None``/empty arguments take the recipe's values: flavours of its INT8 backends, ``fallback.measure``,
     ``fallback.subset``, ``fallback.max_excluded_layers``. ``scale`` (scale.ScaleOptions) puts the layers and
@@ -93,6 +96,7 @@ def study_file(
     cap = fb["max_excluded_layers"] if max_excluded is None else max_excluded
     if subset <= 0 or cap < 0:
         raise BadInputError(f"--subset must be positive and --max-excluded at least 0, got {subset} and {cap}.")
+    check_replaceable(out, force)  # before the work: atomic_dir checks again at the swap
     meta = model_meta(onnx_path, recipe, input_size, preprocessing)
     spec = meta.preprocessing
     calib_dir, val_dir = data_folders(meta.is_demo, recipe, Path(calib) if calib else None, Path(val) if val else None,
@@ -110,7 +114,7 @@ def study_file(
     }
     from ..scale import open_inference
 
-    with open_inference(scale) as inference, atomic_dir(out) as d:
+    with open_inference(scale) as inference, atomic_dir(out, force) as d:
         quantizer = VariantQuantizer(onnx_path, cal.data, cal_cfg, weight_range=weight_range_for(recipe.section("quantize")))
         try:
             reference = run_onnx_model(onnx_path, valset.data, ort)

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..artifacts import Artifact
+from ..artifacts import Artifact, disk_errors
 from ..errors import BadInputError
 from ..optional import require
 from .base import Backend, Runner
@@ -171,9 +171,12 @@ class OpenVinoBackend(Backend):
         tmp_xml = out_dir / f".tmp-model-{precision}.xml"
         tmp_bin = tmp_xml.with_suffix(".bin")
         try:
-            model = ov.convert_model(str(source.abspath(root)))
-            # Keep FP32 weights: compress_to_fp16 would change the FP32 artifact's numbers.
-            ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+            # disk_errors: OpenVINO's C++ writer on a full disk says only "iostream error"; ask the device before
+            # the finally below frees the half-written file
+            with disk_errors(tmp_bin):
+                model = ov.convert_model(str(source.abspath(root)))
+                # Keep FP32 weights: compress_to_fp16 would change the FP32 artifact's numbers.
+                ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
             tmp_bin.replace(binf)
             tmp_xml.replace(xml)
         finally:

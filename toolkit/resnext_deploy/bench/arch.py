@@ -54,6 +54,11 @@ def _predict(module: Any, data: np.ndarray, batch: int = 25) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _is_class_folders(path: Path) -> bool:
+    """A labelled cache folder: only numbered class folders of JPEG files (what label_by_model writes)."""
+    return all(e.is_dir() and e.name.isdigit() and all(f.suffix == ".jpg" for f in e.iterdir()) for e in path.iterdir())
+
+
 def label_by_model(module: Any, images: Path, out: Path, spec: Preprocessing, num_classes: int) -> Path:
     """Copy the images of the flat folder ``images`` into ImageFolder layout under ``out``, each in the
     folder of the class ``module`` predicts. Every class gets a folder (most stay empty) so the sorted
@@ -61,7 +66,7 @@ def label_by_model(module: Any, images: Path, out: Path, spec: Preprocessing, nu
     paths = sorted(p for p in Path(images).iterdir() if p.suffix == ".jpg")
     top1 = _predict(module, preprocess_paths(paths, spec)).argmax(1)
     width = len(str(num_classes - 1))
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, ours=_is_class_folders) as tmp:
         for c in range(num_classes):
             (tmp / f"{c:0{width}d}").mkdir()
         for p, c in zip(paths, top1):

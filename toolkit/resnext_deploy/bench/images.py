@@ -56,7 +56,8 @@ def natural_crops(count: int, seed: int = 0, size: int = 256) -> List[Image.Imag
 def write_natural_images(folder: Union[str, Path], count: int, seed: int = 0, size: int = 256) -> Path:
     """Write ``count`` crops as JPEG into ``folder`` (replaced whole; atomic). Returns the folder."""
     folder = Path(folder)
-    with atomic_dir(folder) as tmp:
+    # ours: the cache's folder of crops (only JPEG files), e.g. one that a run stopped early left short
+    with atomic_dir(folder, ours=lambda p: all(e.suffix == ".jpg" and e.is_file() for e in p.iterdir())) as tmp:
         for i, img in enumerate(natural_crops(count, seed, size)):
             img.save(tmp / f"img{i:05d}.jpg", quality=92)
     log.info("wrote %d natural-image crops to %s", count, folder)

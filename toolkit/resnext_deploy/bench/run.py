@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from ..accuracy.peers import overflow_fix_for
-from ..artifacts import atomic_file, ensure_writable_dir
+from ..artifacts import atomic_file, check_replaceable, ensure_writable_dir
 from ..errors import BadInputError, DeployError
 from ..manifest import read_manifest
 from ..models.trust import refuse_early
@@ -139,13 +139,22 @@ def bench_recipe(target: str, calib_count: int, out: Path) -> Path:
     return out
 
 
-def _build_for_arch(arch: str, inputs: Any, out: Path, target: str, calib_count: int, allow_pickle: bool = False) -> Dict[str, Any]:
+#: what a benchmark writes into its --out (a run that stopped early leaves some of them and no bench.json)
+BENCH_ENTRIES = {"bench.json", "bench.md", "bench.png", "bench.html", "work", "build", "peers"}
+
+
+def _is_bench_folder(path: Path) -> bool:
+    return {e.name for e in path.iterdir()} <= BENCH_ENTRIES
+
+
+def _build_for_arch(arch: str, inputs: Any, out: Path, target: str, calib_count: int, allow_pickle: bool = False,
+                    force: bool = False) -> Dict[str, Any]:
     """Run `resnext-deploy build` in a child process: its wall time and peak RSS are the build's own."""
     recipe = bench_recipe(target, calib_count, out / "work" / f"{target}-bench.toml")
     args = [sys.executable, "-m", "resnext_deploy.bench.measured", str(out / "work" / "build-peak-rss.json"),
             "-q", "build", "--model", str(inputs.checkpoint), "--arch", arch,
             "--calib", str(inputs.calibration), "--val", str(inputs.validation), "--recipe", str(recipe),
-            "--out", str(out / "build")] + (["--trust-pickle"] if allow_pickle else [])
+            "--out", str(out / "build")] + (["--trust-pickle"] if allow_pickle else []) + (["--force"] if force else [])
     res = run_child(args, out / "work" / "logs" / "build.log")
     peak = out / "work" / "build-peak-rss.json"
     res["peak_rss_mb"] = json.loads(peak.read_text())["peak_rss_mb"] if peak.is_file() else None
@@ -424,10 +433,12 @@ def run_bench(
     val_count: int = 500,
     seed: int = 0,
     progress: Progress = None,
+    force: bool = False,
 ) -> Dict[str, Any]:
     """Benchmark a build directory, or build ``arch`` first (offline weights and images when none are given).
 
     Writes bench.json, bench.md, bench.png and bench.html into ``out``; returns the bench.json content.
+    ``out`` may be missing, empty or a previous benchmark's folder; anything else is refused unless ``force``.
     """
     opts = options or BenchOptions()
     opts.validate()
@@ -435,6 +446,7 @@ def run_bench(
         raise BadInputError("--weights needs --arch: it names the architecture of the checkpoint.")
     if (build_dir is None) == (arch is None):
         raise BadInputError("Give either a build directory or --arch (with optional --weights), not both and not neither.")
+    check_replaceable(out, force, _is_bench_folder)
     out = ensure_writable_dir(Path(out))
     work = out / "work"
     t_start = time.perf_counter()
@@ -448,7 +460,7 @@ def run_bench(
         notes += inputs.notes
         if progress:
             progress("build (child process)", 0, 1)
-        child = _build_for_arch(arch, inputs, out, target, calib_count, opts.allow_pickle)
+        child = _build_for_arch(arch, inputs, out, target, calib_count, opts.allow_pickle, force)
         if progress:
             progress("build (child process)", 1, 1)
         build = {"measured_here": True, **child}

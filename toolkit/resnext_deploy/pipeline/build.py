@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from .. import backends
 from ..accuracy.fallback import accuracy_fallback, markdown_sections
-from ..artifacts import Artifact, atomic_dir, ensure_writable_dir, sha256_file
+from ..artifacts import Artifact, atomic_dir, check_replaceable, ensure_writable_dir, sha256_file
 from ..errors import BadInputError
 from ..gate import GateResult, apply_gates
 from ..manifest import folder_digest, make_manifest, write_manifest
@@ -57,6 +57,7 @@ def build(
     sensitivity: Optional[bool] = None,
     scale: Optional[ScaleOptions] = None,
     allow_pickle: bool = False,
+    force: bool = False,
 ) -> BuildResult:
     """Run the whole pipeline for one model and one target; returns the result (the gate is not raised).
 
@@ -66,12 +67,14 @@ def build(
     ``scale`` puts the accuracy evaluation, the sensitivity ranking and the fallback's candidate checks on Ray
     workers (scale/); latency is measured in this process either way. ``allow_pickle`` (--trust-pickle) lets a model
     file that needs full unpickling load (models/trust.py); the workers only ever get the ONNX / OpenVINO files.
+    ``out`` may be missing, empty or a previous build; anything else is refused unless ``force`` (artifacts.atomic_dir).
     """
     t_start = time.perf_counter()
     recipe = load_recipe(recipe_path, target if recipe_path else (target or "x86-cpu"))
     src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), allow_pickle=allow_pickle)
     out_dir = Path(out) if out else Path("build") / src.name / recipe.target
     ensure_writable_dir(out_dir.parent)
+    check_replaceable(out_dir, force)  # before the work: atomic_dir checks again at the swap
     calib_dir, val_dir = data_folders(src, recipe, Path(calib) if calib else None, Path(val) if val else None)
     for name in recipe.enabled_backends():
         be = backends.get(name)
@@ -94,7 +97,7 @@ def build(
             f"{src.num_classes} outputs. Use validation data with the model's classes."
         )
 
-    with open_inference(scale) as inference, atomic_dir(out_dir) as stage_dir:
+    with open_inference(scale) as inference, atomic_dir(out_dir, force) as stage_dir:
         ctx = BuildContext(src, recipe, cal, valset, stage_dir, progress, stages, inference=inference)
         artifacts = run_stages(ctx)
         ref_art = next(a for a in artifacts if a.name == REFERENCE)

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..artifacts import Artifact, atomic_file
+from ..artifacts import Artifact, atomic_file, resource_cause
 from ..errors import BadInputError, DeployError, InternalError
 from ..optional import require
 
@@ -248,6 +248,8 @@ def onnx_from_torch(
             with _captured_output(log_path):
                 _torch_export(model, x, tmp, opset)
         except Exception as exc:  # the exporter's errors are many and unstructured: make them one short error
+            if resource_cause(exc) is not None:  # a full disk is not the model's fault: atomic_file reports it
+                raise
             raise export_error(exc, log_path, opset) from exc
         proto = onnx.load(str(tmp))
         nodes_before = len(proto.graph.node)

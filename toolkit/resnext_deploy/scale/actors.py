@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import errors
 from ..errors import BadInputError, DeployError, InternalError
-from .blobs import fetch_model, put_model
+from .blobs import fetch_model, put_model, remove_copies
 from .cluster import Cluster
 from .inference import ModelFiles
 
@@ -33,6 +33,9 @@ MAX_TASK_RETRIES = 3
 IN_FLIGHT = 2
 #: seconds to wait for the actors to be placed and built (models loaded)
 READY_TIMEOUT = 600.0
+
+#: seconds the workers get to remove their model copies before they are killed
+RELEASE_TIMEOUT = 30.0
 
 _BLOB = "__resnext_deploy_model_blob__"
 
@@ -62,6 +65,11 @@ class Host:
 
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self.obj, method)(*args)
+
+    def release(self) -> int:
+        """Drop the object and remove this worker's model copies (the run is over); returns how many."""
+        self.obj = None
+        return len(remove_copies(os.getpid()))
 
 
 def _raise_worker_error(state: Dict[str, Any]) -> None:
@@ -140,6 +148,11 @@ class ActorGroup:
             on_done(key, result)
 
     def close(self) -> None:
+        if self.actors:  # each worker removes its model copies; one that does not answer is cleaned up later
+            try:
+                self.ray.get([a.release.remote() for a in self.actors], timeout=RELEASE_TIMEOUT)
+            except Exception as exc:  # a dead or hung worker: the next worker on its node removes its folder
+                log.debug("a Ray worker did not release its model copies: %s", exc)
         for a in self.actors:
             try:
                 self.ray.kill(a, no_restart=True)
