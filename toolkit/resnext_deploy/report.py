@@ -161,7 +161,7 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = ()) 
     gate = GateResult.from_dict(report["gate"])
     lines += ["", "## Gate", "", f"**{'PASSED' if gate.passed else 'FAILED'}**", "", "| artifact | metric | value | threshold | result |", "|---|---|---|---|---|"]
     for c in gate.checks:
-        value, result = ("", f"skipped: {c.skipped}") if c.skipped else (f"{c.value:.4g}", "pass" if c.passed else "**FAIL**")
+        value, result = c.value_text(), c.result_text()
         lines.append(f"| {c.artifact} | {c.metric} | {value} | {c.op} {c.threshold:g} | {result} |")
     execs = [(r["artifact"], r.get("details", {}).get("execution")) for r in report["results"]]
     execs = [(a, e) for a, e in execs if e]
