@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -117,8 +118,16 @@ def _require_folder(folder: Union[str, Path], what: str) -> Path:
     return folder
 
 
-SKIP_REASONS = ("truncated", "not an image", "unreadable")
+SKIP_REASONS = ("truncated", "not an image", "too large", "unreadable")
 SHOWN_SKIPPED = 5  # how many skipped files a log line or an error names; the report/sidecar has them all
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) a folder may hold: Pillow's decompression-bomb limit (about 89.5
+    million pixels, a 9459 x 9459 image; ~270 MB decoded as RGB), read when asked so a caller that raised
+    ``PIL.Image.MAX_IMAGE_PIXELS`` gets its own limit. Larger files are skipped as "too large" from their
+    header alone, before any pixel is decoded, so memory stays bounded whatever a folder holds."""
+    return int(Image.MAX_IMAGE_PIXELS or 0) or 89_478_485
 
 
 def skip_reason(path: Path) -> Optional[str]:
@@ -126,18 +135,27 @@ def skip_reason(path: Path) -> Optional[str]:
 
     Every file of a folder is probed, sampled or not, so every loader reports the same skipped files for the
     same folder. JPEGs are decoded in draft mode (DCT-scaled, several times cheaper) but still to the end,
-    which is where a truncated file fails.
+    which is where a truncated file fails. An image over :func:`max_image_pixels` is "too large" (its header
+    says so; nothing is decoded).
     """
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return "not an image"
     try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-            img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # handled here: over the limit is skipped
+            with Image.open(path) as img:
+                if img.width * img.height > max_image_pixels():
+                    log.debug("%s is %dx%d pixels, over the limit of %d", path, img.width, img.height, max_image_pixels())
+                    return "too large"
+                if img.format == "JPEG":
+                    img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
     except UnidentifiedImageError:
         return "not an image"
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses it at open
+        log.debug("%s: %s", path, exc)
+        return "too large"
+    except (OSError, ValueError, SyntaxError) as exc:
         log.debug("cannot decode %s: %s", path, exc)
         return "truncated" if "truncated" in str(exc).lower() else "unreadable"
     return None
