@@ -103,6 +103,9 @@ class LoadedImages:
     paths: List[Path]
     labels: Optional[np.ndarray] = None
     skipped: List[Tuple[Path, str]] = field(default_factory=list)
+    #: a labeled folder's class subfolders (by name), whether or not a readable image of each was kept
+    classes: List[str] = field(default_factory=list)
+    folder: Optional[Path] = None
 
 
 def _files(folder: Path) -> List[Path]:
@@ -233,10 +236,35 @@ def list_classes(folder: Union[str, Path]) -> List[str]:
         hint = f" It holds {len(loose)} images directly (e.g. '{loose[0]}')." if loose else ""
         raise BadInputError(
             f"The validation folder '{folder}' is not in class-subfolder layout: it has no subfolders.{hint} "
-            "Put each class's images in a subfolder named for the class (root/<class>/<image>), "
-            "subfolders sorted by name giving the class indices."
+            "Put each class's images in a subfolder named for the class's label (root/<label>/<image>): "
+            "subfolders are matched to the model's labels by name (by sorted position for a model without labels)."
         )
     return classes
+
+
+SHOWN_LABELS = 8  # how many folder names or labels an error names
+
+
+def _names(values: Sequence[str]) -> str:
+    shown = ", ".join(f"'{v}'" for v in values[:SHOWN_LABELS])
+    return shown + (f" and {len(values) - SHOWN_LABELS} more" if len(values) > SHOWN_LABELS else "")
+
+
+def class_indices(folders: Sequence[str], labels: Sequence[str], where: Union[str, Path], origin: str) -> Dict[str, int]:
+    """folder name -> the index of the model's label of that name; a folder that is no label is a BadInputError
+    naming it (and the labels it could have been)."""
+    index: Dict[str, int] = {}
+    for i, name in enumerate(labels):
+        index.setdefault(str(name), i)
+    foreign = [f for f in folders if f not in index]
+    if foreign:
+        raise BadInputError(
+            f"The validation folder '{where}' has subfolder{'s' if len(foreign) > 1 else ''} {_names(foreign)} that "
+            f"{'are' if len(foreign) > 1 else 'is'} not a label of the model. Its {len(labels)} labels (from {origin}) are "
+            f"{_names([str(x) for x in labels])}. Name each subfolder after the label of the class it holds, or leave the "
+            "others out: any subset of the model's classes is fine."
+        )
+    return {f: index[f] for f in folders}
 
 
 def load_labeled(
@@ -244,20 +272,25 @@ def load_labeled(
     spec: Preprocessing,
     limit: Optional[int] = None,
     progress: StepProgress = None,
+    labels: Optional[Sequence[str]] = None,
+    labels_from: str = "the model",
 ) -> LoadedImages:
-    """An ImageFolder-layout folder (root/<class>/<image>): labels are the sorted subfolder indices."""
+    """An ImageFolder-layout folder (root/<class>/<image>). With ``labels`` (the model's, from ``labels_from``) each
+    subfolder is the label of its name (:func:`class_indices`; a subset is fine, a stranger an error); without,
+    the sorted subfolder indices (for data whose folders are the labels, e.g. the demo's training)."""
     folder = Path(folder)
     classes = list_classes(folder)
-    files, labels = [], []
-    for idx, name in enumerate(classes):
+    index = class_indices(classes, labels, folder, labels_from) if labels is not None else {c: i for i, c in enumerate(classes)}
+    files, targets = [], []
+    for name in classes:
         for p in _files(folder / name):
             files.append(p)
-            labels.append(idx)
+            targets.append(index[name])
     # Probe every file (so the skipped list is the folder's, whatever the limit), then an even stride over the
     # usable ones (every class represented, deterministic); the images are decoded when a batch is read.
     usable, skipped = _probe_all(files, progress)
-    index = {p: i for i, p in enumerate(files)}
-    pairs = [(p, labels[index[p]]) for p in usable]
+    position = {p: i for i, p in enumerate(files)}
+    pairs = [(p, targets[position[p]]) for p in usable]
     if limit is not None and limit < len(pairs):
         pick = evenly_spaced(len(pairs), limit)
         pairs = [pairs[i] for i in pick]
@@ -266,4 +299,4 @@ def load_labeled(
         detail = f" ({describe_skipped(skipped, folder)})" if skipped else ""
         raise BadInputError(f"The validation folder '{folder}' has no readable images in its class subfolders{detail}.")
     kept = [p for p, _ in pairs]
-    return LoadedImages(ImageList(kept, spec), kept, np.asarray([lab for _, lab in pairs]), sorted(skipped))
+    return LoadedImages(ImageList(kept, spec), kept, np.asarray([lab for _, lab in pairs]), sorted(skipped), classes, folder)
