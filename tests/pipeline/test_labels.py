@@ -19,7 +19,7 @@ from resnext_deploy.accuracy.sensitivity import run_onnx_model
 from resnext_deploy.cli import cli
 from resnext_deploy.demo import DEMO_CALIB, DEMO_CHECKPOINT, DEMO_LABELS, DEMO_PREPROCESSING, DEMO_VAL
 from resnext_deploy.errors import EXIT_BAD_INPUT, EXIT_OK, BadInputError
-from resnext_deploy.pipeline.commands import evaluate_files
+from resnext_deploy.pipeline.commands import evaluate_files, report_from
 from resnext_deploy.pipeline.datasets import load_labeled
 from resnext_deploy.pipeline.labels import FROM_FOLDERS, chance_top1, require_above_chance, validation_labels
 from resnext_deploy.recipes import load_recipe
@@ -149,6 +149,12 @@ def test_later_stages_and_builds_of_a_model_without_labels_check_against_the_rec
     ev = evaluate_files(onnx / "model-fp32.onnx", [onnx / "model-int8-uint8.onnx"], subset, recipe)
     assert ev["model"]["labels_from"].startswith("build manifest") and ev["dataset"]["validation_classes"] == list(SUBSET)
     assert all(r["top1"] > 0.9 for r in ev["results"])
+    # `report` on an evaluation JSON whose reference sits at chance (written by hand, or by an older version): refused
+    doctored = tmp_path / "ev.json"
+    ev["results"][0]["top1"] = 0.2
+    doctored.write_text(json.dumps(ev))
+    with pytest.raises(BadInputError, match=r"validation labels do not match the model.*20.00 %.*\(33.33 % = 1/3"):
+        report_from(doctored, recipe)
     with pytest.raises(BadInputError, match="subfolder '12' that is not a label of the model.*from build manifest"):
         evaluate_files(onnx / "model-fp32.onnx", [], foreign, recipe)
     # a later build of the same file beside the first (build/<model>/<target>/): the labels that build recorded
