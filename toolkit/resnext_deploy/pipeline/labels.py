@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -58,10 +58,10 @@ def validation_labels(
     return ValidationLabels(folders, FROM_FOLDERS)
 
 
-def labels_in_manifest(manifest: Dict[str, object]) -> Optional[List[str]]:
+def labels_in_manifest(manifest: Dict[str, Any]) -> Optional[List[str]]:
     """The labels a build recorded (its model's own, or the folder names it took for a model without any)."""
     model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
-    labels = manifest.get("labels") or (model or {}).get("labels")  # type: ignore[union-attr]
+    labels = manifest.get("labels") or (model or {}).get("labels")
     return [str(x) for x in labels] if isinstance(labels, list) and labels else None
 
 
