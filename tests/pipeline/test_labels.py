@@ -161,6 +161,10 @@ def test_later_stages_and_builds_of_a_model_without_labels_check_against_the_rec
     res = CliRunner().invoke(cli, ["-q", "build", *bare_build["args"], "--val", str(foreign),
                                    "--out", str(bare_build["out"].parent / "x86-cpu-vnni")])
     assert res.exit_code == EXIT_BAD_INPUT and "subfolder '12'" in res.output and "the earlier build of this model" in res.output
+    # a build from the build's own ONNX: the labels its manifest recorded
+    res = CliRunner().invoke(cli, ["-q", "build", "--model", str(onnx / "model-fp32.onnx"), "--recipe", str(bare_build["recipe"]),
+                                   "--calib", str(DEMO_CALIB), "--val", str(foreign), "--out", str(tmp_path / "from-onnx")])
+    assert res.exit_code == EXIT_BAD_INPUT and "subfolder '12'" in res.output and "build manifest" in res.output
 
 
 def test_a_float_model_at_chance_is_an_error_not_a_passed_gate(bare_build, tmp_path):

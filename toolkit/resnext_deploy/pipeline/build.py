@@ -86,8 +86,10 @@ def build(
     t = time.perf_counter()
     cal = load_calibration(calib_dir, spec, cal_cfg["count"], cal_cfg["seed"], step_progress(progress, "load calibration images"))
     vlimit = recipe.section("evaluation")["limit"] or None
-    # a model without labels: what a build of it recorded (its sidecar/manifest, an earlier build here), else the folders
-    recorded = None if src.labels else (recorded_labels(src.path) or previous_build_labels(out_dir, sha256_file(src.path)))
+    # a model without labels: what a build of it recorded (an ONNX's sidecar or build manifest, an earlier build of
+    # the same file here), else the sorted folder names
+    recorded = None if src.labels else ((recorded_labels(src.path) if src.kind == "onnx" else None)
+                                        or previous_build_labels(out_dir, sha256_file(src.path)))
     named = validation_labels(val_dir, src.labels, "the model", recorded)
     src.labels, src.labels_from = named.labels, named.origin  # recorded in the manifest and the report
     valset = load_labeled(val_dir, spec, vlimit, step_progress(progress, "load validation images"), named.labels, named.origin)
