@@ -183,3 +183,25 @@ def test_a_float_model_at_chance_is_an_error_not_a_passed_gate(bare_build, tmp_p
     assert res.exit_code == EXIT_BAD_INPUT, res.output
     assert "validation labels do not match the model" in res.output and "33.33 % = 1/3" in res.output
     assert "gate PASSED" not in res.output and not out.exists()
+
+
+def test_an_earlier_build_counts_only_when_it_is_ours_and_of_the_same_file(tmp_path):
+    from resnext_deploy.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION
+    from resnext_deploy.pipeline.labels import previous_build_labels
+
+    def manifest(d, sha, labels, schema=MANIFEST_SCHEMA):
+        d.mkdir(parents=True)
+        (d / "manifest.json").write_text(json.dumps({
+            "schema": schema, "schema_version": MANIFEST_SCHEMA_VERSION, "inputs": {"model": {"sha256": sha}},
+            "model": {"labels": labels}, "labels": labels}))
+
+    root = tmp_path / "build" / "m"
+    manifest(root / "a-other-model", "f" * 64, ["x", "y"])
+    manifest(root / "b-not-ours", "a" * 64, ["p", "q"], schema="someone-else")
+    (root / "c-user-folder").mkdir()
+    assert previous_build_labels(root / "x86-cpu", "a" * 64) is None
+    manifest(root / "d-same-model", "a" * 64, ["0", "1", "2"])
+    labels, where = previous_build_labels(root / "x86-cpu", "a" * 64)
+    assert labels == ["0", "1", "2"] and where.endswith("d-same-model/manifest.json")
+    manifest(root / "x86-cpu", "a" * 64, ["9", "8"])  # --out itself comes first
+    assert previous_build_labels(root / "x86-cpu", "a" * 64)[0] == ["9", "8"]

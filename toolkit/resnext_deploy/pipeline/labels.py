@@ -71,9 +71,15 @@ def previous_build_labels(out_dir: Union[str, Path], model_sha256: str) -> Optio
     from ..manifest import read_manifest
 
     out_dir = Path(out_dir)
-    siblings = sorted(p for p in out_dir.parent.iterdir() if p.is_dir() and p != out_dir) if out_dir.parent.is_dir() else []
+    try:
+        siblings = sorted(p for p in out_dir.parent.iterdir() if p.is_dir() and p != out_dir) if out_dir.parent.is_dir() else []
+    except OSError:  # an unreadable parent: nothing recorded that we can see
+        siblings = []
     for d in [out_dir] + siblings:
-        if not (d / "manifest.json").is_file():
+        try:
+            if not (d / "manifest.json").is_file():
+                continue
+        except OSError:  # a sibling we may not look into is not a build of ours
             continue
         try:
             manifest = read_manifest(d)
