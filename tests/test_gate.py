@@ -64,11 +64,39 @@ def test_ratio_is_stricter_than_the_drop_at_low_accuracy_and_looser_at_high():
     assert _failed(at_998) == ["top1_drop_pct", "top1_ratio"]
 
 
-def test_zero_turns_the_new_checks_off_and_old_rows_are_not_failed_for_lacking_a_field():
-    lenient = dict(GATES, min_top1_ratio=0.0, min_agreement_confident=0.0)
+def test_zero_turns_the_new_checks_off_and_old_rows_are_skipped_with_the_reason_not_failed_or_dropped():
+    lenient = dict(GATES, min_top1_ratio=0.0, min_agreement_confident=0.0, min_cosine=0.0)
     assert [c.metric for c in accuracy_checks("a", _row("a", 0.5, 0.99, 0.5), 0.5, lenient)] == ["top1_drop_pct", "agreement"]
-    old = _row("a", 0.80, 0.99)  # a report written before agreement_confident existed
-    assert [c.metric for c in accuracy_checks("a", old, 0.80, GATES)] == ["top1_drop_pct", "top1_ratio", "agreement"]
+    old = _row("a", 0.80, 0.99)  # a report written before agreement_confident and min_cosine existed
+    checks = accuracy_checks("a", old, 0.80, GATES)
+    assert [c.metric for c in checks] == ["top1_drop_pct", "top1_ratio", "agreement", "agreement_confident", "min_cosine"]
+    skipped = [c for c in checks if c.skipped]
+    assert [c.metric for c in skipped] == ["agreement_confident", "min_cosine"] and all(c.passed for c in skipped)
+    assert "the result has no min_cosine" in skipped[1].skipped and "skipped" in skipped[1].line()
+
+
+def test_a_ratio_to_a_zero_reference_is_a_failed_check_with_its_reason_not_a_dropped_one():
+    """The finding: float top-1 0 % (labels mapped wrongly) dropped top1_ratio and the gate passed."""
+    rows = [_row("onnx-fp32", 0.0, 1.0, 1.0, min_cosine=1.0), _row("x-int8", 0.0, 1.0, 1.0, min_cosine=0.999)]
+    gate = apply_gates(rows, "onnx-fp32", GATES)
+    assert not gate.passed
+    [bad] = gate.failures()
+    assert bad.metric == "top1_ratio" and bad.value is None and not bad.skipped
+    assert "float reference's top-1 is 0" in bad.reason and "validation labels" in bad.reason
+    assert bad.value_text() == "n/a" and bad.result_text().startswith("**FAIL**: the float reference")
+    assert "x-int8: top1_ratio could not be computed: the float reference" in gate.summary()
+    # the same row against a float top-1 above 0 is computed and passes
+    assert apply_gates([dict(rows[0], top1=0.5), dict(rows[1], top1=0.5)], "onnx-fp32", GATES).passed
+
+
+def test_a_latency_budget_on_a_row_without_latency_is_skipped_with_the_reason():
+    rows = [_row("onnx-fp32", 0.8, 1.0, 1.0, min_cosine=1.0), _row("x-int8", 0.8, 1.0, 1.0, min_cosine=0.999)]
+    gate = apply_gates(rows, "onnx-fp32", dict(GATES, max_latency_ms=5.0))
+    [lat] = [c for c in gate.checks if c.metric == "latency_p50_ms"]
+    assert gate.passed and lat.skipped == "no batch-1 latency was measured for it"
+    rows[1]["latency_ms"] = {"p50": 7.5}
+    [lat] = [c for c in apply_gates(rows, "onnx-fp32", dict(GATES, max_latency_ms=5.0)).failures()]
+    assert lat.metric == "latency_p50_ms" and lat.value == 7.5
 
 
 def test_apply_gates_uses_the_same_checks():

@@ -61,12 +61,54 @@ def test_target_and_recipe_together_layer_the_recipe_over_the_target(tmp_path):
     ('extends = "missing.toml"\n', "missing.toml' does not exist"),
     ('extends = "bad.toml"\n', "extends itself"),
     ("extends = 3\n", "extends = 3"),
-    ('extends = "x86-cpu"\ngates.baseline.max_top1_drop_vs_baseline = -1\n', "cannot be negative"),
+    ('extends = "x86-cpu"\ngates.baseline.max_top1_drop_vs_baseline = -1\n',
+     "gates.baseline.max_top1_drop_vs_baseline = -1 in .*bad.toml: allowed 0 <= max_top1_drop_vs_baseline <= 100"),
     ('extends = "x86-cpu"\ngates.baseline = 2\n', "'gates.baseline' .* must be a table"),
 ])
 def test_bad_recipes_are_named(tmp_path, text, match):
     with pytest.raises(BadInputError, match=match):
         load_recipe(_write(tmp_path / "bad.toml", text))
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("gates.min_agreement", "5", "0 <= min_agreement <= 1"),
+    ("gates.max_top1_drop", "-1.0", "0 <= max_top1_drop <= 100"),
+    ("gates.min_cosine", "-1.5", "-1 <= min_cosine <= 1"),
+    ("gates.min_top1_ratio", "1.01", "0 <= min_top1_ratio <= 1"),
+    ("gates.min_agreement_confident", "nan", "0 <= min_agreement_confident <= 1"),
+    ("gates.max_latency_ms", "-3.0", "max_latency_ms >= 0"),
+    ("gates.baseline.max_size_increase_pct", "-10.0", "max_size_increase_pct >= 0"),
+    ("evaluation.batch_size", "0", "batch_size >= 1"),
+    ("evaluation.iterations", "0", "iterations >= 1"),
+    ("evaluation.limit", "-1", "limit >= 0"),
+    ("fallback.subset", "0", "subset >= 1"),
+])
+def test_thresholds_out_of_range_are_refused_up_front_naming_file_key_value_and_range(tmp_path, key, value, allowed):
+    bad = _write(tmp_path / "bad.toml", f'extends = "x86-cpu"\n{key} = {value}\n')
+    with pytest.raises(BadInputError) as err:
+        load_recipe(bad)
+    assert f"{key} = {float(value) if '.' in value or value == 'nan' else int(value)!r} in {bad}: allowed {allowed}" in str(err.value)
+
+
+def test_a_range_error_names_the_file_that_set_the_key_and_lists_every_bad_value(tmp_path):
+    base = _write(tmp_path / "base.toml", 'extends = "x86-cpu"\n[gates]\nmin_agreement = 5\n')
+    mine = _write(tmp_path / "mine.toml", 'extends = "base.toml"\n[gates]\nmax_top1_drop = -1.0\n')
+    with pytest.raises(BadInputError) as err:
+        load_recipe(mine)
+    text = str(err.value)
+    assert f"gates.min_agreement = 5 in {base}" in text and f"gates.max_top1_drop = -1.0 in {mine}" in text
+    for target in ("x86-cpu", "x86-cpu-vnni", "x86-gpu", "jetson-orin-nano", "jetson-agx-orin"):
+        load_recipe(target=target)  # the shipped recipes are in range
+
+
+def test_cli_build_refuses_an_out_of_range_recipe_before_building(tmp_path):
+    bad = _write(tmp_path / "bad.toml", 'extends = "x86-cpu"\n[gates]\nmin_agreement = 5\nmax_top1_drop = -1.0\n')
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["build", "--recipe", str(bad), "--out", str(out)])
+    assert res.exit_code == EXIT_BAD_INPUT, res.output
+    assert "gates.min_agreement = 5" in res.output and "allowed 0 <= min_agreement <= 1" in res.output
+    assert "gates.max_top1_drop = -1.0" in res.output and str(bad) in res.output
+    assert not out.exists() and "Traceback" not in res.output
 
 
 def test_cli_target_with_recipe_layers_and_recipe_alone_does_not(tmp_path, demo_build):

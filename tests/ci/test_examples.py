@@ -121,7 +121,8 @@ def test_gitlab_pipeline_runs_against_the_demo_first_without_then_with_a_baselin
         _check_outputs(cwd, job_env["CI_OUT"], junit_schema, with_baseline)
     # a failing gate fails the job with exit 3: the pipeline does not swallow it
     bad = cwd / "bad.toml"
-    bad.write_text(f'extends = "{fast}"\n[gates]\nmin_agreement = 1.5\n')
+    # (min_cosine = 1.0: no INT8 logits equal float's exactly; a value out of range would be refused with exit 2)
+    bad.write_text(f'extends = "{fast}"\n[gates]\nmin_cosine = 1.0\n')
     res = _run("\n".join(offline), cwd, dict(job_env, RECIPE=str(bad)))
     assert res.returncode == 3, f"{res.stdout}\n{res.stderr}"
-    assert "agreement" in res.stdout and "gate FAILED" in res.stdout
+    assert "min_cosine" in res.stdout and "gate FAILED" in res.stdout

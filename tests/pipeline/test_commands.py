@@ -99,8 +99,12 @@ def test_evaluate_and_report_by_path(chain, tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "report.json").is_file() and (tmp_path / "report.md").is_file()
     strict = tmp_path / "strict.toml"
-    strict.write_text('[backends.openvino]\nprecisions = ["int8"]\n[gates]\nmin_agreement = 1.01\n')
-    assert r.invoke(cli, ["report", str(ev), "--recipe", str(strict), "--out", str(tmp_path / "s")]).exit_code == 3
+    strict.write_text('[backends.openvino]\nprecisions = ["int8"]\n[gates]\nmin_cosine = 1.0\n')
+    assert r.invoke(cli, ["report", str(ev), "--recipe", str(strict), "--out", str(tmp_path / "s")]).exit_code == 3  # INT8 logits differ
+    beyond = tmp_path / "beyond.toml"  # a threshold no result can meet is refused up front, not failed at the gate
+    beyond.write_text('[backends.openvino]\nprecisions = ["int8"]\n[gates]\nmin_agreement = 1.01\n')
+    res = r.invoke(cli, ["report", str(ev), "--recipe", str(beyond), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "gates.min_agreement = 1.01" in res.output
 
 
 def test_recipes_defaults_and_overrides(tmp_path):

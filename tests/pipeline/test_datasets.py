@@ -78,3 +78,62 @@ def test_report_markdown_names_skipped_files():
     md = render_markdown(report)
     assert "(7 files skipped: `0.jpg` (truncated)" in md and "`4.jpg`" in md and "`5.jpg`" not in md
     assert "and 2 more, listed in report.json" in md
+
+
+def _huge_png(path, side=20000):
+    """A valid side x side 1-bit grayscale PNG (a few tens of kB on disk, 400 M pixels), written row by row."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp, parts = zlib.compressobj(9), []
+    row = b"\0" * (1 + (side + 7) // 8)  # filter byte + the packed bits of one row
+    for _ in range(side):
+        parts.append(comp.compress(row))
+    parts.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_20000_pixel_square_png_is_skipped_as_too_large_with_memory_bounded(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from resnext_deploy.pipeline.datasets import max_image_pixels, skip_reason
+
+    big = _huge_png(tmp_path / "huge.png")
+    with monkeypatch.context() as m:
+        m.setattr(Image, "MAX_IMAGE_PIXELS", None)
+        with Image.open(big) as img:
+            assert img.size == (20000, 20000) and img.mode == "1"  # a real PNG, just large
+    assert skip_reason(big) == "too large"
+    # just over the limit: Pillow only warns there (it refuses at twice the limit), the probe skips it all the same
+    side = int(max_image_pixels() ** 0.5) + 1
+    assert skip_reason(_huge_png(tmp_path / "over.png", side)) == "too large"
+    assert skip_reason(_huge_png(tmp_path / "under.png", 2000)) is None
+    # memory: the probe reads the header only (decoding 400 M pixels would take 400 MB); measured in a fresh process
+    code = (
+        "import resource, sys\n"
+        "from resnext_deploy.pipeline.datasets import skip_reason\n"
+        "from pathlib import Path\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "why = skip_reason(Path(sys.argv[1]))\n"
+        "print(why, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] + " " + out[1] == "too large" and int(out[2]) < 50_000  # kB of peak RSS added by the probe
+
+
+def test_a_too_large_image_is_named_in_the_skipped_list_of_both_loaders(tmp_path):
+    val = tmp_path / "val" / "3"
+    val.mkdir(parents=True)
+    for p in sorted((DEMO_CALIB.parent / "val" / "3").glob("*.png"))[:3]:
+        shutil.copy(p, val / p.name)
+    _huge_png(val / "huge.png")
+    got = load_labeled(tmp_path / "val", DEMO_PREPROCESSING)
+    assert [(p.name, why) for p, why in got.skipped] == [("huge.png", "too large")] and len(got.paths) == 3
+    assert "huge.png (too large)" in describe_skipped(got.skipped)
+    assert [(p.name, why) for p, why in load_calibration(val, DEMO_PREPROCESSING).skipped] == [("huge.png", "too large")]

@@ -17,16 +17,40 @@ class Check:
     #: why the check could not run here (e.g. an engine pending on the device); a skipped check has passed=True
     #: (it does not fail the gate) and value None
     skipped: Optional[str] = None
+    #: why a check that was due could not be computed (e.g. top1_ratio with a float top-1 of 0): such a check has
+    #: value None and passed=False, so it fails the gate instead of vanishing from it
+    reason: Optional[str] = None
+
+    def value_text(self) -> str:
+        """The value as reports show it: '' when skipped, 'n/a' when it could not be computed."""
+        if self.skipped:
+            return ""
+        return "n/a" if self.value is None else f"{self.value:.4g}"
+
+    def result_text(self) -> str:
+        """'pass', '**FAIL**', '**FAIL**: <reason>' or 'skipped: <reason>' (the Markdown tables' last column)."""
+        if self.skipped:
+            return f"skipped: {self.skipped}"
+        if self.passed:
+            return "pass"
+        return f"**FAIL**: {self.reason}" if self.reason else "**FAIL**"
 
     def line(self) -> str:
         """The check as the console and CI outputs state it, e.g. ``openvino-int8: agreement = 0.9 (needs >= 0.98)``."""
         if self.skipped:
             return f"{self.artifact}: {self.metric} skipped ({self.skipped})"
+        if self.value is None:
+            return f"{self.artifact}: {self.metric} could not be computed: {self.reason or 'no value'} (needs {self.op} {self.threshold:g})"
         return f"{self.artifact}: {self.metric} = {self.value:.4g} (needs {self.op} {self.threshold:g})"
 
 
 def skipped_check(artifact: str, metric: str, threshold: float, op: str, why: str) -> Check:
     return Check(artifact, metric, None, float(threshold), op, True, why)
+
+
+def uncomputable_check(artifact: str, metric: str, threshold: float, op: str, why: str) -> Check:
+    """A check that was due but cannot be computed: failed, with ``why`` (never dropped from the gate)."""
+    return Check(artifact, metric, None, float(threshold), op, False, None, why)
 
 
 @dataclass
@@ -78,16 +102,21 @@ def accuracy_checks(artifact: str, row: Dict[str, Any], ref_top1: float, gates: 
     if ratio_min > 0 and ref_top1 > 0:
         ratio = row["top1"] / ref_top1
         checks.append(Check(artifact, "top1_ratio", ratio, ratio_min, ">=", ratio >= ratio_min - 1e-9))
+    elif ratio_min > 0:  # a ratio to nothing: the float model gets no image right, so the labels are suspect
+        checks.append(uncomputable_check(
+            artifact, "top1_ratio", ratio_min, ">=",
+            f"the float reference's top-1 is {ref_top1:.4g}, so the ratio is undefined (do the validation labels match the model?)"))
     checks.append(Check(artifact, "agreement", row["agreement"], float(gates["min_agreement"]), ">=",
                         row["agreement"] >= gates["min_agreement"] - 1e-9))
-    conf_min = float(gates.get("min_agreement_confident") or 0)
-    if conf_min > 0 and row.get("agreement_confident") is not None:
-        value = float(row["agreement_confident"])
-        checks.append(Check(artifact, "agreement_confident", value, conf_min, ">=", value >= conf_min - 1e-9))
-    cos_min = float(gates.get("min_cosine") or 0)
-    if cos_min > 0 and row.get("min_cosine") is not None:
-        value = float(row["min_cosine"])
-        checks.append(Check(artifact, "min_cosine", value, cos_min, ">=", value >= cos_min - 1e-9))
+    for metric, key in (("agreement_confident", "min_agreement_confident"), ("min_cosine", "min_cosine")):
+        minimum = float(gates.get(key) or 0)
+        if minimum <= 0:  # 0 = the recipe turned this check off
+            continue
+        if row.get(metric) is None:  # a result written before the metric was measured: said, not dropped
+            checks.append(skipped_check(artifact, metric, minimum, ">=", f"the result has no {metric} (measured by newer versions)"))
+            continue
+        value = float(row[metric])
+        checks.append(Check(artifact, metric, value, minimum, ">=", value >= minimum - 1e-9))
     return checks
 
 
@@ -113,9 +142,11 @@ def apply_gates(results: List[Dict[str, Any]], reference: str, gates: Dict[str, 
             continue
         checks += accuracy_checks(r["artifact"], r, ref["top1"], gates)
         budget = float(gates.get("max_latency_ms") or 0)
-        if budget > 0 and r.get("latency_ms"):
-            p50 = r["latency_ms"]["p50"]
+        p50 = (r.get("latency_ms") or {}).get("p50")
+        if budget > 0 and p50 is not None:
             checks.append(Check(r["artifact"], "latency_p50_ms", p50, budget, "<=", p50 <= budget))
+        elif budget > 0:
+            checks.append(skipped_check(r["artifact"], "latency_p50_ms", budget, "<=", "no batch-1 latency was measured for it"))
     return GateResult(all(c.passed for c in checks), checks + pending_checks(results, reference, checks))
 
 

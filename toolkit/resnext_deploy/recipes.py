@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +176,58 @@ def calibration_settings(section: Optional[Dict[str, Any]] = None, source: str =
     return cal
 
 
-def _validate(data: Dict[str, Any], source: str) -> None:
+#: dotted key -> (low, high, what it is): every number a recipe holds, with its allowed closed range (None = open).
+#: Checked before anything is built, so `min_agreement = 5` fails in a second rather than at the gate.
+RANGES: Dict[str, Any] = {
+    "export.tolerance": (0.0, None, "the largest |logit| difference allowed between ONNX and PyTorch"),
+    "calibration.percentile": (0.0, 100.0, "a percentile of |activation|, as ONNX Runtime's calibrator takes it"),
+    "evaluation.limit": (0, None, "images; 0 = every image"),
+    "evaluation.batch_size": (1, None, "images per throughput batch"),
+    "evaluation.warmup": (0, None, "untimed runs"),
+    "evaluation.iterations": (1, None, "timed runs"),
+    "gates.max_top1_drop": (0.0, 100.0, "percentage points of top-1"),
+    "gates.min_top1_ratio": (0.0, 1.0, "INT8 top-1 / float top-1, e.g. 0.99; 0 = no check"),
+    "gates.min_agreement": (0.0, 1.0, "a share of the images, e.g. 0.95 = 95 %"),
+    "gates.min_agreement_confident": (0.0, 1.0, "a share of the confident images; 0 = no check"),
+    "gates.min_cosine": (-1.0, 1.0, "a cosine; 0 = no check"),
+    "gates.max_latency_ms": (0.0, None, "milliseconds; 0 = no latency gate"),
+    "gates.baseline.max_top1_drop_vs_baseline": (0.0, 100.0, "percentage points of top-1"),
+    "gates.baseline.max_latency_increase_pct": (0.0, None, "percent; 0 = not checked"),
+    "gates.baseline.max_size_increase_pct": (0.0, None, "percent; 0 = not checked"),
+    "fallback.max_excluded_layers": (0, None, "layers"),
+    "fallback.subset": (1, None, "images"),
+}
+
+
+def _range_text(key: str, low: Any, high: Any) -> str:
+    name = key.rsplit(".", 1)[-1]
+    if high is None:
+        return f"{name} >= {low:g}"
+    return f"{low:g} <= {name} <= {high:g}"
+
+
+def _range_errors(data: Dict[str, Any], where: Any) -> List[str]:
+    """Every value of RANGES outside its range (or NaN/inf): 'gates.min_agreement = 5 in FILE: allowed 0 <= ... (...)'."""
+    errors = []
+    for key, (low, high, what) in RANGES.items():
+        value: Any = data
+        for part in key.split("."):
+            value = value[part]
+        bad = not math.isfinite(value) or value < low or (high is not None and value > high)
+        if bad:
+            errors.append(f"{key} = {value!r} in {where(key)}: allowed {_range_text(key, low, high)} ({what})")
+    return errors
+
+
+def _validate(data: Dict[str, Any], source: str, where: Any = None) -> None:
+    """Check the values a recipe resolved to; ``where(key)`` names the file that set a key (default: ``source``)."""
+    where = where or (lambda key: source)
+    errors = _range_errors(data, where)
+    if errors:
+        raise BadInputError(
+            f"Recipe value{'s' if len(errors) > 1 else ''} out of range: " + "; ".join(errors)
+            + ". Fix the recipe; nothing was built."
+        )
     calibration_settings(data["calibration"], source)
     from . import backends
 
@@ -193,10 +245,6 @@ def _validate(data: Dict[str, Any], source: str) -> None:
             f"[fallback] in {source} needs measure in quantize-one | float-one | both, max_excluded_layers >= 0 and "
             f"subset > 0, got '{fb['measure']}', {fb['max_excluded_layers']}, {fb['subset']}."
         )
-    bl = data["gates"]["baseline"]
-    negative = [f"gates.baseline.{k} = {v}" for k, v in bl.items() if v < 0]
-    if negative:
-        raise BadInputError(f"{', '.join(negative)} in {source}: thresholds vs the baseline cannot be negative.")
     if not any(cfg["precisions"] for cfg in data["backends"].values()):
         raise BadInputError(
             f"The recipe {source} enables no backend: give some backends.<name>.precisions, or build on a target's "
@@ -281,5 +329,6 @@ def load_recipe(path: Union[str, Path, None] = None, target: Optional[str] = Non
     source = layers[-1]["path"]
     if not data["target"]:
         data["target"] = target or Path(source).stem
-    _validate(data, source)
+    paths = {f"{layer['kind']}:{layer['name']}": layer["path"] for layer in layers}
+    _validate(data, source, lambda key: paths.get(provenance.get(key, ""), "the defaults"))
     return Recipe(data, source, layers, provenance)

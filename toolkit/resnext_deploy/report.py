@@ -106,6 +106,14 @@ def render_table(report: Dict[str, Any], with_gate: bool = True) -> str:
     return "\n".join(out)
 
 
+def _classes(d: Dict[str, Any]) -> str:
+    """', 3 class folders matched by name to the labels from the model' (reports before it was recorded: '')."""
+    classes = d.get("validation_classes")
+    if not classes:
+        return ""
+    return f", {len(classes)} class folder{'s' if len(classes) != 1 else ''} matched by name to the labels from {d.get('labels_from') or 'the model'}"
+
+
 def _skipped(d: Dict[str, Any], which: str) -> str:
     """' (2 files skipped: a.jpg (truncated), b.txt (not an image))': the first five; report.json has them all."""
     n, files = d.get(f"{which}_skipped"), d.get(f"{which}_skipped_files") or []
@@ -134,7 +142,7 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = ()) 
         "",
         f"- model: `{m.get('name')}` ({m.get('arch') or 'ONNX'}, {m.get('num_classes')} classes), source `{m.get('source')}`",
         f"- validation: {d.get('validation_images')} images from `{d.get('validation')}`"
-        + _skipped(d, "validation"),
+        + _classes(d) + _skipped(d, "validation"),
         f"- calibration: {d.get('calibration_images')} images from `{d.get('calibration')}`, method {d.get('calibration_method')}, seed {d.get('calibration_seed')}"
         + _skipped(d, "calibration"),
         f"- reference (float model): `{report['reference']}`; agreement and logit error are measured against it"
@@ -161,7 +169,7 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = ()) 
     gate = GateResult.from_dict(report["gate"])
     lines += ["", "## Gate", "", f"**{'PASSED' if gate.passed else 'FAILED'}**", "", "| artifact | metric | value | threshold | result |", "|---|---|---|---|---|"]
     for c in gate.checks:
-        value, result = ("", f"skipped: {c.skipped}") if c.skipped else (f"{c.value:.4g}", "pass" if c.passed else "**FAIL**")
+        value, result = c.value_text(), c.result_text()
         lines.append(f"| {c.artifact} | {c.metric} | {value} | {c.op} {c.threshold:g} | {result} |")
     execs = [(r["artifact"], r.get("details", {}).get("execution")) for r in report["results"]]
     execs = [(a, e) for a, e in execs if e]

@@ -30,6 +30,7 @@ from ..errors import BadInputError
 from ..evaluate import TimingConfig, evaluate_runner
 from ..gate import accuracy_checks, gate_description
 from ..pipeline.datasets import load_calibration, load_labeled
+from ..pipeline.labels import require_above_chance, validation_labels
 from ..pipeline.quantize import weight_range_for
 from ..sampling import evenly_spaced
 from ..progress import Progress
@@ -102,7 +103,8 @@ def study_file(
     calib_dir, val_dir = data_folders(meta.is_demo, recipe, Path(calib) if calib else None, Path(val) if val else None,
                                       recorded=meta.folders, purpose=f"The sensitivity study of '{onnx_path.name}'")
     cal = load_calibration(calib_dir, spec, cal_cfg["count"], cal_cfg["seed"])
-    valset = load_labeled(val_dir, spec, recipe.section("evaluation")["limit"] or None)
+    named = validation_labels(val_dir, meta.labels, meta.labels_from)
+    valset = load_labeled(val_dir, spec, recipe.section("evaluation")["limit"] or None, None, named.labels, named.origin)
     ort = recipe.backend("onnxruntime")
     t_start = time.perf_counter()
     doc: Dict[str, Any] = {
@@ -118,6 +120,8 @@ def study_file(
         quantizer = VariantQuantizer(onnx_path, cal.data, cal_cfg, weight_range=weight_range_for(recipe.section("quantize")))
         try:
             reference = run_onnx_model(onnx_path, valset.data, ort)
+            require_above_chance(float(np.mean(np.argmax(reference, 1) == valset.labels)), valset.labels,
+                                 reference.shape[1], val_dir, named.origin)
             idx = evenly_spaced(len(valset.data), subset)
             sens = analyze_sensitivity(onnx_path, cal.data, valset.data[idx], flavours, cal_cfg, measure, ort,
                                        quantizer=quantizer, reference=reference[idx], progress=progress, inference=inference)

@@ -219,7 +219,10 @@ def _inputs(build_dir: Path, manifest: Dict[str, Any], work: Path, count: int) -
         if not folder.is_dir():
             raise BadInputError(f"The build's {what} folder '{folder}' is gone; the peers need the same images. Rebuild, or restore it.")
     cal = load_calibration(calib_folder, spec, int(cal_cfg.get("count", 256)), int(cal_cfg.get("seed", 0)))
-    val = load_labeled(val_folder, spec, count)
+    from ..pipeline.labels import labels_in_manifest
+
+    labels = labels_in_manifest(manifest)  # the build's labels, matched by folder name as the build did
+    val = load_labeled(val_folder, spec, count, None, labels, f"the build's manifest ({build_dir})")
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "calibration.npy", cal.data)
     np.save(work / "inputs.npy", val.data)

@@ -190,6 +190,6 @@ def markdown_section(section: Dict[str, Any]) -> List[str]:
         lines += ["", "In the baseline but not in this build: " + ", ".join(f"`{n}`" for n in section["missing_from_new"])]
     lines += ["", "| artifact | metric | value | threshold | result |", "|---|---|---|---|---|"]
     for c in (Check(**d) for d in section["checks"]):
-        value, result = ("", f"skipped: {c.skipped}") if c.skipped else (f"{c.value:.4g}", "pass" if c.passed else "**FAIL**")
+        value, result = c.value_text(), c.result_text()
         lines.append(f"| {c.artifact} | {c.metric} | {value} | {c.op} {c.threshold:g} | {result} |")
     return lines

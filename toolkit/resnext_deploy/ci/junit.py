@@ -54,9 +54,11 @@ def junit_from_report(report: Dict[str, Any]) -> str:
                 ET.SubElement(case, "skipped").text = c.skipped
             elif not c.passed:
                 failure = ET.SubElement(case, "failure", message=c.line(), type="gate")
-                failure.text = f"{c.metric} = {_fmt(c.value)}, needs {c.op} {c.threshold:g}"
+                failure.text = (f"{c.metric} could not be computed: {c.reason}, needs {c.op} {c.threshold:g}"
+                                if c.value is None else f"{c.metric} = {_fmt(c.value)}, needs {c.op} {c.threshold:g}")
             ET.SubElement(case, "system-out").text = (
                 f"metric: {c.metric}\nvalue: {_fmt(c.value) or 'not measured'}\nthreshold: {c.op} {c.threshold:g}\n"
+                + (f"reason: {c.reason}\n" if c.reason else "")
             )
     indent = getattr(ET, "indent", None)  # Python 3.9+; on 3.8 (JetPack 5) the file is one line, equally valid
     if indent is not None:

@@ -24,7 +24,9 @@ from ..report import make_report, write_report
 from ..scale import ScaleOptions, open_inference
 from ..scale.render import markdown_section as measured_section
 from .context import BuildContext
+from .commands import recorded_labels
 from .datasets import load_calibration, load_labeled, skipped_records
+from .labels import previous_build_labels, validation_labels
 from .source import data_folders, resolve_model
 from .steps import REFERENCE, evaluate_build, run_stages
 
@@ -89,7 +91,13 @@ def build(
     t = time.perf_counter()
     cal = load_calibration(calib_dir, spec, cal_cfg["count"], cal_cfg["seed"], step_progress(progress, "load calibration images"))
     vlimit = recipe.section("evaluation")["limit"] or None
-    valset = load_labeled(val_dir, spec, vlimit, step_progress(progress, "load validation images"))
+    # a model without labels: what a build of it recorded (an ONNX's sidecar or build manifest, an earlier build of
+    # the same file here), else the sorted folder names
+    recorded = None if src.labels else ((recorded_labels(src.path) if src.kind == "onnx" else None)
+                                        or previous_build_labels(out_dir, sha256_file(src.path)))
+    named = validation_labels(val_dir, src.labels, "the model", recorded)
+    src.labels, src.labels_from = named.labels, named.origin  # recorded in the manifest and the report
+    valset = load_labeled(val_dir, spec, vlimit, step_progress(progress, "load validation images"), named.labels, named.origin)
     stages["load_images"] = time.perf_counter() - t
     if src.num_classes and valset.labels is not None and valset.labels.max() >= src.num_classes:
         raise BadInputError(
@@ -123,6 +131,8 @@ def build(
             "validation_images": len(valset.paths),
             "validation_skipped": len(valset.skipped),
             "validation_skipped_files": skipped_records(valset.skipped),
+            "validation_classes": valset.classes,
+            "labels_from": named.origin,
             "calibration": str(calib_dir),
             "calibration_images": len(cal.paths),
             "calibration_skipped": len(cal.skipped),

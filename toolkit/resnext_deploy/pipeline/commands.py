@@ -24,6 +24,7 @@ from ..progress import Progress, step_progress
 from ..recipes import Recipe, load_recipe
 from ..report import make_report, read_report, write_report
 from .datasets import load_calibration, load_labeled, skipped_records
+from .labels import require_above_chance, validation_labels
 from .source import ModelSource, data_folders, preprocessing_for, resolve_model
 from ..scale import ModelFiles, ScaleOptions, open_inference
 from .steps import REFERENCE
@@ -74,6 +75,7 @@ class ModelMeta:
     model: Dict[str, Any] = field(default_factory=dict)  # the model description (kind "demo" for the demo)
     folders: Dict[str, str] = field(default_factory=dict)  # data folders the build recorded ("calib", "val")
     build_dir: Optional[Path] = None
+    labels_from: str = ""  # where ``labels`` were read ("sidecar <path>", "build manifest <path>")
 
     @property
     def is_demo(self) -> bool:
@@ -111,6 +113,17 @@ def _from_build(path: Path) -> Optional[Tuple[Path, Dict[str, Any], Dict[str, An
         log.info("'%s' sits in the build %s but its manifest does not list it", path, d)
         return None
     return None
+
+
+def recorded_labels(path: PathLike) -> Optional[Tuple[List[str], str]]:
+    """(labels, where) that a model file's sidecar or the manifest of the build it sits in records, or None."""
+    path = Path(path)
+    side = read_sidecar(path)
+    if side:
+        return (list(map(str, side["labels"])), f"sidecar {sidecar_path(path)}") if side.get("labels") else None
+    found = _from_build(path)
+    labels = ((found[1].get("model") or {}).get("labels") or found[1].get("labels")) if found else None
+    return (list(map(str, labels)), f"build manifest {found[0] / 'manifest.json'}") if found and labels else None
 
 
 def _static_size(path: Path) -> Tuple[Optional[int], str]:
@@ -161,6 +174,7 @@ def model_meta(
     if side:
         meta.record, meta.labels = side.get("artifact") or {}, side.get("labels")
         meta.model, meta.folders = side.get("model") or {}, side.get("folders") or {}
+        meta.labels_from = f"sidecar {sidecar_path(path)}"
         if side.get("build"):
             meta.build_dir = Path(side["build"]["dir"])
     elif found:
@@ -168,6 +182,7 @@ def model_meta(
         inputs = manifest.get("inputs", {})
         meta.record, meta.model, meta.build_dir = record, manifest.get("model") or {}, build_dir
         meta.labels = meta.model.get("labels")
+        meta.labels_from = f"build manifest {build_dir / 'manifest.json'}"
         meta.folders = {k: inputs[name]["folder"] for k, name in (("calib", "calibration"), ("val", "validation"))
                         if inputs.get(name, {}).get("folder")}
     if preprocessing is not None:
@@ -364,21 +379,24 @@ def evaluate_files(
     spec = ref.preprocessing
     _, folder = data_folders(ref.is_demo, recipe, None, Path(val) if val else None, need=("val",),
                              recorded=ref.folders, purpose=f"Evaluating against '{reference.name}'")
-    valset = load_labeled(folder, spec, recipe.section("evaluation")["limit"] or None, step_progress(progress, "load validation images"))
+    named = validation_labels(folder, ref.labels, ref.labels_from)
+    valset = load_labeled(folder, spec, recipe.section("evaluation")["limit"] or None, step_progress(progress, "load validation images"),
+                          named.labels, named.origin)
     cfg = TimingConfig.from_recipe(recipe.section("evaluation"))
     with open_inference(scale) as inference:
-        results = _evaluate_all(reference, ref, artifacts, recipe, valset, cfg, inference, progress)
+        results = _evaluate_all(reference, ref, artifacts, recipe, valset, cfg, inference, progress, named.origin)
         scale_record = {"accuracy": inference.describe(), "resumed_shards": inference.resumed_shards,
                         "latency": "measured in the driver process (each result's details.measured)"}
     evaluation = {
         "schema": EVALUATION_SCHEMA,
         "reference": REFERENCE,
-        "model": {"name": ref.model.get("name") or reference.stem, "source": str(reference)},
+        "model": {"name": ref.model.get("name") or reference.stem, "source": str(reference), "labels": named.labels,
+                  "labels_from": named.origin},
         "preprocessing": spec.to_dict(),
         "preprocessing_from": ref.origin,
         "dataset": {"validation": str(folder), "validation_images": len(valset.paths),
                     "validation_skipped": len(valset.skipped), "validation_skipped_files": skipped_records(valset.skipped),
-                    "throughput_batch": cfg.batch_size},
+                    "validation_classes": valset.classes, "labels_from": named.origin, "throughput_batch": cfg.batch_size},
         "results": results,
         "measured": scale_record,
     }
@@ -389,7 +407,7 @@ def evaluate_files(
 
 
 def _evaluate_all(reference: Path, ref: ModelMeta, artifacts: Sequence[PathLike], recipe: Recipe, valset: Any,
-                  cfg: TimingConfig, inference: Any, progress: Progress) -> List[Dict[str, Any]]:
+                  cfg: TimingConfig, inference: Any, progress: Progress, labels_from: str) -> List[Dict[str, Any]]:
     """The reference, then every artifact against its logits; logits from ``inference``, timings from a local runner."""
     spec = ref.preprocessing
     results = []
@@ -399,6 +417,7 @@ def _evaluate_all(reference: Path, ref: ModelMeta, artifacts: Sequence[PathLike]
                                       step_progress(progress, f"evaluate {REFERENCE}"), runner=runner)
         m, _ = evaluate_runner(REFERENCE, runner, valset.data, valset.labels, None, cfg, "fp32", reference.stat().st_size,
                                logits=ref_logits, provenance=inference.provenance(runner))
+        require_above_chance(m.top1, valset.labels, ref_logits.shape[1], valset.folder, labels_from)
         results.append(m.to_dict())
     for path in map(Path, artifacts):
         _require_file(path, "artifact")
@@ -442,6 +461,7 @@ def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = 
         _require_file(source, "evaluation JSON")
         data = json.loads(source.read_text())
         out_dir = out_dir or source.parent
+    _reference_above_chance(data)
     gate: GateResult = apply_gates(data["results"], data["reference"], recipe.section("gates"))
     report = make_report(
         model=data["model"], target=recipe.target, reference=data["reference"], results=data["results"], gate=gate,
@@ -459,6 +479,17 @@ def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = 
         extra = markdown_sections(report) + measured_section(report)
         write_report(report, out_dir, extra + (markdown_section(report["baseline"]) if base is not None else []))
     return report
+
+
+def _reference_above_chance(data: Dict[str, Any]) -> None:
+    """The chance check of evaluate/build, again on a report or evaluation JSON that records its classes."""
+    classes = (data.get("dataset") or {}).get("validation_classes")
+    ref = next((r for r in data.get("results", []) if r.get("artifact") == data.get("reference")), None)
+    if not classes or ref is None or ref.get("top1") is None:
+        return  # written before the classes were recorded: the gate's own checks say what they can
+    outputs = int((data.get("model") or {}).get("num_classes") or len((data.get("model") or {}).get("labels") or []) or 1)
+    require_above_chance(float(ref["top1"]), np.arange(len(classes)), outputs, data["dataset"].get("validation"),
+                         data["dataset"].get("labels_from") or "the model")
 
 
 # "baseline" too: a re-gated report gets its comparison anew (or none), never a stale one

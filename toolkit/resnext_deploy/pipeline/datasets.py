@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -102,6 +103,9 @@ class LoadedImages:
     paths: List[Path]
     labels: Optional[np.ndarray] = None
     skipped: List[Tuple[Path, str]] = field(default_factory=list)
+    #: a labeled folder's class subfolders (by name), whether or not a readable image of each was kept
+    classes: List[str] = field(default_factory=list)
+    folder: Optional[Path] = None
 
 
 def _files(folder: Path) -> List[Path]:
@@ -117,8 +121,16 @@ def _require_folder(folder: Union[str, Path], what: str) -> Path:
     return folder
 
 
-SKIP_REASONS = ("truncated", "not an image", "unreadable")
+SKIP_REASONS = ("truncated", "not an image", "too large", "unreadable")
 SHOWN_SKIPPED = 5  # how many skipped files a log line or an error names; the report/sidecar has them all
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) a folder may hold: Pillow's decompression-bomb limit (about 89.5
+    million pixels, a 9459 x 9459 image; ~270 MB decoded as RGB), read when asked so a caller that raised
+    ``PIL.Image.MAX_IMAGE_PIXELS`` gets its own limit. Larger files are skipped as "too large" from their
+    header alone, before any pixel is decoded, so memory stays bounded whatever a folder holds."""
+    return int(Image.MAX_IMAGE_PIXELS or 0) or 89_478_485
 
 
 def skip_reason(path: Path) -> Optional[str]:
@@ -126,18 +138,27 @@ def skip_reason(path: Path) -> Optional[str]:
 
     Every file of a folder is probed, sampled or not, so every loader reports the same skipped files for the
     same folder. JPEGs are decoded in draft mode (DCT-scaled, several times cheaper) but still to the end,
-    which is where a truncated file fails.
+    which is where a truncated file fails. An image over :func:`max_image_pixels` is "too large" (its header
+    says so; nothing is decoded).
     """
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return "not an image"
     try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-            img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # handled here: over the limit is skipped
+            with Image.open(path) as img:
+                if img.width * img.height > max_image_pixels():
+                    log.debug("%s is %dx%d pixels, over the limit of %d", path, img.width, img.height, max_image_pixels())
+                    return "too large"
+                if img.format == "JPEG":
+                    img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
     except UnidentifiedImageError:
         return "not an image"
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses it at open
+        log.debug("%s: %s", path, exc)
+        return "too large"
+    except (OSError, ValueError, SyntaxError) as exc:
         log.debug("cannot decode %s: %s", path, exc)
         return "truncated" if "truncated" in str(exc).lower() else "unreadable"
     return None
@@ -215,10 +236,35 @@ def list_classes(folder: Union[str, Path]) -> List[str]:
         hint = f" It holds {len(loose)} images directly (e.g. '{loose[0]}')." if loose else ""
         raise BadInputError(
             f"The validation folder '{folder}' is not in class-subfolder layout: it has no subfolders.{hint} "
-            "Put each class's images in a subfolder named for the class (root/<class>/<image>), "
-            "subfolders sorted by name giving the class indices."
+            "Put each class's images in a subfolder named for the class's label (root/<label>/<image>): "
+            "subfolders are matched to the model's labels by name (by sorted position for a model without labels)."
         )
     return classes
+
+
+SHOWN_LABELS = 8  # how many folder names or labels an error names
+
+
+def _names(values: Sequence[str]) -> str:
+    shown = ", ".join(f"'{v}'" for v in values[:SHOWN_LABELS])
+    return shown + (f" and {len(values) - SHOWN_LABELS} more" if len(values) > SHOWN_LABELS else "")
+
+
+def class_indices(folders: Sequence[str], labels: Sequence[str], where: Union[str, Path], origin: str) -> Dict[str, int]:
+    """folder name -> the index of the model's label of that name; a folder that is no label is a BadInputError
+    naming it (and the labels it could have been)."""
+    index: Dict[str, int] = {}
+    for i, name in enumerate(labels):
+        index.setdefault(str(name), i)
+    foreign = [f for f in folders if f not in index]
+    if foreign:
+        raise BadInputError(
+            f"The validation folder '{where}' has subfolder{'s' if len(foreign) > 1 else ''} {_names(foreign)} that "
+            f"{'are' if len(foreign) > 1 else 'is'} not a label of the model. Its {len(labels)} labels (from {origin}) are "
+            f"{_names([str(x) for x in labels])}. Name each subfolder after the label of the class it holds, or leave the "
+            "others out: any subset of the model's classes is fine."
+        )
+    return {f: index[f] for f in folders}
 
 
 def load_labeled(
@@ -226,20 +272,25 @@ def load_labeled(
     spec: Preprocessing,
     limit: Optional[int] = None,
     progress: StepProgress = None,
+    labels: Optional[Sequence[str]] = None,
+    labels_from: str = "the model",
 ) -> LoadedImages:
-    """An ImageFolder-layout folder (root/<class>/<image>): labels are the sorted subfolder indices."""
+    """An ImageFolder-layout folder (root/<class>/<image>). With ``labels`` (the model's, from ``labels_from``) each
+    subfolder is the label of its name (:func:`class_indices`; a subset is fine, a stranger an error); without,
+    the sorted subfolder indices (for data whose folders are the labels, e.g. the demo's training)."""
     folder = Path(folder)
     classes = list_classes(folder)
-    files, labels = [], []
-    for idx, name in enumerate(classes):
+    index = class_indices(classes, labels, folder, labels_from) if labels is not None else {c: i for i, c in enumerate(classes)}
+    files, targets = [], []
+    for name in classes:
         for p in _files(folder / name):
             files.append(p)
-            labels.append(idx)
+            targets.append(index[name])
     # Probe every file (so the skipped list is the folder's, whatever the limit), then an even stride over the
     # usable ones (every class represented, deterministic); the images are decoded when a batch is read.
     usable, skipped = _probe_all(files, progress)
-    index = {p: i for i, p in enumerate(files)}
-    pairs = [(p, labels[index[p]]) for p in usable]
+    position = {p: i for i, p in enumerate(files)}
+    pairs = [(p, targets[position[p]]) for p in usable]
     if limit is not None and limit < len(pairs):
         pick = evenly_spaced(len(pairs), limit)
         pairs = [pairs[i] for i in pick]
@@ -248,4 +299,4 @@ def load_labeled(
         detail = f" ({describe_skipped(skipped, folder)})" if skipped else ""
         raise BadInputError(f"The validation folder '{folder}' has no readable images in its class subfolders{detail}.")
     kept = [p for p, _ in pairs]
-    return LoadedImages(ImageList(kept, spec), kept, np.asarray([lab for _, lab in pairs]), sorted(skipped))
+    return LoadedImages(ImageList(kept, spec), kept, np.asarray([lab for _, lab in pairs]), sorted(skipped), classes, folder)

@@ -26,6 +26,9 @@ class ModelSource:
     preprocessing: Preprocessing
     module: Any = None  # torch.nn.Module when kind != "onnx"
     source_kind: str = ""
+    #: where ``labels`` came from: the model itself, or (a model without labels) what a build recorded or the
+    #: validation folders' sorted names (pipeline/labels.py)
+    labels_from: str = "the model"
 
     def describe(self) -> Dict[str, Any]:
         return {
@@ -37,6 +40,7 @@ class ModelSource:
             "arch": self.arch,
             "num_classes": self.num_classes,
             "labels": self.labels,
+            "labels_from": self.labels_from if self.labels else None,
         }
 
 

@@ -12,6 +12,7 @@ from ..evaluate import TimingConfig, evaluate_runner
 from ..recipes import Recipe
 from ..scale import LocalInference, ModelFiles
 from .context import BuildContext
+from .labels import require_above_chance
 
 #: the float reference every artifact is compared with: the exported model in ONNX Runtime
 REFERENCE = "onnx-fp32"
@@ -109,6 +110,9 @@ def evaluate_reference(ctx: BuildContext, artifacts: List[Artifact]) -> Dict[str
             ref_art.size_bytes(ctx.staging),
             **_sharded_logits(ctx, REFERENCE, "onnxruntime", ref_art.abspath(ctx.staging), runner, cfg.batch_size),
         )
+    # a float model at or below chance means the folders do not hold the model's classes: no gate on that
+    require_above_chance(metrics.top1, ctx.validation.labels, ctx.reference_logits.shape[1], ctx.validation.folder,
+                         ctx.source.labels_from)
     return metrics.to_dict()
 
 
