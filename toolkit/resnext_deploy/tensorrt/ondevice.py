@@ -6,6 +6,10 @@ latency percentiles, picks the faster engine that passes the golden checks, and 
 report.md and the engines into the bundle (its manifest then lists them, so the runtime loads them). Says
 which row of the target's table (platforms.py) the device is, and refuses (a failed check, with the reason)
 an engine this TensorRT cannot build, e.g. DLA where it has none. Needs numpy and TensorRT only; runs on Python 3.8 (JetPack 5).
+
+Without TensorRT or the GPU it does what needs neither (without_tensorrt.py: the golden checks of the bundle's ONNX
+models in ONNX Runtime) and says the engines are pending. Either way report.json is sealed with the bundle's
+identity (ci/device.py) so `report BUILD --device` can verify it on the workstation.
 """
 
 from __future__ import annotations
