@@ -463,17 +463,17 @@ def predict(images: tuple, build_dir: Path, backend: str, precision: str, top_k:
 
     with runtime.load(build_dir, backend, precision, verify=not no_verify) as clf:
         preds = clf.predict(list(images), top_k=top_k)
+        from .tensorrt.bundle import engines_pending_note
+
+        note = engines_pending_note(clf.manifest, f"{clf.artifact.name} ({clf.backend}, {clf.precision})")
+        if note:
+            click.echo(f"note: {note}", err=True)
         if as_json:
             out = {"build": str(build_dir), "artifact": clf.artifact.name, "backend": clf.backend,
                    "precision": clf.precision, "predictions": [p.to_dict() for p in preds]}
             click.echo(json.dumps(out, indent=2))
             return
         click.echo(f"using {clf.artifact.name} ({clf.backend}, {clf.precision})", err=True)
-        from .tensorrt.bundle import engines_pending_note
-
-        note = engines_pending_note(clf.manifest, f"{clf.artifact.name} ({clf.backend}, {clf.precision})")
-        if note:
-            click.echo(f"note: {note}", err=True)
         for p in preds:
             click.echo(f"{p.source}: {p.label} ({p.probability:.2%})")
             if top_k > 1:

@@ -229,11 +229,13 @@ def bundle_artifact(root: Path, build_dir: Path, tar_path: Path, parent: str) ->
 
 
 def engines_pending_note(manifest: Dict[str, Any], running: str) -> Optional[str]:
-    """For `predict`: a build or bundle whose TensorRT engines are not built yet says so, and what runs instead."""
+    """For `predict` on a build directory whose TensorRT engines are pending on the device: what runs instead.
+
+    (On the bundle itself the runtime already warns: runtime/selection.py.)
+    """
     kinds = {a.get("kind") for a in manifest.get("artifacts", [])}
-    if "tensorrt-engine" in kinds or not ("tensorrt-bundle" in kinds or "bundle" in manifest):
+    if "bundle" in manifest or "tensorrt-engine" in kinds or "tensorrt-bundle" not in kinds:
         return None
-    where = ("this is the bundle: `resnext-deploy compile --bundle .` builds them on the device" if "bundle" in manifest
-             else "the bundle in this build directory builds them on the device (`resnext-deploy compile --bundle`)")
-    return (f"no TensorRT engines yet for {manifest.get('target')} ({where}); running {running} instead, "
-            "whose accuracy the workstation report measured")
+    return (f"no TensorRT engines yet for {manifest.get('target')}: they are pending on the device (the bundle in this "
+            f"build directory builds them there with `resnext-deploy compile --bundle`); running {running} here, "
+            "the model the workstation report measured")
