@@ -46,6 +46,10 @@ class RehearsalError(RuntimeError):
     pass
 
 
+class IndexUnavailable(RehearsalError):
+    """numpy / onnxruntime for this Python could not be installed from the package index (offline?)."""
+
+
 def find_python(version: str) -> Optional[str]:
     env = os.environ.get("REHEARSE_PYTHON_" + version.replace(".", "_"))
     if env:
@@ -99,8 +103,12 @@ def rehearse_one(version: str, python: str, build_dir: Path, work: Path, worksta
     _run([python, "-m", "venv", str(venv)], work, env)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(venv)
-    _run(["python", "-m", "pip", "install", "-q", "--disable-pip-version-check", "--prefer-binary"] + PINS[version],
-         work, env)
+    try:
+        _run(["python", "-m", "pip", "install", "-q", "--disable-pip-version-check", "--prefer-binary"] + PINS[version],
+             work, env)
+    except RehearsalError as exc:
+        raise IndexUnavailable(f"pip could not install {' '.join(PINS[version])} for Python {version}: "
+                               f"{str(exc)[-600:]}") from exc
     t_setup = time.perf_counter()
     # 1. copy: `scp <archive> <user>@<jetson>:` -> cp into the device home
     if not scp_out.startswith("scp "):

@@ -54,7 +54,10 @@ def test_rehearsal_on_jetpacks_python(orin_nano_build, version, tmp_path):
                     f"{version.replace('.', '_')})")
     out, _ = orin_nano_build
     cli = shutil.which("resnext-deploy") or str(Path(sys.executable).parent / "resnext-deploy")
-    res = rehearse.rehearse_one(version, python, out, tmp_path, cli)
+    try:
+        res = rehearse.rehearse_one(version, python, out, tmp_path, cli)
+    except rehearse.IndexUnavailable as exc:  # the device venv's numpy/onnxruntime come from the package index
+        pytest.skip(str(exc))
     assert res["versions"]["python"].startswith(version + ".")
     assert res["versions"]["numpy"] == rehearse.PINS[version][0].split("==")[1]
     assert res["versions"]["onnxruntime"] == rehearse.PINS[version][1].split("==")[1]
