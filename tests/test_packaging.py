@@ -75,12 +75,16 @@ def test_a_wheel_install_repacks_itself_and_refuses_an_altered_install(wheel, tm
                     str(wheel)], check=True, capture_output=True, timeout=300)
     script = ("import json, sys; from pathlib import Path; from resnext_deploy.distribution import wheel_for_device\n"
               "from resnext_deploy.errors import DeployError\n"
-              "try:\n    w = wheel_for_device(Path(sys.argv[1])); print(json.dumps({'wheel': str(w)}))\n"
+              "from resnext_deploy import resources, demo\n"
+              "try:\n    w = wheel_for_device(Path(sys.argv[1]))\n"
+              "    print(json.dumps({'wheel': str(w), 'checkout': resources.in_checkout(), 'demo': str(demo.DEMO_DIR)}))\n"
               "except DeployError as e:\n    print(json.dumps({'error': str(e), 'code': e.exit_code}))\n")
     run = lambda out: json.loads(subprocess.run(  # noqa: E731
         [sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120, check=True,
-        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}).stdout.strip().splitlines()[-1])
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}).stdout.strip().splitlines()[-1])
     got = run(tmp_path / "out")
+    # installed from the wheel: not a checkout, and the demo's data are looked for in the user's cache
+    assert got["checkout"] is False and got["demo"] == str(tmp_path / ".cache" / "resnext-deploy" / "data" / "digits")
     repacked = zipfile.ZipFile(got["wheel"])
     original = zipfile.ZipFile(wheel)
     pkg = [n for n in original.namelist() if n.startswith("resnext_deploy/")]
