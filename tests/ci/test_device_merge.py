@@ -64,6 +64,11 @@ def test_merge_puts_the_device_rows_and_checks_into_report_gate_junit_summary(bu
     assert load_baseline(build_copy).report["device"]["bundle"] == BUNDLE  # verified: it can serve as a baseline
     regate = CliRunner().invoke(cli, ["report", str(build_copy), "--baseline", str(build_copy)])
     assert regate.exit_code == 0 and "gate PASSED" in regate.output, regate.output
+    again = CliRunner().invoke(cli, ["report", str(build_copy), "--device", str(device_report)])
+    assert again.exit_code == 7, again.output  # merging again replaces the device's rows and notes, never doubles them
+    twice = json.loads((build_copy / "report.json").read_text())
+    assert [r["artifact"] for r in twice["results"]] == [r["artifact"] for r in rep["results"]]
+    assert twice["notes"] == rep["notes"] and len(twice["gate"]["checks"]) == len(rep["gate"]["checks"])
 
 
 def test_an_edited_device_report_is_refused(build_copy, device_report, tmp_path):

@@ -134,7 +134,8 @@ def merge_device_report(build_dir: Union[str, Path], device_report: Union[str, P
         "machine": device.get("device"), "gate_passed": dev_gate.passed, "gate": device["gate"], "engines_pending": pending,
         "engines_built": sorted(n for n in engine_names if n not in pending),
     }
-    notes = [n for n in (data.get("notes") or []) if not n.startswith("Device report merged")] + [
+    # a second merge replaces the first one's notes
+    notes = [n for n in (data.get("notes") or []) if not n.startswith(("Device report merged", "device: "))] + [
         f"Device report merged from '{source.name}' (bundle {summary['bundle']}, {summary['bundle_files_verified']} "
         f"files' sha256 match this build's bundle; seal {dev_digest[:12]}...): device gate "
         f"{'passed' if dev_gate.passed else 'FAILED'}" + (f"; engines still pending on device: {', '.join(pending)}"
