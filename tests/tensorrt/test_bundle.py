@@ -27,6 +27,7 @@ BUNDLE_FILES = {
     "README.md", "manifest.json", "recipe.toml", "model-fp32.onnx", "model-int8-qdq.onnx", "calibration.cache",
     "model-fp16.onnx", "model-int8-qdq-fp16.onnx",
     "golden/inputs.npy", "golden/reference-fp32.npy", "golden/reference-int8-qdq.npy", "golden/golden.json",
+    "wheels/resnext_deploy-0.1.0-py3-none-any.whl",
 }
 ENGINES = ["tensorrt-fp16", "tensorrt-int8", "tensorrt-dla0-fp16", "tensorrt-dla0-int8"]
 
@@ -148,12 +149,43 @@ def test_a_damaged_bundle_is_refused_naming_the_file(bundle_dir, tmp_path):
     assert res.exit_code == 2 and "calibration.cache: missing" in res.output
 
 
-def test_compile_bundle_without_tensorrt_says_what_to_install(bundle_dir):
-    res = CliRunner().invoke(cli, ["compile", "--bundle", str(bundle_dir)])
-    assert res.exit_code == 5, res.output
-    assert "'tensorrt'" in res.output and "JetPack" in res.output and "pip install tensorrt" in res.output
-    assert "Traceback" not in res.output
-    assert not (bundle_dir / "engines").exists()  # nothing half-written
+def test_compile_bundle_without_tensorrt_checks_what_it_can_and_exits_7(bundle_dir, tmp_path):
+    """No TensorRT here: hashes verified, golden inputs through the ONNX models (ONNX Runtime), engines pending."""
+    copy = tmp_path / bundle_dir.name
+    shutil.copytree(bundle_dir, copy)
+    res = CliRunner().invoke(cli, ["compile", "--bundle", str(copy), "--junit", str(tmp_path / "j.xml")])
+    assert res.exit_code == 7, res.output
+    assert "TensorRT engines NOT built" in res.output and "Traceback" not in res.output
+    assert not (copy / "engines").exists()  # no engine, nothing pretending to be one
+    report = json.loads((copy / "report.json").read_text())
+    rows = {r["artifact"]: r for r in report["results"]}
+    assert {n for n, r in rows.items() if r.get("pending")} == set(ENGINES)
+    assert all("TensorRT engines were not built" in rows[e]["reason"] for e in ENGINES)
+    measured = {n: r for n, r in rows.items() if not r.get("pending")}
+    assert set(measured) == {"bundle-onnxruntime-fp32", "bundle-onnxruntime-fp16", "bundle-onnxruntime-qdq",
+                             "bundle-onnxruntime-qdq-fp16"}
+    assert measured["bundle-onnxruntime-fp32"]["max_abs_logit_diff"] < 1e-4  # the references were ORT's too
+    g = read_bundle(copy).golden
+    assert all(r["images"] == len(g.inputs) for r in measured.values())
+    gated = {c["artifact"] for c in report["gate"]["checks"] if not c.get("skipped")}
+    assert gated == {"bundle-onnxruntime-fp32", "bundle-onnxruntime-fp16", "bundle-onnxruntime-qdq"}
+    assert {c["artifact"] for c in report["gate"]["checks"] if c.get("skipped")} == set(ENGINES)
+    assert report["gate"]["passed"] and report["measured_on"] == "device" and report["engines_built"] is False
+    assert any("NOT built" in n for n in report["notes"]) and any("not gated" in n for n in report["notes"])
+    assert report["device_report"]["sha256"] and "model-int8-qdq.onnx" in report["device_report"]["bundle_files"]
+    assert 'failures="0"' in (tmp_path / "j.xml").read_text()
+
+
+def test_compile_bundle_fails_3_when_a_model_misses_the_tolerance(bundle_dir, tmp_path):
+    """A check that fails without TensorRT is exit 3, not 7: the FP16 tolerance tightened below the measured error."""
+    copy = tmp_path / bundle_dir.name
+    shutil.copytree(bundle_dir, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["recipe"]["backends"]["tensorrt"]["fp16_max_abs_diff"] = 1e-9
+    (copy / "manifest.json").write_text(json.dumps(m))
+    res = CliRunner().invoke(cli, ["compile", "--bundle", str(copy)])
+    assert res.exit_code == 3, res.output
+    assert "bundle-onnxruntime-fp16: golden_max_abs_logit_diff" in res.output
 
 
 def test_compile_needs_onnx_options_or_a_bundle():
@@ -194,7 +226,8 @@ def test_the_device_path_needs_only_numpy(bundle_dir):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["golden"] == [12, 3, 32, 32] and out["heavy"] == []
-    assert out["outcome"].startswith("exit 5:") and "tensorrt" in out["outcome"]
+    # neither TensorRT nor onnxruntime (blocked): nothing can check the models, and the message says what to install
+    assert out["outcome"].startswith("exit 5:") and "TensorRT" in out["outcome"] and "pip3 install onnxruntime" in out["outcome"]
 
 
 def test_cli_build_for_a_jetson_exits_0_and_shows_pending(jetson_recipe, tmp_path):
@@ -247,3 +280,42 @@ def test_int8_vs_fp16_note_says_which_is_faster():
     assert len(notes) == 2
     assert "tensorrt-int8 vs tensorrt-fp16" in notes[0] and "0.80x" in notes[0] and "not faster" in notes[0]
     assert "tensorrt-dla0-int8 vs tensorrt-dla0-fp16" in notes[1] and "2.00x" in notes[1] and "(faster" in notes[1]
+
+
+_ORT_SESSIONS = r"""
+import sys, onnxruntime as ort
+so = ort.SessionOptions()
+so.log_severity_level = 2  # warnings: ORT's notice of an initializer unused in the file ("not used by any node")
+for f in sys.argv[1:]:
+    ort.InferenceSession(f, so, providers=["CPUExecutionProvider"])
+print("ok")
+"""
+
+
+def test_shipped_models_carry_no_unused_initializers(bundle_dir):
+    """ONNX Runtime logs no 'Removing initializer ... not used by any node' for any model the bundle ships."""
+    import onnx
+
+    models = sorted(bundle_dir.glob("*.onnx"))
+    assert len(models) == 4
+    for path in models:
+        m = onnx.load(str(path))
+        used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+        assert [t.name for t in m.graph.initializer if t.name not in used] == [], path.name
+    proc = subprocess.run([sys.executable, "-c", _ORT_SESSIONS] + [str(p) for p in models], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+    assert "not used by any node" not in proc.stderr and "Removing initializer" not in proc.stderr, proc.stderr[:2000]
+
+
+def test_predict_on_the_jetson_build_says_what_runs_and_that_engines_are_pending(jetson_build, bundle_dir):
+    images = sorted((ROOT / "calibration" / "digits" / "val" / "3").glob("*.png"))[:2]
+    res = CliRunner().invoke(cli, ["predict", "--build", str(jetson_build.out_dir), "--top-k", "1"] + [str(p) for p in images])
+    assert res.exit_code == 0, res.output
+    assert "using onnx-int8-int8 (onnxruntime, int8)" in res.output
+    assert "no TensorRT engines yet for jetson-orin-nx: they are pending on the device" in res.output
+    res = CliRunner().invoke(cli, ["predict", "--build", str(jetson_build.out_dir), "--json"] + [str(p) for p in images])
+    assert res.exit_code == 0 and "pending on the device" in res.output  # --json too (stderr; stdout is the JSON)
+    res = CliRunner().invoke(cli, ["predict", "--build", str(bundle_dir), "--top-k", "1"] + [str(p) for p in images])
+    assert res.exit_code == 0 and "using onnx-int8-int8 (onnxruntime, int8)" in res.output
+    assert "note:" not in res.output  # on the bundle the runtime's own warning says it (runtime/selection.py)

@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, Iterator, Optional
 import click
 
 from . import backends
-from .errors import (EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, DeployError,
-                     Terminated)
+from .errors import (EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING_ON_DEVICE, EXIT_TERMINATED,
+                     DeployError, Terminated)
 
 log = logging.getLogger("resnext_deploy")
 
@@ -220,6 +220,12 @@ def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_cl
         click.echo(f"fallback: {len(fb['excluded'])} layers left in float: {', '.join(fb['excluded'])}" if fb["passed"]
                    else f"fallback: no list of up to {fb['max_excluded_layers']} layers in float passed (see report.md)")
     click.echo(f"\nbuild directory: {res.out_dir}")
+    steps = (res.report.get("bundle") or {}).get("device_steps")
+    if steps and not as_json:  # a Jetson (or GPU) build without TensorRT here: the hand-off (tensorrt/handoff.py)
+        b = res.report["bundle"]
+        click.echo(f"bundle: {Path(res.out_dir) / b['directory']}/ (wheel {b['wheel']})\ntarball: {Path(res.out_dir) / b['archive']}"
+                   f"\nnext steps (also at the top of the bundle's README.md):\n  cd {res.out_dir}\n"
+                   + "\n".join(f"  {line}" for line in steps))
     _write_ci(res.report, junit_file, summary_file)
     sys.exit(EXIT_OK if res.passed else EXIT_GATE_FAILED)
 
@@ -252,6 +258,15 @@ def _recipe(target: Optional[str], recipe: Optional[Path]) -> Any:
     from .recipes import load_recipe
 
     return load_recipe(recipe, _given_target(target) if recipe else target)
+
+
+def _build_recipe(manifest: Dict[str, Any], target: str) -> Any:
+    """The recipe a build recorded in its manifest (resolved: the gates it was built under), else --target's."""
+    from .recipes import Recipe, load_recipe
+
+    if isinstance(manifest.get("recipe"), dict) and manifest["recipe"].get("gates"):
+        return Recipe(manifest["recipe"], f"the recipe recorded in the build's manifest ({manifest.get('recipe_source')})")
+    return load_recipe(None, manifest.get("target") or target)
 
 
 _target_opt = click.option("--target", default="x86-cpu", show_default=True, help="Target whose recipe supplies the settings.")
@@ -341,6 +356,8 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
 
     With --bundle DIR (on the Jetson or GPU machine): build the bundle's TensorRT engines, compare them with the
     golden outputs under the recipe's tolerances, time them, write report.json/.md; exit 3 if a check fails.
+    Without TensorRT: verify the bundle, check its ONNX models on the golden inputs with ONNX Runtime, write a
+    report saying the engines were not built; exit 7 when all that passed.
     """
     if bundle is not None:
         if any(v is not None for v in (onnx_path, backend, precision, out)):
@@ -350,9 +367,12 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
 
         res = compile_bundle(bundle, ctx.obj["progress"])
         click.echo(render_table(res.report))
-        click.echo(f"\nengines: {', '.join(str(p) for p in res.engines)}\nreport: {res.bundle / 'report.md'}")
+        if res.pending:
+            click.echo(f"\nTensorRT engines NOT built: {res.pending}. Checked without TensorRT: the bundle's hashes and "
+                       "its ONNX models on the golden inputs (ONNX Runtime).")
+        click.echo(f"\nengines: {', '.join(str(p) for p in res.engines) or 'none'}\nreport: {res.bundle / 'report.md'}")
         _write_ci(res.report, junit_file, summary_file)
-        sys.exit(EXIT_OK if res.passed else EXIT_GATE_FAILED)
+        sys.exit(EXIT_GATE_FAILED if not res.passed else EXIT_PENDING_ON_DEVICE if res.pending else EXIT_OK)
     if junit_file or summary_file:
         raise click.UsageError("--junit/--summary go with --bundle (a gate to report); compiling one artifact has no gate.")
     missing = [n for n, v in (("--onnx", onnx_path), ("--backend", backend), ("--precision", precision), ("--out", out)) if v is None]
@@ -406,17 +426,36 @@ def evaluate(ctx: click.Context, artifacts: tuple, reference: Path, val: Optiona
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
               help="A previous build (directory, or report.json with its manifest.json) to compare with, artifact by "
                    "artifact, under the recipe's [gates.baseline]; exit 3 if a check against it fails.")
+@click.option("--device", "device_report", type=click.Path(path_type=Path), default=None,
+              help="The report.json `compile --bundle` wrote on the device: verified and merged into the build "
+                   "directory SOURCE (its report, gate and manifest); exit 7 while engines are still pending.")
 @_target_opt
 @_recipe_opt
 @_ci_options
 @_run
-def report(source: Path, out: Optional[Path], as_json: bool, baseline: Optional[Path], target: str, recipe: Optional[Path],
-           junit_file: Optional[Path], summary_file: Optional[Path]) -> None:
-    """Gate an evaluation JSON (or re-gate a build directory) with the recipe, compare with --baseline; exit 3 if a check fails."""
+def report(source: Path, out: Optional[Path], as_json: bool, baseline: Optional[Path], device_report: Optional[Path],
+           target: str, recipe: Optional[Path], junit_file: Optional[Path], summary_file: Optional[Path]) -> None:
+    """Gate an evaluation JSON (or re-gate a build directory) with the recipe, compare with --baseline; exit 3 if a check fails.
+
+    With --device: merge the device's report into the build SOURCE (a report from another bundle is refused)."""
     from .ci.baseline import baseline_passed, baseline_summary
     from .pipeline.commands import report_from
     from .report import render_table
 
+    if device_report is not None:
+        from .ci.device import engines_pending, merge_device_report
+        from .manifest import read_manifest
+
+        if baseline is not None or out is not None:
+            raise click.UsageError("--device merges into the build directory itself: no --out or --baseline with it.")
+        manifest = read_manifest(Path(source) / "manifest.json") if Path(source).is_dir() else {}
+        # the build's own recipe (resolved in its manifest) unless the user names one
+        rec = _recipe(target, recipe) if (recipe or _given_target(target)) else _build_recipe(manifest, target)
+        rep = merge_device_report(source, device_report, rec)
+        click.echo(json.dumps(rep, indent=2) if as_json else render_table(rep))
+        click.echo(f"\nmerged {device_report} into {source}: report.json, report.md, manifest.json, device-report.json")
+        _write_ci(rep, junit_file, summary_file)
+        sys.exit(EXIT_GATE_FAILED if not rep["gate"]["passed"] else EXIT_PENDING_ON_DEVICE if engines_pending(rep) else EXIT_OK)
     rep = report_from(source, _recipe(target, recipe), out, baseline)
     click.echo(json.dumps(rep, indent=2) if as_json else render_table(rep))
     if rep.get("baseline") and not as_json:
@@ -477,6 +516,11 @@ def predict(images: tuple, build_dir: Path, backend: str, precision: str, top_k:
 
     with runtime.load(build_dir, backend, precision, verify=not no_verify) as clf:
         preds = clf.predict(list(images), top_k=top_k)
+        from .tensorrt.bundle import engines_pending_note
+
+        note = engines_pending_note(clf.manifest, f"{clf.artifact.name} ({clf.backend}, {clf.precision})")
+        if note:
+            click.echo(f"note: {note}", err=True)
         if as_json:
             out = {"build": str(build_dir), "artifact": clf.artifact.name, "backend": clf.backend,
                    "precision": clf.precision, "predictions": [p.to_dict() for p in preds]}

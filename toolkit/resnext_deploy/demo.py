@@ -12,8 +12,8 @@ scikit-learn (1797 8x8 images, values 0..16, classes 0..9).
   with :data:`DEMO_PREPROCESSING`), evaluates on the validation PNGs and writes the checkpoint and
   ``demo.json``.
 
-The shipped result lives in :data:`DEMO_DIR` (the repo's ``calibration/digits``, installed as
-``resnext_deploy.demo_data/digits``). torch and scikit-learn are imported only inside the functions
+The shipped result lives in :data:`DEMO_DIR` (the repo's ``calibration/digits``; the wheel carries no data:
+installed from one, ``$RESNEXT_DEPLOY_DATA/digits`` or ``~/.cache/resnext-deploy/data/digits``, see resources.py). torch and scikit-learn are imported only inside the functions
 that need them.
 """
 
@@ -34,7 +34,7 @@ from .artifacts import sha256_file
 from .errors import BadInputError
 from .optional import require
 from .preprocess import Preprocessing, preprocess_image
-from .resources import shipped_dir
+from .resources import data_dir as shipped_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ DEMO_PREPROCESSING = Preprocessing(
 DEFAULT_EPOCHS = 20
 
 
-DEMO_DIR: Path = shipped_dir("resnext_deploy.demo_data", "calibration") / "digits"
+DEMO_DIR: Path = shipped_data_dir() / "digits"
 DEMO_CHECKPOINT: Path = DEMO_DIR / "resnext_demo.pt"
 DEMO_CALIB: Path = DEMO_DIR / "calib"
 DEMO_VAL: Path = DEMO_DIR / "val"

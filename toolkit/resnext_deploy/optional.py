@@ -22,6 +22,7 @@ _ADVICE: Dict[str, str] = {
     "onnxruntime": "pip install onnxruntime",
     "onnxruntime.quantization": "pip install onnxruntime",
     "onnxslim": "pip install onnxslim",
+    "onnx_graphsurgeon": "pip install onnx-graphsurgeon",
     "openvino": "pip install openvino",
     "nncf": "pip install nncf",
     "tensorrt": "TensorRT comes with JetPack on a Jetson, or from NVIDIA's package index on an x86 GPU machine "

@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw
 from .errors import BadInputError
 from .optional import require
 from .preprocess import Preprocessing, preprocess_image
-from .resources import shipped_dir
+from .resources import data_dir as shipped_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ STANDIN_PREPROCESSING = Preprocessing(
 DEFAULT_STEPS = 800
 BATCH_SIZE = 32
 
-STANDIN_DIR: Path = shipped_dir("resnext_deploy.demo_data", "calibration") / "standin"
+STANDIN_DIR: Path = shipped_data_dir() / "standin"
 STANDIN_CHECKPOINT: Path = STANDIN_DIR / "resnext50_standin.pt"
 STANDIN_CALIB: Path = STANDIN_DIR / "calib"
 STANDIN_VAL: Path = STANDIN_DIR / "val"

@@ -18,7 +18,7 @@ from .. import backends
 from ..artifacts import Artifact, atomic_file
 from ..errors import BadInputError
 from ..evaluate import TimingConfig, evaluate_runner
-from ..gate import GateResult, apply_gates
+from ..gate import GateResult
 from ..preprocess import Preprocessing
 from ..progress import Progress, step_progress
 from ..recipes import Recipe, load_recipe
@@ -451,6 +451,7 @@ def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = 
     under the recipe's ``[gates.baseline]`` (ci/baseline.py).
     """
     from ..ci.baseline import compare_with_baseline, load_baseline, manifest_beside, markdown_section
+    from ..ci.device import regate
 
     base = load_baseline(baseline) if baseline is not None else None  # refused before any work if untrustworthy
     source = Path(source)
@@ -462,7 +463,8 @@ def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = 
         data = json.loads(source.read_text())
         out_dir = out_dir or source.parent
     _reference_above_chance(data)
-    gate: GateResult = apply_gates(data["results"], data["reference"], recipe.section("gates"))
+    # a build with a merged device report: device rows keep the device's checks (ci/device.py)
+    gate: GateResult = regate(data["results"], data["reference"], recipe.section("gates"), data.get("device"))
     report = make_report(
         model=data["model"], target=recipe.target, reference=data["reference"], results=data["results"], gate=gate,
         dataset=data["dataset"], stages=data.get("stages"), notes=data.get("notes"),

@@ -42,6 +42,7 @@ GOLDEN_FP32 = "golden/reference-fp32.npy"
 GOLDEN_QDQ = "golden/reference-int8-qdq.npy"
 GOLDEN_INDEX = "golden/golden.json"
 ENGINES_DIR = "engines"
+WHEELS_DIR = "wheels"  # resnext-deploy's own pure-Python wheel: the device installs from the bundle alone
 
 
 @dataclass
@@ -106,12 +107,14 @@ def write_bundle(
     manifest: Dict[str, Any],
     readme: str,
     typed_models: Optional[Dict[str, Path]] = None,
+    wheel: Optional[Path] = None,
 ) -> Dict[str, str]:
     """Fill the empty directory ``root`` and write its manifest; returns {relative path: sha256} of every file.
 
     ``manifest`` is a build manifest (from manifest.make_manifest) whose artifacts already name
     FP32_ONNX and QDQ_ONNX relative to ``root``; its ``bundle`` section gets the hashes of the other files.
     ``typed_models`` ("fp16", "qdq-fp16" -> path) are the strongly typed models; ``calibration_cache`` None: none.
+    ``wheel``: resnext-deploy's wheel (distribution.wheel_for_device), copied into wheels/.
     """
     root.mkdir(parents=True, exist_ok=False)
     shutil.copyfile(fp32_onnx, root / FP32_ONNX)
@@ -130,6 +133,9 @@ def write_bundle(
     if golden.reference_qdq is not None:
         _save_npy(root / GOLDEN_QDQ, golden.reference_qdq.astype(np.float32))
     (root / GOLDEN_INDEX).write_text(json.dumps(golden.index(), indent=2))
+    if wheel is not None:
+        (root / WHEELS_DIR).mkdir()
+        shutil.copyfile(wheel, root / WHEELS_DIR / Path(wheel).name)
     (root / README).write_text(readme, encoding="utf-8")
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
     model_files = {f for a in manifest.get("artifacts", []) for f in a.get("files", {})}
@@ -220,3 +226,16 @@ def bundle_artifact(root: Path, build_dir: Path, tar_path: Path, parent: str) ->
         "tensorrt-bundle", paths, build_dir, kind="tensorrt-bundle", backend="bundle", precision="int8",
         parent=parent, stage="compile", settings={"directory": str(root.relative_to(build_dir))},
     )
+
+
+def engines_pending_note(manifest: Dict[str, Any], running: str) -> Optional[str]:
+    """For `predict` on a build directory whose TensorRT engines are pending on the device: what runs instead.
+
+    (On the bundle itself the runtime already warns: runtime/selection.py.)
+    """
+    kinds = {a.get("kind") for a in manifest.get("artifacts", [])}
+    if "bundle" in manifest or "tensorrt-engine" in kinds or "tensorrt-bundle" not in kinds:
+        return None
+    return (f"no TensorRT engines yet for {manifest.get('target')}: they are pending on the device (the bundle in this "
+            f"build directory builds them there with `resnext-deploy compile --bundle`); running {running} here, "
+            "the model the workstation report measured")

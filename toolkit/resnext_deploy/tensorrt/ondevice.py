@@ -6,6 +6,10 @@ latency percentiles, picks the faster engine that passes the golden checks, and 
 report.md and the engines into the bundle (its manifest then lists them, so the runtime loads them). Says
 which row of the target's table (platforms.py) the device is, and refuses (a failed check, with the reason)
 an engine this TensorRT cannot build, e.g. DLA where it has none. Needs numpy and TensorRT only; runs on Python 3.8 (JetPack 5).
+
+Without TensorRT or the GPU it does what needs neither (without_tensorrt.py: the golden checks of the bundle's ONNX
+models in ONNX Runtime) and says the engines are pending. Either way report.json is sealed with the bundle's
+identity (ci/device.py) so `report BUILD --device` can verify it on the workstation.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from ..evaluate import (
 )
 from ..gate import Check, GateResult
 from ..progress import Progress
+from ..ci.device import seal
 from ..report import make_report, write_report
 from .bundle import CALIB_CACHE, ENGINES_DIR, MODEL_FILES, Bundle, read_bundle
 from .calib_cache import read_calibration_cache, trt_version_tag
 from .engine_plan import EngineSpec
+from .without_tensorrt import golden_checks
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,8 @@ class DeviceResult:
     report: Dict[str, Any]
     gate: GateResult
     engines: List[Path] = field(default_factory=list)
+    #: why the engines were not built (no TensorRT or no GPU here); None when they were
+    pending: Optional[str] = None
 
     @property
     def passed(self) -> bool:
@@ -54,32 +62,19 @@ def _spec(d: Dict[str, Any]) -> EngineSpec:
     return EngineSpec(**{k: v for k, v in d.items() if k in names})
 
 
-def golden_checks(name: str, precision: str, cmp: Dict[str, float], cfg: Dict[str, Any]) -> List[Check]:
-    """The recipe's golden tolerances for one engine's logits compared with the FP32 references."""
-    agree, tol_abs, tol_cos = cfg["golden_min_agreement"], cfg[f"{precision}_max_abs_diff"], cfg[f"{precision}_min_cosine"]
-    return [
-        Check(name, "golden_agreement", cmp["agreement"], float(agree), ">=", cmp["agreement"] >= agree - 1e-9),
-        Check(name, "golden_max_abs_logit_diff", cmp["max_abs_logit_diff"], float(tol_abs), "<=",
-              cmp["max_abs_logit_diff"] <= tol_abs),
-        Check(name, "golden_min_cosine", cmp["min_cosine"], float(tol_cos), ">=", cmp["min_cosine"] >= tol_cos),
-    ]
-
-
 def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> DeviceResult:
     """Build, check and time the bundle's engines on this machine; the gate result is returned, not raised."""
-    from . import cuda_runtime as cuda
     from .backend import TensorRtRunner
     from .machine import is_jetson, l4t_release, machine_record, tensorrt_module
     from .engines import build_engines, features, record_path
 
     t_start = time.perf_counter()
     b = read_bundle(bundle_dir)
+    identity = bundle_identity(b)
+    why = tensorrt_missing()
+    if why is not None:
+        return _without_tensorrt(b, why, identity, progress)
     trt = tensorrt_module(f"build the engines of the bundle '{b.root}' on this device")
-    if cuda.gpu_info() is None:
-        raise MissingDependencyError(
-            "No NVIDIA GPU answered through the CUDA driver (libcuda). Building TensorRT engines needs the GPU and its "
-            "driver: run this on the Jetson (JetPack) or the GPU machine the bundle is for."
-        )
     if b.recipe.get("device") == "jetson" and not is_jetson():
         raise BadInputError(
             f"The bundle '{b.root}' is for {b.manifest['target']} but this machine is not a Jetson (no "
@@ -166,9 +161,58 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> D
         extra={"device": here, "bundle": b.info.get("name"), "measured_on": "device", "tensorrt": feats.to_dict(),
                "selection": selection, "workstation_results": b.info.get("workstation_results", [])},
     )
-    write_report(report, b.root)
+    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]]), b.root)
     _record_engines(b, arts, here, gate, selection)
     return DeviceResult(b.root, report, gate, [b.path(a.path) for a in arts])
+
+
+def tensorrt_missing() -> Optional[str]:
+    """None when TensorRT and an NVIDIA GPU are here, else why the engines cannot be built on this machine."""
+    from . import cuda_runtime as cuda
+    from .machine import tensorrt_module
+
+    try:
+        tensorrt_module()
+    except MissingDependencyError:
+        return ("the TensorRT Python package is not importable on this machine (on a Jetson it comes with JetPack: "
+                "python3-libnvinfer; in a venv, make it with --system-site-packages)")
+    if cuda.gpu_info() is None:
+        return "no NVIDIA GPU answered through the CUDA driver (libcuda)"
+    return None
+
+
+def bundle_identity(b: Bundle) -> Dict[str, str]:
+    """{relative path: sha256} of every shipped file read_bundle verified (manifest.json aside: compile rewrites it)."""
+    files = dict(b.info.get("files", {}))
+    for a in b.manifest.get("artifacts", []):
+        if not a.get("path", "").startswith(ENGINES_DIR + "/"):
+            files.update(a.get("files", {}))
+    return files
+
+
+def _without_tensorrt(b: Bundle, why: str, identity: Dict[str, str], progress: Progress) -> DeviceResult:
+    """Every check that does not need TensorRT (without_tensorrt.py); the report says the engines are pending."""
+    from .without_tensorrt import check_without_tensorrt, machine_without_tensorrt
+
+    done = check_without_tensorrt(b, why, progress)
+    golden = b.golden
+    report = make_report(
+        model=b.manifest["model"], target=b.manifest["target"], reference=b.manifest.get("reference", "onnx-fp32"),
+        results=done["rows"], gate=done["gate"], stages=done["stages"],
+        notes=done["notes"] + _workstation_notes(b),
+        dataset={"validation": "the bundle's golden images", "validation_images": int(len(golden.inputs)),
+                 "reference_outputs": "ONNX Runtime (CPU) on model-fp32.onnx, computed on the workstation",
+                 "calibration": "on the workstation (calibration.cache and the Q/DQ model's scales)",
+                 "calibration_images": b.recipe["calibration"]["count"],
+                 "calibration_method": b.recipe["calibration"]["method"],
+                 "calibration_seed": b.recipe["calibration"]["seed"],
+                 "throughput_batch": int(b.recipe["evaluation"]["batch_size"])},
+        extra={"device": machine_without_tensorrt(), "bundle": b.info.get("name"), "measured_on": "device",
+               "tensorrt": None, "engines_built": False, "engines_pending": done["reason"],
+               "workstation_results": b.info.get("workstation_results", [])},
+    )
+    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]]), b.root)
+    return DeviceResult(b.root, report, done["gate"], [], pending=why)
 
 
 def platform_note(target: str, version: str, jetson: bool, l4t: Optional[str], typing: str) -> str:

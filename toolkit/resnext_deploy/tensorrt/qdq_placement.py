@@ -121,6 +121,25 @@ def _existing_dq(g: OnnxGraph, tensor: str) -> Any:
     return None
 
 
+def without_unused_initializers(proto: Any) -> Any:
+    """The model with the scales and zero points the moved Q/DQ left unused removed (onnx-graphsurgeon's cleanup).
+
+    ONNX Runtime warns once per orphan at every session ("Removing initializer ... not used by any node") and
+    TensorRT's parser carries them too. graphsurgeon drops the model's metadata_props: they are copied back.
+    """
+    from ..optional import require
+
+    gs = require("onnx_graphsurgeon", "remove the unused initializers of the Q/DQ model")
+    graph = gs.import_onnx(proto)
+    graph.cleanup()
+    clean = gs.export_onnx(graph)
+    clean.ir_version = proto.ir_version
+    clean.producer_name, clean.producer_version = proto.producer_name, proto.producer_version
+    del clean.metadata_props[:]
+    clean.metadata_props.extend(proto.metadata_props)
+    return clean
+
+
 def place_file(path: Union[str, Path]) -> Placement:
     """Re-place the Q/DQ of the ONNX file ``path`` in place (the caller writes it atomically), checked after."""
     from ..optional import require
@@ -128,6 +147,7 @@ def place_file(path: Union[str, Path]) -> Placement:
     onnx = require("onnx", "place Q/DQ for TensorRT")
     proto = onnx.load(str(path))
     result = place_for_fusion(proto)
+    proto = without_unused_initializers(proto)
     onnx.checker.check_model(proto)
     left = fusion_warnings(OnnxGraph(proto))
     unexpected = [w for w in left if w.rule != "residual-unquantized"]

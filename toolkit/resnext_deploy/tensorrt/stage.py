@@ -38,7 +38,10 @@ from .bundle import (
     tar_bundle,
     write_bundle,
 )
+from ..distribution import wheel_for_device
+from .bundle import WHEELS_DIR
 from .calib_cache import cache_from_qdq
+from .handoff import DeviceSteps, device_steps, readme_block, steps_lines
 from .engine_plan import EngineSpec, plan_engines, trtexec_command
 from .platforms import ships_calibration_cache, target_summary
 
@@ -110,17 +113,22 @@ def tensorrt_stage(ctx: BuildContext, artifacts: List[Artifact], results: List[D
     out.extra["strongly_typed_models"] = _typed_closeness(typed, golden, recipe)
     out.extra["calibration_cache"]["shipped"] = ship_cache
     manifest = _bundle_manifest(src, recipe, fp32, qdq, specs, out, results, valset, stage_dir)
+    wheel = wheel_for_device(stage_dir / "wheel-for-bundle")
+    steps = device_steps(bundle_name, f"{bundle_name}.tar.gz", wheel.name)
     write_bundle(root, fp32_onnx=fp32.abspath(stage_dir), qdq_onnx=qdq.abspath(stage_dir),
                  calibration_cache=cache.to_bytes() if ship_cache else None,
                  # a recipe that extends another is not whole by itself: then recipe.toml points at manifest.json
                  recipe_file=Path(recipe.source) if len(recipe.layers) <= 1 else None,
-                 golden=golden, manifest=manifest, readme=render_readme(src, recipe, specs, manifest, golden),
-                 typed_models=typed)
+                 golden=golden, manifest=manifest, readme=render_readme(src, recipe, specs, manifest, golden, steps),
+                 typed_models=typed, wheel=wheel)
     shutil.rmtree(typed_dir)
+    shutil.rmtree(wheel.parent)
     tar = tar_bundle(root, stage_dir / f"{bundle_name}.tar.gz")
     out.artifacts.append(bundle_artifact(root, stage_dir, tar, parent=qdq.name))
     out.extra["bundle"] = {"directory": bundle_name, "archive": tar.name, "engines": [s.name for s in specs],
-                           "golden_images": int(len(golden.inputs))}
+                           "golden_images": int(len(golden.inputs)), "wheel": f"{WHEELS_DIR}/{wheel.name}",
+                           "wheel_bytes": (root / WHEELS_DIR / wheel.name).stat().st_size,
+                           "device_steps": steps_lines(steps)}
     out.notes.append(
         f"TensorRT engines ({', '.join(s.name for s in specs)}) are pending: {why_not}. The bundle {bundle_name}/ "
         f"(and {tar.name}) builds and checks them on the device: `resnext-deploy compile --bundle {bundle_name}`."
@@ -249,7 +257,8 @@ def _build_engines_here(specs: List[EngineSpec], models: Dict[str, Path], fp32: 
     return arts, rows
 
 
-def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict[str, Any], golden: Golden) -> str:
+def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict[str, Any], golden: Golden,
+                  steps: Optional[DeviceSteps] = None) -> str:
     """The bundle's README: what is inside, how to build and check on the device, the trtexec equivalents."""
     cfg = recipe.backend("tensorrt")
     b = manifest["bundle"]
@@ -270,6 +279,14 @@ def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict
         "TensorRT engines only run with the GPU and TensorRT version that built them, and there is no x86 -> Jetson",
         "cross-build, so this bundle carries what the device needs to build its engines and check them.",
         "",
+    ] + ([
+        "## Next steps",
+        "",
+        "resnext-deploy installs from this bundle's own wheel (`wheels/`, pure Python, Python 3.8 to 3.12); numpy "
+        "comes from JetPack or the package index, as do Pillow and click. CI runs these very lines on Python 3.8, 3.10 "
+        "and 3.12 (the copies as `cp`).",
+        "",
+    ] + readme_block(steps) + [""] if steps is not None else []) + [
         "## Contents",
         "",
         "| file | what |",
@@ -289,6 +306,8 @@ def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict
         "8.5 to 10.x, trtexec `--calib`) |",
     ] if shipped else []) + [
         "| `recipe.toml` | the recipe this was built with (every resolved value is in `manifest.json`) |",
+    ] + ([f"| `{WHEELS_DIR}/` | resnext-deploy's own wheel (pure Python, 3.8+; no demo data): what the device installs |"]
+         if steps is not None else []) + [
         "| `manifest.json` | sha256 of every file, preprocessing, labels, engine plan, what the workstation measured |",
         f"| `golden/` | {len(golden.inputs)} preprocessed validation images (`inputs.npy`), their FP32 reference logits "
         "(`reference-fp32.npy`, ONNX Runtime) and the Q/DQ model's (`reference-int8-qdq.npy`) |",
@@ -307,8 +326,8 @@ def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict
         "",
         f"## On the device ({jp}TensorRT {cfg['tensorrt_version']} expected)",
         "",
-        "Install resnext-deploy with JetPack's Python (`pip3 install resnext-deploy-*.whl`; building engines needs only "
-        "numpy and TensorRT, which JetPack provides, plus click for the command line), then:",
+        "Install resnext-deploy from the bundle's wheel (see Next steps; building engines needs only numpy and "
+        "TensorRT, which JetPack provides, plus Pillow and click), then:",
         "",
         "```bash",
         "resnext-deploy compile --bundle .",
@@ -318,8 +337,11 @@ def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict
         "It verifies every file against `manifest.json`, builds the engines below into `engines/` (with the timing cache "
         "`engines/timing.cache`, reused by later builds), runs the golden inputs through each engine and compares the "
         "logits with the FP32 references under the recipe's tolerances, measures batch-1 latency percentiles, and writes "
-        "`report.json` / `report.md`. Exit codes: 0 every check passed, 3 a tolerance or latency check failed, "
-        "2 the bundle is incomplete or altered, 5 TensorRT is missing.",
+        "`report.json` / `report.md`. Without TensorRT (or without the GPU) it still verifies the bundle and runs the "
+        "golden inputs through the FP32, FP16 and Q/DQ models with ONNX Runtime against the same tolerances, and the "
+        "report says that the engines were not built and why. Exit codes: 0 every check passed, 3 a tolerance or "
+        "latency check failed, 7 no TensorRT here and every other check passed (engines pending), 2 the bundle is "
+        "incomplete or altered, 5 neither TensorRT nor onnxruntime is installed.",
         "",
         "| engine | precision | from | quantization | device | batch min/opt/max |",
         "|---|---|---|---|---|---|",
