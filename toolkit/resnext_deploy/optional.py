@@ -26,6 +26,8 @@ _ADVICE: Dict[str, str] = {
     "sklearn": "pip install scikit-learn",
     "matplotlib": "pip install matplotlib",
     "psutil": "pip install psutil",
+    "jinja2": "pip install 'resnext-deploy[build]' (Jinja2 writes report.html)",
+    "markdown_it": "pip install 'resnext-deploy[build]' (markdown-it-py renders report.html's extra sections)",
     "ray": "pip install 'resnext-deploy[scale]' (Ray >= 2.10), on the driver and on every node of the cluster",
 }
 
