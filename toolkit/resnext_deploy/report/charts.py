@@ -74,14 +74,17 @@ def accuracy_vs_latency(report: Dict[str, Any]) -> Optional[Chart]:
     front = pareto_front(pts)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="#999999", lw=1.2, zorder=1,
             label="Pareto front (nothing is both faster and more accurate)")
-    for r, (x, y) in zip(rows, pts):
+    for k, (r, (x, y)) in enumerate(zip(rows, pts)):
         is_ref = r["artifact"] == report["reference"]
         ax.scatter([x], [y], s=110 if is_ref else 45, marker="*" if is_ref else "o", color=_colour(report, r), zorder=2)
+        # labels staggered up and down: artifacts of equal accuracy sit on one line
         ax.annotate(r["artifact"] + (" (float reference)" if is_ref else ""), (x, y), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+                    xytext=(4, (10, -14, 22, -26)[k % 4]), fontsize=8, color=_colour(report, r),
+                    arrowprops={"arrowstyle": "-", "color": "#bbbbbb", "lw": 0.6})
     xs = [p[0] for p in pts]
     if max(xs) / max(min(xs), 1e-9) > 20:
         ax.set_xscale("log")
+    ax.margins(0.12)
     ax.set_xlabel("batch-1 latency p50 (ms); left is faster")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Accuracy vs latency (red: INT8, blue: float, star: the float reference)", fontsize=10)

@@ -7,7 +7,6 @@ import json
 from typing import Any, Dict, List, Sequence
 
 from ..evaluate import CONFIDENT_MARGIN
-from ..gate import GateResult
 from ..machine_load import UNDER_LOAD_WARNING
 from .tables import (
     E2E_HEAD,
@@ -16,6 +15,7 @@ from .tables import (
     checks_first,
     device_lines,
     end_to_end_rows,
+    gate_counts,
     gate_rows,
     reference_row,
     skipped_files,
@@ -66,7 +66,6 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = (), 
     """The report as Markdown; ``extra_sections`` (Markdown lines derived from the report by the caller, e.g. the
     accuracy fallback's) go after the gate; ``charts`` (charts.Chart) are linked by file name."""
     m, d = report["model"], report["dataset"]
-    gate = GateResult.from_dict(report["gate"])
     ref = reference_row(report)
     lines = [
         f"# resnext-deploy report: {m.get('name', '?')} on {report['target']}",
@@ -104,12 +103,12 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = (), 
     e2e = end_to_end_rows(report)
     if e2e:
         lines += ["", "## End to end (image file to label)", ""] + md_table(E2E_HEAD, e2e)
-    first = checks_first(gate)
-    lines += ["", "## Gate", "", f"**{'PASSED' if gate.passed else 'FAILED'}**: {len(gate.checks)} checks, "
-              f"{len(gate.failures())} failed, {len(gate.skipped())} skipped.", ""]
+    first, n = checks_first(report["gate"]), gate_counts(report["gate"])
+    lines += ["", "## Gate", "", f"**{'PASSED' if report['gate']['passed'] else 'FAILED'}**: {n['checks']} checks, "
+              f"{n['failed']} failed, {n['skipped']} skipped.", ""]
     if first:
         lines += ["Failed and skipped checks:", ""] + md_table(GATE_HEAD, gate_rows(first)) + [""]
-    lines += [f"<details><summary>All {len(gate.checks)} checks</summary>", ""] + md_table(GATE_HEAD, gate_rows(gate.checks))
+    lines += [f"<details><summary>All {n['checks']} checks</summary>", ""] + md_table(GATE_HEAD, gate_rows(report["gate"]["checks"]))
     lines += ["", "</details>"]
     if charts:
         lines += ["", "## Charts", ""] + [f"![{c.title}]({c.name})" for c in charts]

@@ -69,24 +69,45 @@ def read_report(path: Union[str, Path]) -> Dict[str, Any]:
     return data
 
 
-def write_report(report: Dict[str, Any], out_dir: Union[str, Path], extra_sections: Sequence[str] = ()) -> List[Path]:
-    """Write report.json, the charts (SVG), report.md and report.html into ``out_dir`` (each atomically); returns
-    the paths. ``extra_sections``: Markdown lines the caller derives from the report (fallback, sensitivity, ...)."""
-    from .charts import charts_from_report
-    from .html import html_from_report
-    from .markdown import render_markdown
+def _missing(*modules: str) -> List[str]:
+    import importlib.util
 
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def write_report(report: Dict[str, Any], out_dir: Union[str, Path], extra_sections: Sequence[str] = (),
+                 html: Optional[bool] = None) -> List[Path]:
+    """Write report.json, the charts (SVG), report.md and report.html into ``out_dir`` (each atomically); returns
+    the paths. ``extra_sections``: Markdown lines the caller derives from the report (fallback, sensitivity, ...).
+
+    ``html``: True needs matplotlib, Jinja2 and markdown-it-py (the build extra); None (default) writes the charts
+    and report.html when they are installed and says so when not (a device with only the runtime writes
+    report.json and report.md); False writes report.json and report.md only.
+    """
     out_dir = Path(out_dir)
-    t = time.perf_counter()
-    charts = charts_from_report(report)
-    seconds = time.perf_counter() - t
-    log.info("report: %d charts in %.2f s", len(charts), seconds)
+    missing = _missing("matplotlib", "jinja2", "markdown_it") if html is not False else []
+    if html is None and missing:
+        log.warning("report.html and the charts not written: %s not installed (pip install 'resnext-deploy[build]')",
+                    ", ".join(missing))
+    pages = html is True or (html is None and not missing)
+    charts: List[Any] = []
+    if pages:
+        from .charts import charts_from_report
+
+        t = time.perf_counter()
+        charts = charts_from_report(report)
+        log.info("report: %d charts in %.2f s", len(charts), time.perf_counter() - t)
     if report.get("timing", {}).get("under_load"):
         log.info("%s: %s", UNDER_LOAD_WARNING, "; ".join(report["timing"]["reasons"][:3]))
-    paths = []
+    from .markdown import render_markdown
+
     files = [("report.json", json.dumps(report, indent=2, sort_keys=False))] + [(c.name, c.svg) for c in charts]
-    files += [("report.md", render_markdown(report, extra_sections, charts)),
-              ("report.html", html_from_report(report, extra_sections, charts))]
+    files.append(("report.md", render_markdown(report, extra_sections, charts)))
+    if pages:
+        from .html import html_from_report
+
+        files.append(("report.html", html_from_report(report, extra_sections, charts)))
+    paths = []
     for name, text in files:
         with atomic_file(out_dir / name) as tmp:
             tmp.write_text(text, encoding="utf-8")

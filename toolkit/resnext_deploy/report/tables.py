@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from ..evaluate import CONFIDENT_MARGIN
-from ..gate import Check, GateResult
+from ..gate import GateResult
 
 
 class Column(NamedTuple):
@@ -109,22 +109,30 @@ def render_table(report: Dict[str, Any], with_gate: bool = True) -> str:
 GATE_HEAD = ["artifact", "check", "value", "threshold", "result"]
 
 
-def gate_rows(checks: Sequence[Check]) -> List[List[str]]:
-    """One row per check: failed checks say FAIL (with a reason when they carry one), skipped ones why."""
+def gate_rows(checks: Sequence[Dict[str, Any]]) -> List[List[str]]:
+    """One row per check (report.json's dicts, so keys other branches add render too): failed checks say FAIL
+    (with their ``reason`` when they carry one), skipped ones why."""
     rows = []
     for c in checks:
-        if c.skipped:
-            value, result = "", f"skipped: {c.skipped}"
+        if c.get("skipped"):
+            value, result = "", f"skipped: {c['skipped']}"
         else:
-            value = "" if c.value is None else f"{c.value:.4g}"
-            result = "pass" if c.passed else "FAIL" + (f": {c.reason}" if getattr(c, "reason", None) else "")
-        rows.append([c.artifact, c.metric, value, f"{c.op} {c.threshold:g}", result])
+            value = "" if c.get("value") is None else f"{c['value']:.4g}"
+            result = "pass" if c.get("passed") else "FAIL" + (f": {c['reason']}" if c.get("reason") else "")
+        rows.append([c.get("artifact", ""), c.get("metric", ""), value, f"{c.get('op', '')} {c.get('threshold', 0):g}", result])
     return rows
 
 
-def checks_first(gate: GateResult) -> List[Check]:
+def checks_first(gate: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Failed checks, then skipped ones: what a reader of a failed gate needs first."""
-    return gate.failures() + [c for c in gate.skipped() if c.passed]
+    checks = gate.get("checks", [])
+    return [c for c in checks if not c.get("passed")] + [c for c in checks if c.get("passed") and c.get("skipped")]
+
+
+def gate_counts(gate: Dict[str, Any]) -> Dict[str, int]:
+    checks = gate.get("checks", [])
+    return {"checks": len(checks), "failed": sum(not c.get("passed") for c in checks),
+            "skipped": sum(bool(c.get("skipped")) for c in checks)}
 
 
 E2E_HEAD = ["artifact", "p50 ms", "p99 ms", "img/s", "source sizes"]
