@@ -96,7 +96,9 @@ def write_report(report: Dict[str, Any], out_dir: Union[str, Path], extra_sectio
 
         t = time.perf_counter()
         charts = charts_from_report(report)
-        log.info("report: %d charts in %.2f s", len(charts), time.perf_counter() - t)
+        # what the charts cost this report (matplotlib's import included): recorded beside the build's stages
+        report.setdefault("stages", {})["report_charts"] = time.perf_counter() - t
+        log.info("report: %d charts in %.2f s", len(charts), report["stages"]["report_charts"])
     if report.get("timing", {}).get("under_load"):
         log.info("%s: %s", UNDER_LOAD_WARNING, "; ".join(report["timing"]["reasons"][:3]))
     from .markdown import render_markdown
