@@ -7,6 +7,7 @@ from typing import Any, Dict, List
 from ..gate import GateResult
 from ..machine_load import UNDER_LOAD_WARNING
 from ..report import COLUMNS, md_table, table_rows
+from ..report.tables import timing_of
 from .baseline import baseline_passed, comparison_table
 from .junit import report_checks
 
@@ -33,8 +34,9 @@ def summary_markdown(report: Dict[str, Any]) -> str:
         "",
     ]
     lines += md_table([head for head, _ in _COLUMNS], [[row[i] if i < len(row) else "" for i in _PICK] for row in table_rows(report)])
-    if (report.get("timing") or {}).get("under_load"):
-        lines += ["", f"**{UNDER_LOAD_WARNING}** ({'; '.join(report['timing']['reasons'][:2])})."]
+    timing = timing_of(report)
+    if timing["under_load"]:
+        lines += ["", f"**{UNDER_LOAD_WARNING}** ({'; '.join(timing['reasons'][:2])})."]
     if failed:
         lines += ["", "**Failed:**", ""] + [f"- {c.line()}" for c in failed]
     if skipped:

@@ -20,6 +20,7 @@ from .tables import (
     gate_rows,
     skipped_files,
     table_rows,
+    timing_of,
 )
 from .verdict import headline, host, machine, verdict
 
@@ -77,7 +78,7 @@ def html_from_report(report: Dict[str, Any], extra_sections: Sequence[str] = (),
         "validation_skipped": skipped_files(d, "validation", str),
         "calibration_skipped": skipped_files(d, "calibration", str),
         "isa": report.get("isa"),
-        "timing": report.get("timing") or {},
+        "timing": timing_of(report),
         "under_load_warning": UNDER_LOAD_WARNING,
         "parity_head": [c.header for c in PARITY],
         "parity_rows": table_rows(report),

@@ -20,6 +20,7 @@ from .tables import (
     reference_row,
     skipped_files,
     table_rows,
+    timing_of,
 )
 from .verdict import headline, host, machine, verdict
 
@@ -92,7 +93,7 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = (), 
             + f"); INT8 made for `{isa.get('target')}` CPUs, {isa.get('weight_range')} weights"
             + (" (INT8 accuracy measured with the build machine's kernels: see Notes)" if isa.get("kernels_differ") else "")
         )
-    timing = report.get("timing") or {}
+    timing = timing_of(report)
     if timing.get("under_load"):
         lines += ["", f"> **Warning: {UNDER_LOAD_WARNING}.** " + "; ".join(timing["reasons"][:5])
                   + (f"; {len(timing['reasons']) - 5} more in report.json" if len(timing["reasons"]) > 5 else "")

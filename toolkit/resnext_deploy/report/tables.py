@@ -84,6 +84,13 @@ def table_rows(report: Dict[str, Any]) -> List[List[str]]:
     return rows
 
 
+def timing_of(report: Dict[str, Any]) -> Dict[str, Any]:
+    """The report's ``timing`` verdict; judged from its rows when it has none (an evaluation JSON, an older report)."""
+    from ..machine_load import timing_verdict
+
+    return report.get("timing") or timing_verdict(report.get("results", []))
+
+
 def console_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 3) -> List[str]:
     """Padded columns: the first ``left`` left-aligned, the rest right-aligned (numbers)."""
     rows = [list(head)] + [list(r) for r in rows]
@@ -97,7 +104,7 @@ def render_table(report: Dict[str, Any], with_gate: bool = True) -> str:
     from ..machine_load import UNDER_LOAD_WARNING
 
     out = console_table(COLUMNS, table_rows(report))
-    timing = report.get("timing") or {}
+    timing = timing_of(report)
     if timing.get("under_load"):
         out += ["", f"WARNING: {UNDER_LOAD_WARNING} ({'; '.join(timing['reasons'][:3])}"
                 + (f"; {len(timing['reasons']) - 3} more in report.json)" if len(timing["reasons"]) > 3 else ")")]
