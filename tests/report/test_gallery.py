@@ -82,3 +82,14 @@ def test_hostile_build_gallery_lists_the_disagreeing_files(hostile_report):
     page = (out / "report.html").read_text()
     for p in listed:
         assert f'data-path="{p}"' in page
+
+
+def test_recipe_gallery_cap_defaults_to_24_and_refuses_negative(tmp_path):
+    from resnext_deploy.errors import BadInputError
+    from resnext_deploy.recipes import load_recipe
+
+    assert load_recipe(None, "x86-cpu").section("evaluation")["gallery"] == 24
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "x86-cpu"\n[evaluation]\ngallery = -1\n')
+    with pytest.raises(BadInputError, match="evaluation.gallery = -1"):
+        load_recipe(bad)
