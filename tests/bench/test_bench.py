@@ -5,7 +5,6 @@ multiply-accumulate count, the derived recipe."""
 
 from __future__ import annotations
 
-import base64
 import json
 
 import numpy as np
@@ -123,7 +122,7 @@ def test_outputs_are_written(demo_bench):
     assert data["schema"] == "resnext-deploy/bench" and data["schema_version"] == 1
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "bench.html").read_text()
-    assert base64.b64encode((out / "bench.png").read_bytes()).decode()[:200] in page
+    assert 'data-chart="bench-latency.svg"' in page and page.count("<svg") == 1  # the report's chart, inline
     md = (out / "bench.md").read_text()
     for name in ALL_CONFIGS:
         assert f"| {name} |" in md
@@ -276,20 +275,33 @@ def test_bench_recipe_is_the_shipped_one_with_300_images_and_no_fallback(tmp_pat
 
 def test_the_build_writes_a_self_contained_html_report(demo_build):
     page = (demo_build.out_dir / "report.html").read_text()
-    assert page.startswith("<!doctype html>") and "<table>" in page
+    assert page.startswith("<!doctype html>") and '<table id="parity"' in page
     for r in demo_build.report["results"]:
-        assert f"<td>{r['artifact']}" in page
+        assert f'<td class="text">{r["artifact"]}' in page
     assert "report.html" in demo_build.manifest["reports"]
+    assert "src=\"http" not in page and "href=\"http" not in page  # nothing loads from the network
 
 
-def test_markdown_pages_embed_their_png_plots(tmp_path):
-    from resnext_deploy.html_report import html_page
+def test_bench_pages_reuse_the_report_tables_and_charts():
+    """bench.md through md_table (escaped cells), bench.html with the report's inline SVG latency chart; the
+    ResNeXt-50 targets are judged only for resnext50_32x4d."""
+    from resnext_deploy.bench.render import render_html, render_markdown, render_table
 
-    (tmp_path / "p.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
-    page = html_page("t", "# Title\n\n| a | b |\n|---|---|\n| `x` | **2** |\n\n- one\n\n![plot](p.png)\n![gone](missing.png)\n", tmp_path)
-    assert "<h1>Title</h1>" in page and "<th>a</th>" in page and "<td><code>x</code></td><td><b>2</b></td>" in page
-    assert "<li>one</li>" in page and base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode() in page
-    assert "[gone: missing.png]" in page
+    conf = {"name": "ours:a|b", "role": "ours", "precision": "int8", "latency_ms": {"p50": 2.0, "p90": 2.5, "p99": 3.0},
+            "throughput_ips": 400.0, "description": "d"}
+    bench = {"model": {"name": "m", "arch": "resnext_demo", "num_classes": 10}, "arch": "resnext_demo",
+             "machine": {"cpu": "c", "cores": 2, "flags": [], "load_average_during": {"before": [9.0, 1, 1], "after": [9.0, 1, 1]}},
+             "macs_per_image": {"gmacs": 0.1}, "versions": {}, "data": {"images": 5},
+             "options": {"rounds": 1, "latency_iterations": 2, "throughput_batches": 1, "batch_size": 8},
+             "configurations": [conf], "targets": [{"name": "t", "value": 0.5, "op": "<=", "threshold": 0.125, "met": False}]}
+    md = render_markdown(bench)
+    assert "| ours:a\\|b |" in md and "MISSED" not in md and "not judged for resnext_demo" in md
+    assert "measured under load" in md and "measured under load" in render_table(bench)
+    assert "MISSED" not in render_table(bench)
+    page = render_html(bench, md)
+    assert page.count("<svg") == 1 and "<td>ours:a|b</td>" in page
+    bench["arch"] = "resnext50_32x4d"
+    assert "MISSED" in render_markdown(bench) and "[MISSED] t" in render_table(bench)
 
 
 def test_bench_of_an_arch_builds_it_in_a_child_process_and_times_the_build(tmp_path):

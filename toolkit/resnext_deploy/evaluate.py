@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from .backends.base import Runner
+from .machine_load import snapshot as load_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class Metrics:
     first_inference_ms: float = 0.0
     size_bytes: int = 0
     details: Dict[str, Any] = field(default_factory=dict)
+    #: /proc/loadavg before and after timing (machine_load.snapshot): was the machine busy?
+    load: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -112,6 +115,7 @@ def measure_latency(runner: Runner, sample: np.ndarray, cfg: TimingConfig) -> Di
     """Batch-1 latency percentiles after warm-up, first-inference time, and throughput at cfg.batch_size."""
     first_batch = np.asarray(sample[: cfg.batch_size], dtype=np.float32)  # a lazy image list decodes only these
     one = np.ascontiguousarray(first_batch[:1])
+    before = load_snapshot()
     t0 = time.perf_counter()
     runner.infer(one)
     first = (time.perf_counter() - t0) * 1e3
@@ -129,6 +133,7 @@ def measure_latency(runner: Runner, sample: np.ndarray, cfg: TimingConfig) -> Di
     for _ in range(n):
         runner.infer(big)
     elapsed = time.perf_counter() - t0
+    after = load_snapshot()
     arr = np.asarray(times)
     return {
         "latency_ms": {
@@ -140,6 +145,7 @@ def measure_latency(runner: Runner, sample: np.ndarray, cfg: TimingConfig) -> Di
         "first_inference_ms": first,
         "throughput_ips": n * cfg.batch_size / elapsed,
         "throughput_batch": cfg.batch_size,
+        "load": {"before": before, "after": after},
     }
 
 

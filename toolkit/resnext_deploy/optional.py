@@ -31,6 +31,8 @@ _ADVICE: Dict[str, str] = {
     "matplotlib": "pip install matplotlib",
     "psutil": "pip install psutil",
     "safetensors": "pip install 'resnext-deploy[build]' (or: pip install safetensors)",
+    "jinja2": "pip install 'resnext-deploy[build]' (Jinja2 writes report.html)",
+    "markdown_it": "pip install 'resnext-deploy[build]' (markdown-it-py renders report.html's extra sections)",
     "ray": "pip install 'resnext-deploy[scale]' (Ray >= 2.10), on the driver and on every node of the cluster",
 }
 

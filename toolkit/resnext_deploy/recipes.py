@@ -53,6 +53,7 @@ DEFAULTS: Dict[str, Any] = {
         "batch_size": 8,  # throughput batch
         "warmup": 5,
         "iterations": 50,  # timed batch-1 runs
+        "gallery": 24,  # per INT8 artifact, the images whose top-1 differs from float shown in the report; 0 = none
     },
     "preprocess": {},  # overrides of the model's preprocessing (resize, crop, mean, std, interpolation)
     "gates": {
@@ -245,6 +246,9 @@ def _validate(data: Dict[str, Any], source: str, where: Any = None) -> None:
             f"[fallback] in {source} needs measure in quantize-one | float-one | both, max_excluded_layers >= 0 and "
             f"subset > 0, got '{fb['measure']}', {fb['max_excluded_layers']}, {fb['subset']}."
         )
+    if data["evaluation"]["gallery"] < 0:
+        raise BadInputError(f"evaluation.gallery = {data['evaluation']['gallery']} in {source}: give a number >= 0 "
+                            "(images per INT8 artifact in the report's gallery; 0 = none).")
     if not any(cfg["precisions"] for cfg in data["backends"].values()):
         raise BadInputError(
             f"The recipe {source} enables no backend: give some backends.<name>.precisions, or build on a target's "

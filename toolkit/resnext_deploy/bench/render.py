@@ -7,8 +7,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..artifacts import atomic_file
-from ..html_report import html_page
+from ..machine_load import UNDER_LOAD_WARNING, timing_verdict
 from ..optional import require
+from ..report.markdown import md_table
+from ..report.tables import console_table
+
+#: the targets (bench/run.py) are set for this architecture; on any other they are not printed as met or missed
+TARGET_ARCH = "resnext50_32x4d"
 
 COLUMNS = ["configuration", "role", "prec", "p50 ms", "p90 ms", "p99 ms", "img/s", "first ms", "load s", "RSS MB",
            "agree", "cos", "vs PyTorch", "vs NNCF", "% peak"]
@@ -42,12 +47,29 @@ def table_rows(bench: Dict[str, Any]) -> List[List[str]]:
 
 def render_table(bench: Dict[str, Any]) -> str:
     """The console table: latency and throughput, and p50 as a fraction of PyTorch eager's and NNCF's."""
-    rows = [COLUMNS] + table_rows(bench)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    line = lambda row: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
-    out = [line(rows[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
-    out += ["", "targets:"] + [f"  [{_mark(t['met'])}] {t['name']}: {_value(t)}" for t in bench["targets"]]
+    out = console_table(COLUMNS, table_rows(bench))
+    timing = bench_timing(bench)
+    if timing["under_load"]:
+        out += ["", f"WARNING: {UNDER_LOAD_WARNING} ({'; '.join(timing['reasons'][:3])})"]
+    if targets_apply(bench):
+        out += ["", "targets:"] + [f"  [{_mark(t['met'])}] {t['name']}: {_value(t)}" for t in bench["targets"]]
+    elif bench.get("targets"):
+        out += ["", f"targets: set for {TARGET_ARCH}; not judged for {bench.get('arch') or 'this model'}"]
     return "\n".join(out)
+
+
+def targets_apply(bench: Dict[str, Any]) -> bool:
+    """The "1/8 of PyTorch"-style targets are ResNeXt-50 32x4d's: shown as met or missed only for it."""
+    return bench.get("arch") == TARGET_ARCH
+
+
+def bench_timing(bench: Dict[str, Any]) -> Dict[str, Any]:
+    """machine_load.timing_verdict over the bench's configurations and its load average around the timing."""
+    mach = bench.get("machine") or {}
+    during = mach.get("load_average_during") or {}
+    snap = lambda la: {"load_1m": la[0], "cores": mach.get("cores")} if la else {}  # noqa: E731
+    rows = [{"artifact": r["name"], "latency_ms": r["latency_ms"]} for r in bench.get("configurations", []) if "latency_ms" in r]
+    return timing_verdict(rows, snap(during.get("before")), snap(during.get("after")))
 
 
 def _mark(met: Optional[bool]) -> str:
@@ -83,8 +105,10 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
         if p:
             lines.append(f"- {name.upper()} peak: {p['cores']} cores x {p['macs_per_cycle_per_core']} MAC/cycle x {p['clock_mhz']:.0f} MHz "
                          f"({p['clock_source']}) = {p['gmacs']:.0f} GMAC/s" + (f"; {p['rule']}" if p.get("rule") else ""))
-    lines += ["", "## Results", "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(bench)]
+    timing = bench_timing(bench)
+    if timing["under_load"]:
+        lines += ["", f"> **Warning: {UNDER_LOAD_WARNING}.** " + "; ".join(timing["reasons"][:5]) + f". Rules: {timing['rules']}."]
+    lines += ["", "## Results", ""] + md_table(COLUMNS, table_rows(bench))
     lines += ["", "p50/p90/p99: batch-1 latency (ms); img/s: batch-{} throughput; vs PyTorch / vs NNCF: p50 divided by theirs, "
               "the median over rounds of the per-round ratio (lower is faster); agree / cos: top-1 agreement with the float "
               "model and the mean cosine of the logits to its logits; % peak: batch-1 MAC rate over the "
@@ -92,18 +116,18 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
     if plot_name:
         lines += ["", f"![latency and throughput]({plot_name})"]
     lines += ["", "## Targets", ""]
-    if bench.get("arch") != "resnext50_32x4d":
-        lines += ["The targets are set for ResNeXt-50 32x4d at 224x224; for this model they are for reference only.", ""]
-    lines += ["| target | value | result |", "|---|---|---|"]
-    for t in bench["targets"]:
-        lines.append(f"| {t['name']} | {_value(t)} | {_mark(t['met'])} |")
+    if targets_apply(bench):
+        lines += md_table(["target", "value", "result"], [[t["name"], _value(t), _mark(t["met"])] for t in bench["targets"]])
+    else:
+        lines += [f"The targets are set for ResNeXt-50 32x4d ({TARGET_ARCH}) at 224x224; they are not judged for "
+                  f"{bench.get('arch') or 'this model'} (bench.json has the values).", ""]
     if b:
         lines += ["", "## Build", ""]
         if b.get("measured_here"):
             lines.append(f"- `resnext-deploy build` in a child process: wall {b['wall_s']:.1f} s, peak RSS {b['peak_rss_mb']:.0f} MB, "
                          f"exit code {b['exit_code']} (gate {'passed' if b.get('gate_passed') else 'failed'})")
-        lines += ["", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in (b.get("stages_s") or {}).items() if isinstance(v, (int, float))]
+        lines += [""] + md_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in (b.get("stages_s") or {}).items()
+                                                        if isinstance(v, (int, float))])
     profiled = [r for r in bench["configurations"] if (r.get("profile") or {}).get("by_kind_ms")]
     if profiled:
         lines += ["", "## Where the time goes (batch 1, the runtime's own per-layer profiler, ms per inference)", ""]
@@ -169,8 +193,31 @@ def write_outputs(bench: Dict[str, Any], out: Path) -> List[Path]:
     with atomic_file(out / "bench.md") as tmp:
         tmp.write_text(md)
     paths.append(out / "bench.md")
-    title = f"resnext-deploy bench: {bench['model'].get('arch') or bench['model'].get('name')}"
     with atomic_file(out / "bench.html") as tmp:
-        tmp.write_text(html_page(title, md, out))
+        tmp.write_text(render_html(bench, md))
     paths.append(out / "bench.html")
     return paths
+
+
+def latency_chart(bench: Dict[str, Any]) -> Any:
+    """The report's latency chart (report/charts.py) over the bench's configurations: ours red, peers grey."""
+    from ..report.charts import Bar, latency_bars
+
+    rows = [r for r in bench["configurations"] if "latency_ms" in r]
+    bars = [Bar(r["name"], r["latency_ms"]["p50"], r["latency_ms"].get("p90", r["latency_ms"]["p50"]), r["latency_ms"]["p99"],
+                r.get("throughput_ips") or 0.0, {"ours": "#d62728", "variant": "#f2a0a0"}.get(r["role"], "#7f7f7f")) for r in rows]
+    return latency_bars(bars, bench["options"]["batch_size"], "red: our build (light: a variant), grey: peers",
+                        name="bench-latency.svg") if bars else None
+
+
+def render_html(bench: Dict[str, Any], md: str) -> str:
+    """bench.html: bench.md through the report's page template, the latency chart inline as SVG."""
+    from markupsafe import Markup
+
+    from ..report.html import environment, html_from_markdown
+
+    chart = latency_chart(bench)
+    title = f"resnext-deploy bench: {bench['model'].get('arch') or bench['model'].get('name')}"
+    body = html_from_markdown(md.splitlines()[1:])  # the title is the page's own <h1>
+    return environment().get_template("page.html.j2").render(
+        title=title, body=Markup(body), charts=[{"name": chart.name, "title": chart.title, "svg": Markup(chart.svg)}] if chart else [])

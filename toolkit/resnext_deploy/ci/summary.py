@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..gate import GateResult
-from ..report import COLUMNS, table_rows
+from ..machine_load import UNDER_LOAD_WARNING
+from ..report import COLUMNS, md_table, table_rows
+from ..report.tables import timing_of
 from .baseline import baseline_passed, comparison_table
 from .junit import report_checks
 
@@ -30,11 +32,11 @@ def summary_markdown(report: Dict[str, Any]) -> str:
         "",
         f"{len(checks) - len(failed) - len(skipped)} checks passed, {len(failed)} failed, {len(skipped)} skipped.",
         "",
-        "| " + " | ".join(head for head, _ in _COLUMNS) + " |",
-        "|" + "|".join("---" for _ in _COLUMNS) + "|",
     ]
-    for row in table_rows(report):
-        lines.append("| " + " | ".join(row[i] if i < len(row) else "" for i in _PICK) + " |")
+    lines += md_table([head for head, _ in _COLUMNS], [[row[i] if i < len(row) else "" for i in _PICK] for row in table_rows(report)])
+    timing = timing_of(report)
+    if timing["under_load"]:
+        lines += ["", f"**{UNDER_LOAD_WARNING}** ({'; '.join(timing['reasons'][:2])})."]
     if failed:
         lines += ["", "**Failed:**", ""] + [f"- {c.line()}" for c in failed]
     if skipped:

@@ -21,6 +21,7 @@ from ..manifest import folder_digest, make_manifest, write_manifest
 from ..progress import Progress, step_progress
 from ..recipes import load_recipe
 from ..report import make_report, write_report
+from ..report.gallery import gallery_section
 from ..scale import ScaleOptions, open_inference
 from ..scale.render import markdown_section as measured_section
 from .context import BuildContext
@@ -124,6 +125,7 @@ def build(
             stages[name] = time.perf_counter() - t
             gate = apply_gates(results, REFERENCE, recipe.section("gates"))  # what it built here is gated too
         notes, report_extra = ctx.notes, ctx.extra
+        report_extra["gallery"] = gallery_section(results, valset.data, valset.paths, spec.mean, spec.std, src.labels)
         report_extra["measured"] = {"accuracy": inference.describe(), "latency": "measured in the driver process (each result's details.measured)"}
         stages["total"] = time.perf_counter() - t_start
         dataset = {

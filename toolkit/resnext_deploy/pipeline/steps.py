@@ -10,6 +10,7 @@ from .. import backends
 from ..artifacts import Artifact
 from ..evaluate import TimingConfig, evaluate_runner
 from ..recipes import Recipe
+from ..report.gallery import compare_images
 from ..scale import LocalInference, ModelFiles
 from .context import BuildContext
 from .labels import require_above_chance
@@ -122,10 +123,12 @@ def evaluate_artifact(ctx: BuildContext, art: Artifact, runner_backend: Optional
     cfg = TimingConfig.from_recipe(ctx.recipe.section("evaluation"))
     name = runner_backend or art.backend
     with backends.get(name).load(art.abspath(ctx.staging), ctx.recipe.backend(name)) as runner:
-        metrics, _ = evaluate_runner(art.name, runner, ctx.validation.data, ctx.validation.labels, ctx.reference_logits,
-                                     cfg, art.precision, art.size_bytes(ctx.staging),
-                                     **_sharded_logits(ctx, art.name, name, art.abspath(ctx.staging), runner, cfg.batch_size))
+        metrics, logits = evaluate_runner(art.name, runner, ctx.validation.data, ctx.validation.labels, ctx.reference_logits,
+                                          cfg, art.precision, art.size_bytes(ctx.staging),
+                                          **_sharded_logits(ctx, art.name, name, art.abspath(ctx.staging), runner, cfg.batch_size))
     row = metrics.to_dict()
+    if art.precision != "fp32":  # the report's gallery of the images it gets wrong, and its per-class top-1
+        row.update(compare_images(ctx.reference_logits, logits, ctx.validation.labels, ctx.recipe.section("evaluation")["gallery"]))
     if role:
         row["details"]["role"] = role
     return row

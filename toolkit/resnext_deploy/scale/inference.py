@@ -107,7 +107,7 @@ class LocalInference:
         self.resumed_shards = 0
 
     def describe(self) -> str:
-        return f"this process on {platform.node()}"
+        return f"this process on host `{platform.node()}`"
 
     def provenance(self, runner: Optional[Runner] = None) -> Dict[str, Any]:
         """What report.json records beside the numbers: where the logits and where the timings were measured."""

@@ -16,7 +16,7 @@ def markdown_section(report: Dict[str, Any]) -> List[str]:
     for r in report.get("results", []):
         lat = (r.get("details") or {}).get("measured", {}).get("latency")
         if lat:
-            lines.append(f"  - {r['artifact']}: {lat.get('host')} ({lat.get('cpu')}), threads {lat.get('threads') or 'backend default'}")
+            lines.append(f"  - {r['artifact']}: host `{lat.get('host')}` ({lat.get('cpu')}), threads {lat.get('threads') or 'backend default'}")
     if measured.get("resumed_shards"):
         lines.append(f"- {measured['resumed_shards']} shards of logits were read from the resume directory.")
     return lines + [""]
