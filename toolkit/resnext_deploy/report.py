@@ -125,6 +125,42 @@ def _confident(report: Dict[str, Any]) -> str:
             f"top-1 softmax probability exceeds the runner-up's by >= {CONFIDENT_MARGIN:g}")
 
 
+def _speedup_basis(report: Dict[str, Any]) -> List[str]:
+    """What the speedup column divides by, and the float each row runs at (bf16 rows: OpenVINO's CPU default)."""
+    floats = [r for r in report["results"] if r.get("precision") == "bf16"]
+    line = f"speedup: the batch-1 p50 of `{report['reference']}` (FP32, f32 arithmetic) divided by the artifact's."
+    if floats:
+        bf = floats[0]
+        vs = [f"`{r['artifact']}` {bf['latency_ms']['p50'] / r['latency_ms']['p50']:.2f}x" for r in report["results"]
+              if r.get("precision") == "int8" and r.get("latency_ms")]
+        line += (f" `{bf['artifact']}` is the FP32 IR run with the bf16 inference hint, OpenVINO's default float on CPUs "
+                 "with AMX or AVX512-BF16; its speedup is against the f32 reference too."
+                 + (f" INT8 speedup against it (its p50 / theirs): {', '.join(vs)}." if vs else ""))
+    return ["", line]
+
+
+def end_to_end_lines(report: Dict[str, Any]) -> List[str]:
+    """The end-to-end table: file to label through the runtime (runtime/endtoend.py) beside model-only numbers."""
+    rows = [r for r in report["results"] if (r.get("end_to_end") or {}).get("p50_ms") is not None]
+    if not rows:
+        return []
+    e0 = rows[0]["end_to_end"]
+    sizes = ", ".join(f"{k} ({v})" for k, v in e0.get("source_sizes", {}).items())
+    lines = ["", "## End to end (image file to label)", "",
+             f"The runtime's own path (decode, resize, normalise, infer, softmax/top-k) on {e0['images']} validation "
+             f"files of sizes {sizes}; preprocessing shortcut `{e0.get('preprocess_shortcut', 'none')}`. Batch 1: one file "
+             f"at a time; img/s: all files, batch {e0['batch']}, {e0['workers']} preprocessing threads ahead of inference.",
+             "", "| artifact | e2e p50 ms | e2e p99 ms | e2e img/s | model-only p50 ms | model-only img/s | e2e / model-only img/s | batch-1 ms per stage |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        e = r["end_to_end"]
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in e.get("stages_ms", {}).items())
+        ratio = e["images_per_s"] / r["throughput_ips"] if r.get("throughput_ips") else None
+        lines.append(f"| {r['artifact']} | {e['p50_ms']:.2f} | {e['p99_ms']:.2f} | {e['images_per_s']:.1f} | "
+                     f"{r['latency_ms']['p50']:.2f} | {r['throughput_ips']:.1f} | {'' if ratio is None else f'{ratio:.2f}'} | {stages} |")
+    return lines
+
+
 def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = ()) -> str:
     """The report as Markdown; ``extra_sections`` (Markdown lines from the caller, e.g. the accuracy fallback's) go
     after the gate and what the backend executes."""
@@ -158,6 +194,7 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = ()) 
         "|" + "|".join("---" for _ in COLUMNS) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
+    lines += _speedup_basis(report) + end_to_end_lines(report)
     gate = GateResult.from_dict(report["gate"])
     lines += ["", "## Gate", "", f"**{'PASSED' if gate.passed else 'FAILED'}**", "", "| artifact | metric | value | threshold | result |", "|---|---|---|---|---|"]
     for c in gate.checks:
