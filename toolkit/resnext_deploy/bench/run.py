@@ -466,19 +466,20 @@ def end_to_end_summary(results: Dict[str, Dict[str, Any]], files: List[str]) -> 
         if not runs:
             continue
         summary = {}
+        logits_of = {mode: np.load(mode_runs[-1]["logits"]) for mode, mode_runs in runs.items()}  # the same files each round
         for mode, mode_runs in runs.items():
+            for run in mode_runs:
+                run.pop("logits", None)
             s = _median_run(mode_runs)
-            logits = np.load(s.pop("logits"))
+            logits = logits_of[mode]
             top1s[f"{name}/{mode}"] = logits.argmax(1)
             if labels is not None and len(labels) == len(logits):
                 s["top1_vs_float"] = float(np.mean(logits.argmax(1) == labels))
-            if mode == "draft" and "runtime" in runs:
-                exact = np.load(runs["runtime"][-1]["logits"])
+            if mode == "draft" and "runtime" in logits_of:
+                exact = logits_of["runtime"]
                 cos = np.sum(logits * exact, 1) / np.maximum(np.linalg.norm(logits, axis=1) * np.linalg.norm(exact, axis=1), 1e-12)
                 s["agreement_with_exact"] = float(np.mean(logits.argmax(1) == exact.argmax(1)))
                 s["min_cosine_to_exact"] = float(cos.min())
-            for run in mode_runs:
-                run.pop("logits", None)
             summary[mode] = s
         head = E2E_MODES.get(name, list(runs))[0]
         if head in summary:
