@@ -517,7 +517,7 @@ def check_targets(results: Dict[str, Dict[str, Any]], build: Optional[Dict[str, 
         if t["metric"] in ("e2e_ratio", "e2e_vs_model"):
             value = _e2e_value(t, results)
         elif t["metric"] == "mean_cosine":
-            value = results.get(t["config"], {}).get("mean_cosine")
+            value = results.get(str(t["config"]), {}).get("mean_cosine")
         elif t["metric"] == "p50_ratio":
             a, b = results.get(t["config"], {}), results.get(t["versus"], {})
             if "latency_ms" in a and "latency_ms" in b:
