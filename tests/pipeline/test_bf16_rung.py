@@ -50,3 +50,36 @@ def test_bf16_rung_is_built_and_gated_or_skipped_with_a_reason(amx_build):
         assert "bf16 inference hint" in (amx_build.out_dir / "report.md").read_text()
     fp32 = next(r for r in report["results"] if r["artifact"] == "openvino-fp32")
     assert fp32["details"]["execution"]["inference_precision"] == "f32"  # the f32 reference stays f32
+
+
+def test_a_bf16_ir_carries_its_hint_and_runs_anywhere(tmp_path):
+    """The bf16 artifact's hint lives in the IR (rt_info runtime_options): the runner compiles it with bf16 on any
+    CPU; OpenVINO executes bf16 where the CPU has it and f32 elsewhere, and the runner's details say which."""
+    import numpy as np
+
+    from resnext_deploy.artifacts import Artifact
+    from resnext_deploy.recipes import defaults
+
+    torch = pytest.importorskip("torch")
+    onnx_path = tmp_path / "tiny.onnx"
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(4)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    model(x)
+    torch.onnx.export(model, (x,), str(onnx_path), input_names=["input"], output_names=["logits"], opset_version=17,
+                      dynamic_axes={"input": {0: "n"}}, dynamo=False)
+    be = backends.get("openvino")
+    settings = dict(defaults()["backends"]["openvino"], precisions=["fp32", "bf16"], static_batches=[1])
+    src = Artifact.from_files("onnx-fp32", [onnx_path], tmp_path, kind="onnx", backend="onnx", precision="fp32")
+    bf16 = be.compile(src, tmp_path / "ov", "bf16", settings, root=tmp_path)
+    fp32 = be.compile(src, tmp_path / "ov", "fp32", settings, root=tmp_path)
+    assert bf16.settings["float_layers_precision"] == "bf16" and bf16.settings["compile_config"]["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert fp32.settings["float_layers_precision"] == "f32"
+    data = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    with be.load(bf16.abspath(tmp_path), settings) as r16, be.load(fp32.abspath(tmp_path), settings) as r32:
+        assert r16.details["ir_precision_hint"] == "bf16" and r32.details["ir_precision_hint"] is None
+        runs = "bf16" if be.cannot_build("bf16") is None else "f32"
+        assert r16.details["execution"]["inference_precision"] == runs
+        assert r32.details["execution"]["inference_precision"] == "f32"
+        a, b = r16.infer(data), r32.infer(data)
+    tol = 0.05 if runs == "bf16" else 1e-5
+    assert np.allclose(a, b, atol=tol * max(1.0, float(np.abs(b).max())))

@@ -45,7 +45,7 @@ _HINT_PATH = ["runtime_options", "INFERENCE_PRECISION_HINT"]
 def ir_precision_hint(model: Any) -> Optional[str]:
     """The inference precision an IR was built for (written by compile), or None."""
     try:
-        return str(model.get_rt_info(_HINT_PATH)) if model.has_rt_info(_HINT_PATH) else None
+        return str(model.get_rt_info(_HINT_PATH).astype(str)) if model.has_rt_info(_HINT_PATH) else None
     except Exception:  # an IR from elsewhere with its own rt_info layout
         return None
 
