@@ -61,7 +61,7 @@ def iter_images(
         it = iter(items)  # type: ignore[arg-type]
     except TypeError:
         raise BadInputError(f"predict() got a {type(inputs).__name__}; pass {_FORMS}, or a list of them.") from None
-    if workers <= 1:
+    if workers <= 1 or _is_single(inputs):  # one input: nothing to overlap, no pool to start
         for i, item in enumerate(it):
             yield from _one(item, i, spec, times)
         return
