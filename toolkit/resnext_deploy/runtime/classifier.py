@@ -72,7 +72,7 @@ def run_images(
     classes: int = 0,
 ) -> Tuple[List[str], np.ndarray]:
     """The file-to-logits path: (sources, float32 logits (N, classes)) in input order, in batches of
-    ``batch_size``. With ``workers`` > 1 the next batch is decoded and preprocessed in a thread pool while this
+    ``batch_size``. With ``workers`` > 0 the next batch is decoded and preprocessed in a thread pool while this
     one runs (same arrays as without: the pool only changes when each image is computed)."""
     sources: List[str] = []
     chunk: List[np.ndarray] = []
@@ -127,7 +127,7 @@ class Classifier:
         workers: Optional[int] = None,
     ) -> None:
         self._runner: Optional[Runner] = runner
-        #: threads decoding and preprocessing ahead of inference (0 or 1: in the calling thread)
+        #: threads decoding and preprocessing ahead of inference (0: in the calling thread)
         self.workers = default_workers() if workers is None else int(workers)
         self._candidate = candidate
         self.manifest = manifest
@@ -281,7 +281,7 @@ def load(
     (auto prefers INT8); ``artifact``: a manifest artifact name, e.g. "openvino-fp32". ``verify`` checks the
     sha256 of the artifact's files against the manifest. ``settings`` override the recipe's backend
     settings (threads, streams, inference_precision, performance_hint, ...). ``workers``: threads decoding
-    and preprocessing the next images while the model runs (default: one per core, at most 4; 0 = none). Raises BadInputError (or
+    and preprocessing the next images while the model runs (default: half the cores, at most 4; 0 = none). Raises BadInputError (or
     MissingDependencyError when the asked backend's package is absent) with what to do.
     """
     root = _locate(path)
