@@ -75,6 +75,8 @@ class Preprocessing:
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if d["shortcut"] == "none":  # the exact default is left out: manifests and checkpoints stay as before
+            del d["shortcut"]
         return d
 
     @classmethod
