@@ -26,8 +26,9 @@ def demo_bench(demo_build, tmp_path_factory):
     from resnext_deploy.bench import BenchOptions, run_bench
 
     out = tmp_path_factory.mktemp("bench")
-    opts = BenchOptions(rounds=2, latency_iterations=3, throughput_batches=1, warmup=1, predict_images=24, measure_clock=False)
-    return run_bench(demo_build.out_dir, out=out, options=opts), out
+    opts = BenchOptions(rounds=2, latency_iterations=3, throughput_batches=1, warmup=1, predict_images=24, measure_clock=False,
+                        end_to_end_images=6)
+    return run_bench(demo_build.out_dir, out=out, options=opts, cache=tmp_path_factory.mktemp("bench-cache")), out
 
 
 def test_every_configuration_runs_in_its_own_process_and_is_measured(demo_bench, demo_build):
@@ -72,7 +73,11 @@ def test_ratios_and_targets_are_computed_from_the_runs_own_numbers(demo_bench):
         # each round's p50 is the median of that round's own timed runs
         assert min(r["latency_p50_per_round"]) >= r["latency_ms"]["min"]
     assert rows["nncf-int8"]["p50_ratio_vs_nncf"] == pytest.approx(1.0)
-    targets = {t["name"]: t for t in bench["targets"]}
+    # the ResNeXt-50 targets are checked only for resnext50_32x4d; computed on this run's rows they follow its numbers
+    assert not any("120 img/s" in t["name"] for t in bench["targets"]) and bench["arch"] != "resnext50_32x4d"
+    from resnext_deploy.bench.run import check_targets
+
+    targets = {t["name"]: t for t in check_targets(rows, bench["build"], "resnext50_32x4d")}
     ov = rows["ours:openvino-int8"]
     t = targets["ours:openvino-int8 p50 <= 1/8 of PyTorch eager FP32"]
     assert t["value"] == pytest.approx(ov["p50_ratio_vs_pytorch"]) and t["met"] == (t["value"] <= 0.125)
@@ -243,6 +248,56 @@ def test_mac_count_matches_the_torch_modules(demo_build):
     assert macs["gmacs"] * 1e9 == pytest.approx(sum(total))
 
 
+def test_end_to_end_beside_the_typical_pipeline_on_camera_jpegs(demo_bench):
+    bench, out = demo_bench
+    rows = {r["name"]: r for r in bench["configurations"]}
+    e2e = bench["end_to_end"]
+    assert e2e["files"] == 6 and e2e["source_sizes"] == {"1280x960": 3, "1920x1080": 3}
+    ours, typical = rows["ours:openvino-int8"]["end_to_end"], rows["nncf-int8"]["end_to_end"]
+    for e in (ours, typical):
+        assert 0 < e["p50_ms"] <= e["p99_ms"] and e["images_per_s"] > 0 and len(e["images_per_s_per_round"]) == 2
+        assert 0 <= e["top1_vs_float"] <= 1
+    assert {"decode", "resize", "normalise", "infer", "postprocess"} <= set(ours["stages_ms"])
+    assert {"decode", "transforms", "infer", "postprocess"} <= set(typical["stages_ms"])
+    assert "torchvision" in typical["pipeline"]  # torchvision itself, or a stand-in that says it is one
+    variants = rows["ours:openvino-int8"]["end_to_end_variants"]
+    assert set(variants) == {"before", "draft"} and 0 <= variants["draft"]["agreement_with_exact"] <= 1
+    # the exact path changed no pixel: the runtime's top-1 is the old path's
+    assert variants["before"]["top1_vs_float"] == ours["top1_vs_float"]
+    targets = {t["metric"]: t for t in bench["targets"]}
+    ratio = targets["e2e_ratio"]
+    assert ratio["value"] == pytest.approx(float(np.median(np.asarray(ours["images_per_s_per_round"]) / np.asarray(typical["images_per_s_per_round"]))))
+    assert targets["e2e_vs_model"]["value"] == pytest.approx(ours["images_per_s"] / rows["ours:openvino-int8"]["throughput_ips"])
+    assert "## End to end (image file to label)" in (out / "bench.md").read_text()
+
+
+def test_clock_estimate_is_within_the_cpus_range():
+    """The dependent-IMUL chain over the thread's CPU time: near /proc/cpuinfo's clock, never the impossible
+    11,650 MHz the old dependent-ADD loop measured on a Golden Cove core."""
+    from resnext_deploy.bench.machine import machine_info, measure_clock_mhz
+
+    mhz = measure_clock_mhz(repeats=3)
+    if mhz is None:
+        pytest.skip("no C compiler or not x86-64: the clock cannot be measured here")
+    nominal = machine_info(measure_clock=False)["clock_mhz_nominal"]
+    assert 800 <= mhz <= 6500  # no x86-64 core runs outside this (the fastest turbo shipped is 6.2 GHz)
+    if nominal:  # a VM shows the base clock: the core runs at it or boosts, up to ~2x on server parts
+        assert 0.75 * nominal <= mhz <= 2.2 * nominal
+
+
+def test_amx_and_bf16_peak_rules():
+    from resnext_deploy.bench.machine import peak_gmacs
+
+    spr = {"flags": ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"],
+           "cores": 2, "clock_mhz_measured": 2000.0}
+    assert peak_gmacs(spr, "int8")["gmacs"] == pytest.approx(2 * 1024 * 2.0) and "AMX" in peak_gmacs(spr, "int8")["rule"]
+    assert peak_gmacs(spr, "bf16")["gmacs"] == pytest.approx(2 * 512 * 2.0)
+    assert peak_gmacs(spr, "fp32")["gmacs"] == pytest.approx(2 * 32 * 2.0)
+    zen4 = {"flags": ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"], "cores": 1, "clock_mhz_nominal": 3000.0}
+    assert peak_gmacs(zen4, "bf16")["gmacs"] == pytest.approx(64 * 3.0) and peak_gmacs(zen4, "int8")["gmacs"] == pytest.approx(128 * 3.0)
+    assert peak_gmacs({"flags": ["avx2", "fma"], "cores": 2, "clock_mhz_nominal": 2500.0}, "bf16") is None  # no BF16 rule here
+
+
 def test_peak_is_cores_times_macs_per_cycle_times_clock():
     from resnext_deploy.bench.machine import peak_gmacs
 
@@ -316,7 +371,9 @@ def test_bench_of_an_arch_builds_it_in_a_child_process_and_times_the_build(tmp_p
     build = bench["build"]
     assert build["measured_here"] and build["exit_code"] in (0, 3) and 0 < build["wall_s"] and build["peak_rss_mb"] > 50
     assert set(build["stages_s"]) >= {"export", "quantize", "compile", "evaluate", "total"}
-    targets = {t["name"]: t for t in bench["targets"]}
+    from resnext_deploy.bench.run import check_targets
+
+    targets = {t["name"]: t for t in check_targets({}, build, "resnext50_32x4d")}
     assert targets["build wall time <= 240 s"]["value"] == build["wall_s"]
     assert targets["build peak RSS <= 6 GB"]["met"] == (build["peak_rss_mb"] <= 6144)
     assert [r["name"] for r in bench["configurations"]] == ["pytorch-fp32", "ours:openvino-int8"]

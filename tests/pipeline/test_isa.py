@@ -54,7 +54,7 @@ def vnni_build(tmp_path_factory):
 def test_recipes_name_their_cpu_class_and_weight_range():
     from resnext_deploy.pipeline.quantize import weight_range_for
 
-    expect = {"x86-cpu": ("x86-64", "7bit"), "x86-cpu-vnni": ("vnni", "full"), "jetson-orin-nano": ("none", "full"), "x86-gpu": ("none", "full")}
+    expect = {"x86-cpu": ("x86-64", "7bit"), "x86-cpu-vnni": ("vnni", "full"), "x86-cpu-amx": ("vnni", "full"), "jetson-orin-nano": ("none", "full"), "x86-gpu": ("none", "full")}
     for target, (isa, weights) in expect.items():
         q = load_recipe(target=target).section("quantize")
         assert (q["isa_class"], weight_range_for(q)) == (isa, weights)

@@ -99,7 +99,7 @@ def test_every_table_of_a_hostile_report_parses_with_as_many_cells_as_its_header
     assert "| weird\\|name-int8 |" in md
     assert "pending on device: no TensorRT here \\| built on the device" in md
     assert "weird|name-int8: measured on the device (name: Orin|NX, jetpack: 6.2)" in md
-    assert "## End to end" in md and "| 3.50 | 4.00 | 280.0 | 640x480: 10 |" in md
+    assert "## End to end" in md and "| 3.50 | 4.00 | 280.0 |" in md and "640x480 (10)" in md
     # the verdict first, failed and skipped checks before the full list
     assert md.index("**FAILED**") < md.index("## Parity") < md.index("Failed and skipped checks") < md.index("<details>")
     assert "speedup ×**: float reference p50 / artifact p50" in md

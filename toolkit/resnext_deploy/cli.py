@@ -340,7 +340,7 @@ def quantize(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Pat
 @cli.command(name="compile")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None, help="FP32 ONNX, or a Q/DQ ONNX for int8.")
 @click.option("--backend", type=click.Choice(backends.names()), default=None)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="fp16: TensorRT only.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None, help="fp16: TensorRT only; bf16: OpenVINO (FP32 IR, bf16 hint).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="On the device: build, check and time the engines of a TensorRT bundle (made by `build --target jetson-*`).")
@@ -621,19 +621,23 @@ def demo_hostile(out: Path, blocks: str, factor: float, channel: int) -> None:
 @click.option("--profile-runs", type=int, default=20, show_default=True, help="Batch-1 runs under each runtime's per-layer profiler (0: none).")
 @click.option("--calib-count", type=int, default=300, show_default=True, help="Calibration images for --arch.")
 @click.option("--val-count", type=int, default=500, show_default=True, help="Validation images for --arch.")
+@click.option("--e2e-images", type=int, default=48, show_default=True,
+              help="Generated camera-size JPEGs (1280x960, 1920x1080) classified end to end, file to label (0: none).")
 @click.option("--json", "as_json", is_flag=True, help="Print bench.json instead of the table.")
 @_trust_opt
 @click.pass_context
 @_run
 def bench(ctx: click.Context, build_dir: Optional[Path], arch: Optional[str], weights: Optional[Path], out: Path,
           cache: Optional[Path], rounds: int, iterations: int, batches: int, images: int, configs: tuple,
-          profile_runs: int, calib_count: int, val_count: int, as_json: bool, trust_pickle: bool, force: bool) -> None:
+          profile_runs: int, calib_count: int, val_count: int, e2e_images: int, as_json: bool, trust_pickle: bool,
+          force: bool) -> None:
     """Time our artifacts beside PyTorch eager, ONNX Runtime, OpenVINO and NNCF, in one run (writes bench.json/.md/.png/.html)."""
     from .bench import BenchOptions, run_bench
     from .bench.render import render_table
 
     opts = BenchOptions(rounds=rounds, latency_iterations=iterations, throughput_batches=batches, predict_images=images,
-                        configs=list(configs) or None, profile_runs=profile_runs, allow_pickle=trust_pickle)
+                        configs=list(configs) or None, profile_runs=profile_runs, allow_pickle=trust_pickle,
+                        end_to_end_images=e2e_images)
     res = run_bench(build_dir, arch, weights, out, cache, opts, calib_count=calib_count, val_count=val_count,
                     progress=ctx.obj["progress"], force=force)
     click.echo(json.dumps(res, indent=2, default=str) if as_json else render_table(res))

@@ -6,9 +6,12 @@ calibration and evaluation did. Needs only numpy and Pillow (this module runs on
 
 from __future__ import annotations
 
+import functools
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -24,6 +27,15 @@ _INTERPOLATION = {
     "bicubic": Image.BICUBIC,
 }
 
+#: Preprocessing.shortcut values. "none": exact (the reference path; logits bit-identical to it). "draft": a JPEG
+#: is decoded at the smallest DCT scale (1/2, 1/4, 1/8) still at least the resize size (Pillow's draft), other
+#: images are reduced by an integer factor first (resize's reducing_gap=3), and only the crop box is resized.
+#: Approximate: the pixels differ by the filter's rounding (README "Runtime": agreement measured in the report).
+SHORTCUTS = ("none", "draft")
+#: Pillow's reducing_gap for the "draft" shortcut: reduce() while the image is 3x the target or more (Pillow's
+#: documentation: 3.0 is "indistinguishable from fair resampling in most cases")
+_REDUCING_GAP = 3.0
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -37,8 +49,13 @@ class Preprocessing:
     color: str = "RGB"
     layout: str = "NCHW"
     dtype: str = "float32"
+    shortcut: str = "none"  # SHORTCUTS: "none" = exact; "draft" = JPEG DCT-scaled decode + crop-box resize (opt-in)
 
     def __post_init__(self) -> None:
+        if self.shortcut not in SHORTCUTS:
+            raise BadInputError(
+                f"Unknown preprocess shortcut '{self.shortcut}'; use one of {list(SHORTCUTS)} ('none' is exact)."
+            )
         if self.interpolation not in _INTERPOLATION:
             raise BadInputError(
                 f"Unknown interpolation '{self.interpolation}' in the preprocessing; use one of "
@@ -58,6 +75,8 @@ class Preprocessing:
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if d["shortcut"] == "none":  # the exact default is left out: manifests and checkpoints stay as before
+            del d["shortcut"]
         return d
 
     @classmethod
@@ -69,9 +88,42 @@ class Preprocessing:
         return cls(**known)
 
 
+class StageTimes:
+    """Seconds spent per preprocessing / inference stage (decode, resize, normalise, infer, ...), summed over
+    images; thread-safe, so a pool of preprocessing threads can share one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: Dict[str, float] = {}
+        self.counts: Dict[str, int] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+            self.counts[stage] = self.counts.get(stage, 0) + 1
+
+    def per_image_ms(self, images: int) -> Dict[str, float]:
+        return {k: v * 1e3 / max(images, 1) for k, v in self.seconds.items()}
+
+
+def _add(times: Optional[StageTimes], stage: str, t0: float) -> float:
+    t = time.perf_counter()
+    if times is not None:
+        times.add(stage, t - t0)
+    return t
+
+
+def _needs_transpose(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8)  # EXIF Orientation other than "normal"
+    except Exception:  # an unreadable EXIF block: let exif_transpose decide, as before
+        return True
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow image (L, LA, P, CMYK, RGBA, 16-bit I;16/I, float F) to 8-bit RGB."""
-    img = ImageOps.exif_transpose(img)
+    if _needs_transpose(img):  # exif_transpose copies the whole image even when it has nothing to do
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max(initial=0) > 255 else 255.0
@@ -83,36 +135,87 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(path: Union[str, Path]) -> Image.Image:
-    """Open and fully decode an image as RGB. Raises BadInputError for unreadable files."""
+def _resized_size(w: int, h: int, spec: Preprocessing) -> Tuple[int, int]:
+    scale = spec.resize / min(w, h)
+    return max(spec.crop, round(w * scale)), max(spec.crop, round(h * scale))
+
+
+def load_image(path: Union[str, Path], spec: Optional[Preprocessing] = None) -> Image.Image:
+    """Open and fully decode an image as RGB. Raises BadInputError for unreadable files.
+
+    With ``spec`` whose shortcut is "draft", a JPEG is decoded DCT-scaled to no less than ``spec``'s resize size."""
     try:
         with Image.open(path) as img:
+            if spec is not None and spec.shortcut == "draft" and img.format == "JPEG":
+                w, h = img.size
+                if min(w, h) > spec.resize:
+                    img.draft(img.mode, _resized_size(w, h, spec))
             img.load()
             return to_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInputError(f"Cannot read image '{path}': {exc}. Is it a complete image file?") from exc
 
 
-def preprocess_image(img: Image.Image, spec: Preprocessing) -> np.ndarray:
-    """One PIL image -> float32 CHW array."""
-    img = to_rgb(img)
+@functools.lru_cache(maxsize=16)
+def _normalise_table(mean: Tuple[float, ...], std: Tuple[float, ...]) -> np.ndarray:
+    """(3, 256) float32: channel c's value for byte v, computed by the very float32 operations the reference
+    path applies to each pixel ((v / 255 - mean) / std), so a look-up gives bit-identical results."""
+    v = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1) / 255.0
+    table = (v - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(table.T)
+
+
+def normalise(img: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """An RGB crop -> float32 CHW, normalised: one table look-up per byte, written straight into CHW order."""
+    arr = np.asarray(img)
+    table = _normalise_table(tuple(spec.mean), tuple(spec.std))
+    out = np.empty((3,) + arr.shape[:2], dtype=np.float32)
+    for c in range(3):
+        np.take(table[c], arr[:, :, c], out=out[c])
+    return out
+
+
+def resize_and_crop(img: Image.Image, spec: Preprocessing) -> Image.Image:
+    """Resize the shorter side to ``spec.resize`` and center-crop ``spec.crop`` (RGB in, RGB out)."""
     w, h = img.size
     scale = spec.resize / min(w, h)
+    nw, nh = _resized_size(w, h, spec)
+    resample = _INTERPOLATION[spec.interpolation]
+    left, top = (nw - spec.crop) // 2, (nh - spec.crop) // 2
+    if spec.shortcut == "draft" and (nw, nh) != (w, h):
+        # Resize only the crop box: the same filter centres up to float rounding (a pixel may differ by 1).
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + spec.crop) * sx, (top + spec.crop) * sy)
+        return img.resize((spec.crop, spec.crop), resample, box=box, reducing_gap=_REDUCING_GAP)
     if (w, h) != (spec.resize, spec.resize) or scale != 1.0:
-        nw, nh = max(spec.crop, round(w * scale)), max(spec.crop, round(h * scale))
         if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), _INTERPOLATION[spec.interpolation])
+            img = img.resize((nw, nh), resample)
     w, h = img.size
     left, top = (w - spec.crop) // 2, (h - spec.crop) // 2
-    img = img.crop((left, top, left + spec.crop, top + spec.crop))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return img.crop((left, top, left + spec.crop, top + spec.crop))
+
+
+def preprocess_image(img: Image.Image, spec: Preprocessing, times: Optional[StageTimes] = None) -> np.ndarray:
+    """One PIL image -> float32 CHW array. ``times`` collects the seconds of resize (with crop) and normalise."""
+    t = time.perf_counter()
+    crop = resize_and_crop(to_rgb(img), spec)
+    t = _add(times, "resize", t)
+    out = normalise(crop, spec)
+    _add(times, "normalise", t)
+    return out
+
+
+def preprocess_file(path: Union[str, Path], spec: Preprocessing, times: Optional[StageTimes] = None) -> np.ndarray:
+    """An image file -> float32 CHW array (decode, resize, crop, normalise): the runtime's file path."""
+    t = time.perf_counter()
+    img = load_image(path, spec)
+    _add(times, "decode", t)
+    return preprocess_image(img, spec, times)
 
 
 def preprocess_paths(paths: Sequence[Union[str, Path]], spec: Preprocessing) -> np.ndarray:
     """Image files -> float32 NCHW batch."""
-    return np.stack([preprocess_image(load_image(p), spec) for p in paths]) if paths else np.zeros(
+    return np.stack([preprocess_file(p, spec) for p in paths]) if paths else np.zeros(
         (0,) + spec.input_shape, np.float32
     )
 

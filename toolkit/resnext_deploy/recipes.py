@@ -27,7 +27,7 @@ else:  # JetPack's Python 3.8 / 3.10
     import tomli as tomllib
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # the union of what the backends build (each declares its own)
 
 DEFAULTS: Dict[str, Any] = {
     "target": "",

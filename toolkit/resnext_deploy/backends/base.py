@@ -114,6 +114,11 @@ class Backend(abc.ABC):
         """Settings that keep full-range INT8 exact on an x86 CPU without VNNI, or None when there are none."""
         return None
 
+    def cannot_build(self, precision: str) -> Optional[str]:
+        """Why this machine cannot build (and measure) ``precision``, or None when it can: the build then skips
+        that rung and says why (e.g. OpenVINO's bf16 on a CPU without BF16 arithmetic)."""
+        return None
+
     def available(self) -> bool:
         from ..optional import available
 

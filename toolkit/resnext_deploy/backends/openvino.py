@@ -1,4 +1,9 @@
-"""OpenVINO backend: IR (.xml/.bin) converted from ONNX; INT8 comes from the Q/DQ model's FakeQuantize."""
+"""OpenVINO backend: IR (.xml/.bin) converted from ONNX; INT8 comes from the Q/DQ model's FakeQuantize.
+
+Precisions: fp32 (f32 arithmetic), int8, and bf16: the FP32 IR with the bf16 inference hint written into the IR
+(rt_info ``runtime_options``), so whoever compiles it gets bf16: what OpenVINO does to an FP32 model by default on
+CPUs with AMX or AVX512-BF16. The bf16 rung is built only where this CPU can run it (``cannot_build``).
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,34 @@ def compile_config(settings: Dict[str, Any]) -> Dict[str, Any]:
     return config
 
 
+#: where an IR carries the inference precision it was built and gated for (OpenVINO's own runtime_options key)
+_HINT_PATH = ["runtime_options", "INFERENCE_PRECISION_HINT"]
+
+
+def ir_precision_hint(model: Any) -> Optional[str]:
+    """The inference precision an IR was built for (written by compile), or None."""
+    try:
+        return str(model.get_rt_info(_HINT_PATH).astype(str)) if model.has_rt_info(_HINT_PATH) else None
+    except Exception:  # an IR from elsewhere with its own rt_info layout
+        return None
+
+
+def bf16_support() -> Optional[str]:
+    """None when this machine's OpenVINO CPU plugin runs bf16 natively, else why not."""
+    try:
+        ov = require("openvino", "ask OpenVINO for the CPU's capabilities")
+        caps = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception as exc:  # no plugin, no CPU device
+        return f"OpenVINO's CPU plugin cannot say whether this CPU has BF16 ({type(exc).__name__}: {exc})"
+    if "BF16" in caps:
+        return None
+    from ..cpu import host_cpu
+
+    host = host_cpu()
+    return (f"this CPU ({host.model}, ISA {host.isa}) has no BF16 arithmetic (no AMX-BF16 or AVX512-BF16; OpenVINO's "
+            f"CPU capabilities are {', '.join(caps)}): OpenVINO would run the bf16 rung in f32, so it would measure nothing")
+
+
 def static_batches(settings: Dict[str, Any]) -> List[int]:
     """Batch sizes that get a static-shape compiled model (recipe ``static_batches``), validated."""
     sizes = settings.get("static_batches", [])
@@ -57,6 +90,9 @@ class OpenVinoRunner(Runner):
         self._core = ov.Core()
         self._path, self._device = Path(path), settings.get("device", "CPU")
         self._config = compile_config(settings)
+        hint = ir_precision_hint(self._core.read_model(str(path)))
+        if hint is not None:  # the IR was built (and gated) for this precision: bf16, or INT8's float layers
+            self._config["INFERENCE_PRECISION_HINT"] = hint
         self._compiled: Dict[Optional[int], Any] = {}
         self._lock = threading.Lock()
         self._local = threading.local()  # an InferRequest is not thread-safe: one per thread and shape
@@ -77,6 +113,7 @@ class OpenVinoRunner(Runner):
             "threads": _property(first, "INFERENCE_NUM_THREADS"),  # what the plugin chose, not what we asked
             "streams": _property(first, "NUM_STREAMS"),
             "execution": execution_precisions(first),
+            "ir_precision_hint": hint,
         }
 
     def _dynamic(self) -> Any:
@@ -150,6 +187,7 @@ class OpenVinoBackend(Backend):
     module = "openvino"
     kind = "openvino-ir"
     suffixes = (".xml",)
+    precisions = ("fp32", "int8", "bf16")
     preference = 20
     defaults = {
         "activations": "uint8",  # measured on ResNeXt-50: the int8 (symmetric) flavour ran ~10% slower in OpenVINO
@@ -160,6 +198,17 @@ class OpenVinoBackend(Backend):
         "static_batches": [1, 8],  # a static-shape compiled model per batch size (others: the dynamic one)
     }
     cpu_u8s8 = True  # oneDNN's CPU kernels; no runtime switch avoids their saturation (7-bit weights do)
+
+    def cannot_build(self, precision: str) -> Optional[str]:
+        return bf16_support() if precision == "bf16" else None
+
+    def float_precision(self, precision: str, settings: Dict[str, Any]) -> str:
+        """The precision of an artifact's float arithmetic: bf16 for the bf16 rung; for INT8 (its unquantized and
+        fallback layers) the target's float rung: bf16 when the recipe builds one and this CPU runs it, else the
+        recipe's inference_precision."""
+        if precision == "bf16" or (precision == "int8" and "bf16" in settings.get("precisions", []) and bf16_support() is None):
+            return "bf16"
+        return str(settings.get("inference_precision", "f32"))
 
     def compile(
         self, source: Artifact, out_dir: Path, precision: str, settings: Dict[str, Any], root: Optional[Path] = None
@@ -175,6 +224,9 @@ class OpenVinoBackend(Backend):
             # the finally below frees the half-written file
             with disk_errors(tmp_bin):
                 model = ov.convert_model(str(source.abspath(root)))
+                floats = self.float_precision(precision, settings)
+                if floats != str(settings.get("inference_precision", "f32")):
+                    model.set_rt_info(floats, _HINT_PATH)  # the runner (and plain OpenVINO) compile it with this hint
                 # Keep FP32 weights: compress_to_fp16 would change the FP32 artifact's numbers.
                 ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
             tmp_bin.replace(binf)
@@ -184,12 +236,13 @@ class OpenVinoBackend(Backend):
                 if t.exists():
                     t.unlink()
         recorded = {
-            "inference_precision": settings.get("inference_precision", "f32"),
+            "inference_precision": floats,
+            "float_layers_precision": floats,  # what the float (and fallback) layers run at on the target
             "performance_hint": settings.get("performance_hint", "LATENCY"),
             "threads": settings.get("threads", 0),
             "streams": settings.get("streams", 1),
             "static_batches": static_batches(settings),
-            "compile_config": {k: str(v) for k, v in compile_config(settings).items()},
+            "compile_config": {k: str(v) for k, v in compile_config({**settings, "inference_precision": floats}).items()},
             "openvino_version": ov.__version__ if hasattr(ov, "__version__") else ov.get_version(),
         }
         return Artifact.from_files(

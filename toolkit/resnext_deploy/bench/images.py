@@ -71,3 +71,31 @@ def cached_natural_images(cache: Union[str, Path], count: int, seed: int = 0, si
     if folder.is_dir() and len(list(folder.glob("*.jpg"))) == count:
         return folder
     return write_natural_images(folder, count, seed, size)
+
+
+#: the end-to-end set's sizes: a 4:3 phone/webcam photo and a 16:9 camera frame
+CAMERA_SIZES = ((1280, 960), (1920, 1080))
+
+
+def write_camera_images(folder: Union[str, Path], count: int, seed: int = 0) -> Path:
+    """``count`` camera-size JPEGs (alternately 1280x960 and 1920x1080, quality 90): crops of the sample photos
+    scaled up, with seeded sensor-like noise so the JPEG carries fine detail as a camera's does. Atomic."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed + 1000)
+    crops = natural_crops(count, seed, size=480)
+    with atomic_dir(folder) as tmp:
+        for i, crop in enumerate(crops):
+            w, h = CAMERA_SIZES[i % len(CAMERA_SIZES)]
+            img = crop.resize((w, h), Image.BICUBIC)
+            noisy = np.asarray(img, dtype=np.int16) + rng.integers(-6, 7, size=(h, w, 3), dtype=np.int16)
+            Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(tmp / f"cam{i:04d}-{w}x{h}.jpg", quality=90)
+    log.info("wrote %d camera-size JPEGs to %s", count, folder)
+    return folder
+
+
+def cached_camera_images(cache: Union[str, Path], count: int, seed: int = 0) -> Path:
+    """The folder of ``count`` camera-size JPEGs under ``cache``, generated on first use."""
+    folder = Path(cache) / f"camera-v{GENERATOR_VERSION}-n{count}-s{seed}"
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == count:
+        return folder
+    return write_camera_images(folder, count, seed)

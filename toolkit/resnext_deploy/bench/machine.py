@@ -24,16 +24,29 @@ INT8_MACS_PER_CYCLE_AVX512_VNNI = 128
 #: fp32 multiply-accumulates per cycle per core: two 512-bit FMA per cycle (16 lanes each)
 FP32_MACS_PER_CYCLE_AVX512 = 32
 
+#: int8 multiply-accumulates per cycle per core with AMX: TDPBSSD multiplies a 16x64 int8 tile by a 64x16 one
+#: (16 x 16 x 64 = 16,384 MACs) and the tile unit issues one every 16 cycles
+INT8_MACS_PER_CYCLE_AMX = 1024
+#: bf16 multiply-accumulates per cycle per core with AMX: TDPBF16PS, a 16x32 by 32x16 bf16 tile product
+#: (8,192 MACs) every 16 cycles
+BF16_MACS_PER_CYCLE_AMX = 512
+
 #: Peak rules, first match wins: (flags needed, MACs per cycle per core, how it follows from instruction
 #: throughput). u8s8 without VNNI takes VPMADDUBSW (pairs of u8 x s8 into int16) + VPMADDWD (int16 pairs into
 #: int32) + VPADDD (accumulate) where VNNI's VPDPBUSD is one instruction. Upper bounds: a core with one 512-bit
-#: FMA unit, or Zen 4's double-pumped 512-bit datapath, reaches half the AVX-512 figures; AMX tiles are not counted.
+#: FMA unit, or Zen 4's double-pumped 512-bit datapath, reaches half the AVX-512 figures. AMX rules count the
+#: tile unit only (the vector units beside it are not added: oneDNN runs a convolution on one or the other).
 PEAK_RULES = {
     "int8": (
+        (("amx_int8",), INT8_MACS_PER_CYCLE_AMX, "AMX TDPBSSD: a 16x64 x 64x16 int8 tile product (16,384 MACs) per 16 cycles"),
         (("avx512_vnni",), INT8_MACS_PER_CYCLE_AVX512_VNNI, "2 x 512-bit VPDPBUSD per cycle, 64 u8s8 MACs each"),
         (("avx_vnni",), 64, "2 x 256-bit VPDPBUSD (AVX-VNNI) per cycle, 32 u8s8 MACs each"),
         (("avx512bw",), 128 / 3, "VPMADDUBSW + VPMADDWD + VPADDD per 64 MACs: 3 uops on the two 512-bit ports, 1.5 cycles"),
         (("avx2",), 32, "VPMADDUBSW + VPMADDWD per 32 MACs on the two 256-bit vector multiply ports (VPADDD on a third): 1 cycle"),
+    ),
+    "bf16": (
+        (("amx_bf16",), BF16_MACS_PER_CYCLE_AMX, "AMX TDPBF16PS: a 16x32 x 32x16 bf16 tile product (8,192 MACs) per 16 cycles"),
+        (("avx512_bf16",), 64, "2 x 512-bit VDPBF16PS per cycle, 32 bf16 pairs (MACs) each"),
     ),
     "fp32": (
         (("avx512f",), FP32_MACS_PER_CYCLE_AVX512, "2 x 512-bit FMA per cycle, 16 lanes each"),
@@ -41,21 +54,32 @@ PEAK_RULES = {
     ),
 }
 
-# A dependent chain of 4 single-cycle adds per iteration: cycles = 4 x iterations, whatever the core's
-# boost clock is at the moment (a virtual machine's /proc/cpuinfo shows the nominal clock only).
+#: Latency in cycles of a 64-bit register-register IMUL: 3 on every x86-64 core the bench meets (Zen 1-5,
+#: Skylake, Ice Lake, Golden Cove / Sapphire Rapids, Gracemont), per Agner Fog's tables and uops.info.
+IMUL_LATENCY_CYCLES = 3
+#: dependent IMULs per loop iteration
+_CLOCK_CHAIN = 8
+
+# A dependent chain of IMULs: each waits for the previous one's result, so one iteration takes
+# 8 x 3 cycles whatever the core's boost clock is at the moment (a virtual machine's /proc/cpuinfo shows the
+# nominal clock only). The loop counter runs beside the chain on other ports. Not ADD: Golden Cove-class cores
+# execute chains of dependent immediate adds faster than one per cycle (they fold them at rename), which once
+# "measured" 11,650 MHz on a 2.1 GHz Xeon; no core folds or eliminates a multiply. Timed in the thread's own
+# CPU time, so other processes sharing the core do not lower the estimate (a hypervisor's steal still can).
 _CLOCK_C = r"""
 #include <stdio.h>
 #include <time.h>
 int main(void) {
-  struct timespec a, b; unsigned long x = 0, n = 100000000UL;
-  clock_gettime(CLOCK_MONOTONIC, &a);
+  struct timespec a, b; unsigned long x = 3, n = 20000000UL;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
   for (unsigned long i = 0; i < n; i++) {
-    __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+    __asm__ volatile("imul %0, %0\n\timul %0, %0\n\timul %0, %0\n\timul %0, %0\n\t"
+                     "imul %0, %0\n\timul %0, %0\n\timul %0, %0\n\timul %0, %0" : "+r"(x));
   }
-  clock_gettime(CLOCK_MONOTONIC, &b);
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
   double s = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
-  printf("%.1f\n", 4.0 * n / s / 1e6);
-  return 0;
+  printf("%.1f\n", CHAIN * LATENCY * (double)n / s / 1e6);
+  return 0;  /* asm volatile: the chain is never removed as dead code */
 }
 """
 
@@ -73,8 +97,9 @@ def _cpuinfo() -> Dict[str, str]:
 
 
 def measure_clock_mhz(repeats: int = 7) -> Optional[float]:
-    """The core clock under load, in MHz, from a timed chain of dependent adds (needs a C compiler and
-    x86-64; None otherwise). The best of ``repeats`` runs: another process can only slow it down."""
+    """The core clock under load, in MHz, from a timed chain of dependent IMULs (cycles = chain length x IMUL
+    latency; needs a C compiler and x86-64; None otherwise). The best of ``repeats`` runs: another process can
+    only slow it down."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc or platform.machine() not in ("x86_64", "AMD64"):
         return None
@@ -82,7 +107,7 @@ def measure_clock_mhz(repeats: int = 7) -> Optional[float]:
         src, exe = Path(tmp) / "clock.c", Path(tmp) / "clock"
         src.write_text(_CLOCK_C)
         try:
-            subprocess.run([cc, "-O1", str(src), "-o", str(exe)], check=True, capture_output=True, timeout=60)
+            subprocess.run([cc, "-O1", f"-DCHAIN={_CLOCK_CHAIN}", f"-DLATENCY={IMUL_LATENCY_CYCLES}", str(src), "-o", str(exe)], check=True, capture_output=True, timeout=60)
             runs = [float(subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=60).stdout)
                     for _ in range(repeats)]
         except (OSError, subprocess.SubprocessError, ValueError) as exc:

@@ -45,9 +45,31 @@ def table_rows(bench: Dict[str, Any]) -> List[List[str]]:
     return rows
 
 
+E2E_COLUMNS = ["configuration", "mode", "p50 ms", "p99 ms", "img/s", "vs model-only", "top-1 vs float", "batch-1 ms per stage"]
+
+
+def e2e_rows(bench: Dict[str, Any]) -> List[List[str]]:
+    """One row per (configuration, end-to-end mode): file to label, beside the model-only batch-N img/s."""
+    rows = []
+    for r in bench["configurations"]:
+        modes = ([("", r["end_to_end"])] if r.get("end_to_end") else []) + list((r.get("end_to_end_variants") or {}).items())
+        for mode, e in modes:
+            label = mode or ("typical" if "pipeline" in e else "runtime")
+            model = r.get("throughput_ips")
+            extra = f" (agrees {e['agreement_with_exact'] * 100:.0f}% with exact, min cos {e['min_cosine_to_exact']:.4f})" if "agreement_with_exact" in e else ""
+            rows.append([r["name"], label + extra, _f(e.get("p50_ms"), ".1f"), _f(e.get("p99_ms"), ".1f"), _f(e.get("images_per_s"), ".1f"),
+                         _f(e["images_per_s"] / model, ".2f") + "x" if model else "",
+                         _f(e["top1_vs_float"] * 100, ".1f") + "%" if "top1_vs_float" in e else "",
+                         ", ".join(f"{k} {v:.1f}" for k, v in (e.get("stages_ms") or {}).items())])
+    return rows
+
+
 def render_table(bench: Dict[str, Any]) -> str:
     """The console table: latency and throughput, and p50 as a fraction of PyTorch eager's and NNCF's."""
     out = console_table(COLUMNS, table_rows(bench))
+    erows = e2e_rows(bench)
+    if erows:
+        out += ["", "end to end (image file to label):"] + console_table(E2E_COLUMNS, erows)
     timing = bench_timing(bench)
     if timing["under_load"]:
         out += ["", f"WARNING: {UNDER_LOAD_WARNING} ({'; '.join(timing['reasons'][:3])})"]
@@ -100,7 +122,7 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
         f"{bench['options']['throughput_batches']} batch-{bench['options']['batch_size']} runs per configuration; "
         f"agreement on {bench['data'].get('images')} validation images",
     ]
-    for name in ("int8", "fp32"):
+    for name in ("int8", "bf16", "fp32"):
         p = bench.get(f"{name}_peak")
         if p:
             lines.append(f"- {name.upper()} peak: {p['cores']} cores x {p['macs_per_cycle_per_core']} MAC/cycle x {p['clock_mhz']:.0f} MHz "
@@ -115,6 +137,16 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
               "machine's peak at the configuration's precision.".format(bench["options"]["batch_size"])]
     if plot_name:
         lines += ["", f"![latency and throughput]({plot_name})"]
+    erows = e2e_rows(bench)
+    if erows:
+        e = bench.get("end_to_end") or {}
+        lines += ["", "## End to end (image file to label)", "",
+                  f"{e.get('files')} camera-size JPEGs ({', '.join(f'{k}: {v}' for k, v in (e.get('source_sizes') or {}).items())}); "
+                  f"top-1 against {e.get('top1_reference')}; ours (runtime) and the typical pipeline agree on top-1 for "
+                  f"{_f((e.get('ours_vs_typical_top1_agreement') or 0) * 100, '.1f')}% of the files. vs model-only: end-to-end img/s over "
+                  f"the configuration's model-only batch-{bench['options']['batch_size']} img/s.", "",
+                  ]
+        lines += md_table(E2E_COLUMNS, erows)
     lines += ["", "## Targets", ""]
     if targets_apply(bench):
         lines += md_table(["target", "value", "result"], [[t["name"], _value(t), _mark(t["met"])] for t in bench["targets"]])

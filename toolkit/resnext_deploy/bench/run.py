@@ -47,7 +47,8 @@ ORT_FP32 = "ort-fp32"
 OURS_OV_INT8 = "ours:openvino-int8"
 OURS_ORT_INT8 = "ours:onnxruntime-int8"
 
-#: the targets of issue #5 (set for ResNeXt-50 32x4d on a 2-core AVX-512 VNNI machine)
+#: the targets of issue #5 (set for ResNeXt-50 32x4d on a 2-core AVX-512 VNNI machine): only checked for that model
+TARGETS_ARCH = "resnext50_32x4d"
 TARGETS = [
     {"name": "ours:openvino-int8 p50 <= 1/8 of PyTorch eager FP32", "metric": "p50_ratio", "config": OURS_OV_INT8, "versus": PYTORCH, "op": "<=", "threshold": 0.125},
     {"name": "ours:openvino-int8 p50 <= 0.95x NNCF default INT8", "metric": "p50_ratio", "config": OURS_OV_INT8, "versus": NNCF, "op": "<=", "threshold": 0.95},
@@ -56,6 +57,23 @@ TARGETS = [
     {"name": "build wall time <= 240 s", "metric": "build_wall_s", "op": "<=", "threshold": 240.0},
     {"name": "build peak RSS <= 6 GB", "metric": "build_peak_rss_mb", "op": "<=", "threshold": 6144.0},
 ]
+OV_FP32 = "openvino-fp32"
+OV_BF16 = "openvino-bf16"
+#: the targets of issue #22, ratios within this run, for any model
+E2E_TARGETS = [
+    {"name": "end to end: ours:openvino-int8 (runtime) img/s >= 1.5x the typical pipeline (PIL + torchvision transforms, NNCF INT8)",
+     "metric": "e2e_ratio", "config": OURS_OV_INT8, "versus": NNCF, "op": ">=", "threshold": 1.5},
+    {"name": "end to end: ours:openvino-int8 img/s >= 0.7x its model-only batch-8 img/s",
+     "metric": "e2e_vs_model", "config": OURS_OV_INT8, "op": ">=", "threshold": 0.7},
+]
+#: issue #22's targets for CPUs with BF16 (AMX): checked when the openvino-bf16 configuration ran
+BF16_TARGETS = [
+    {"name": "BF16: openvino-bf16 p50 <= 0.5x openvino-fp32 (f32 hint)", "metric": "p50_ratio", "config": OV_BF16, "versus": OV_FP32, "op": "<=", "threshold": 0.5},
+    {"name": "BF16: openvino-bf16 mean cosine to the float model >= 0.9999", "metric": "mean_cosine", "config": OV_BF16, "op": ">=", "threshold": 0.9999},
+    {"name": "BF16: ours:openvino-int8 p50 <= 0.7x openvino-bf16", "metric": "p50_ratio", "config": OURS_OV_INT8, "versus": OV_BF16, "op": "<=", "threshold": 0.7},
+]
+#: end-to-end modes per configuration (bench/typical.py, worker.Session.end_to_end); the first is its headline
+E2E_MODES = {ORT_FP32: ["runtime"], NNCF: ["typical"], OURS_OV_INT8: ["runtime", "before", "draft"], OURS_ORT_INT8: ["runtime"]}
 
 
 @dataclass
@@ -70,11 +88,15 @@ class BenchOptions:
     configs: Optional[List[str]] = None  # None = all
     measure_clock: bool = True
     allow_pickle: bool = False  # --trust-pickle: the model file (--weights, a build's source) may need full unpickling
+    end_to_end_images: int = 48  # camera-size JPEGs every end-to-end configuration classifies (0: none)
+    end_to_end_rounds: int = 2
 
     def validate(self) -> None:
         for k in ("rounds", "latency_iterations", "throughput_batches", "batch_size", "predict_images"):
             if int(getattr(self, k)) < 1:
                 raise BadInputError(f"bench option {k.replace('_', '-')} must be at least 1, got {getattr(self, k)}.")
+        if self.end_to_end_images < 0:
+            raise BadInputError(f"bench option e2e-images must be 0 (no end-to-end run) or more, got {self.end_to_end_images}.")
         if self.profile_runs < 0:
             raise BadInputError(f"bench option profile-runs must be 0 (no profile) or more, got {self.profile_runs}.")
 
@@ -189,6 +211,12 @@ def configurations(build_dir: Path, manifest: Dict[str, Any], peers_dir: Path, a
     out.append(BenchConfig("ort-int8-default", "peer", "onnxruntime", "int8", str(peers_dir / "ort-int8-default.onnx"),
                            "onnxruntime quantize_static defaults (QDQ, s8 activations, s8 per-tensor weights), same calibration images; default session",
                            {}, prepare={"peer": "ort-int8-default", "source": str(fp32_onnx), "out": str(peers_dir / "ort-int8-default.onnx")}))
+    from ..backends.openvino import bf16_support
+
+    if bf16_support() is None:  # OpenVINO's default float on this CPU: the honest float baseline beside f32
+        out.append(BenchConfig(OV_BF16, "peer", "openvino", "bf16", str(fp32_onnx),
+                               "OpenVINO CPU on the exported ONNX, INFERENCE_PRECISION_HINT bf16 (OpenVINO's default on "
+                               "CPUs with AMX / AVX512-BF16), PERFORMANCE_HINT LATENCY", {**plain_ov, "inference_precision": "bf16"}))
     recipe_backends = (manifest.get("recipe") or {}).get("backends", {})
     for a in manifest.get("artifacts", []):
         if a["backend"] not in ("openvino", "onnxruntime"):
@@ -279,8 +307,34 @@ def _profile_rounds(workers: Dict[str, Worker], live: List[str], runs: int, resu
     return best
 
 
-def measure(configs: List[BenchConfig], inputs: Path, work: Path, opts: BenchOptions, progress: Progress = None) -> Dict[str, Dict[str, Any]]:
-    """Load every configuration in its own worker, then time them round-robin; returns name -> raw result."""
+def _end_to_end_rounds(workers: Dict[str, Worker], e2e: Dict[str, Any], opts: BenchOptions, work: Path,
+                       results: Dict[str, Dict[str, Any]], progress: Progress) -> None:
+    """Every (configuration, mode) of E2E_MODES classifies the camera files, ``opts.end_to_end_rounds`` times, the
+    order reversed every other round; each run's result and the last run's logits are kept per mode."""
+    jobs = [(name, mode) for name, modes in E2E_MODES.items() if name in workers for mode in modes]
+    for r in range(opts.end_to_end_rounds):
+        order = jobs if r % 2 == 0 else jobs[::-1]
+        for j, (name, mode) in enumerate(order):
+            if name not in workers:
+                continue
+            out = work / "logits" / f"e2e-{_safe_name(name)}-{mode}.npy"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                res = workers[name].call("end_to_end", files=e2e["files"], mode=mode, preprocessing=e2e["preprocessing"],
+                                         batch=opts.batch_size, out=str(out))["result"]
+            except DeployError as exc:
+                results[name].setdefault("end_to_end_errors", {})[mode] = str(exc)
+                continue
+            runs = results[name].setdefault("end_to_end_runs", {}).setdefault(mode, [])
+            runs.append({**res, "logits": str(out)})
+            if progress:
+                progress("end to end", r * len(jobs) + j + 1, opts.end_to_end_rounds * len(jobs))
+
+
+def measure(configs: List[BenchConfig], inputs: Path, work: Path, opts: BenchOptions, progress: Progress = None,
+            e2e: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
+    """Load every configuration in its own worker, then time them round-robin; returns name -> raw result.
+    ``e2e`` ({"files", "preprocessing"}): the end-to-end runs after the timed rounds (E2E_MODES)."""
     logs = work / "logs"
     results: Dict[str, Dict[str, Any]] = {}
     workers: Dict[str, Worker] = {}
@@ -318,6 +372,8 @@ def measure(configs: List[BenchConfig], inputs: Path, work: Path, opts: BenchOpt
                     live.remove(name)
                 if progress:
                     progress("timed rounds", r * max(len(order), 1) + j + 1, total)
+        if e2e and e2e.get("files"):
+            _end_to_end_rounds(workers, e2e, opts, work, results, progress)
         profiles = _profile_rounds(workers, live, opts.profile_runs, results, progress)
         for name in list(workers):
             w = workers[name]
@@ -406,12 +462,79 @@ def _peak_fraction(results: Dict[str, Dict[str, Any]], gmacs: Optional[float], p
             }
 
 
-def check_targets(results: Dict[str, Dict[str, Any]], build: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The issue's targets, each with the value measured in this run and whether it holds (None: not measured)."""
+def _median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The run with the median images/s (the lower middle one for an even count), with every run's rate."""
+    ranked = sorted(runs, key=lambda r: r["images_per_s"])
+    return {**ranked[(len(ranked) - 1) // 2], "images_per_s_per_round": [r["images_per_s"] for r in runs]}
+
+
+def end_to_end_summary(results: Dict[str, Dict[str, Any]], files: List[str]) -> Dict[str, Any]:
+    """Per configuration: ``end_to_end`` (its headline mode, the median run) and ``end_to_end_variants`` (other
+    modes); top-1 on the camera files against the float model's top-1 through our exact path (ort-fp32, runtime),
+    and how the draft shortcut agrees with the exact path. Returns what the bench.json's "end_to_end" holds."""
+    from ..runtime.endtoend import source_sizes
+
+    ref_runs = results.get(ORT_FP32, {}).get("end_to_end_runs", {}).get("runtime")
+    labels = np.load(ref_runs[-1]["logits"]).argmax(1) if ref_runs else None
+    top1s: Dict[str, np.ndarray] = {}
+    for name, r in results.items():
+        runs = r.pop("end_to_end_runs", None)
+        if not runs:
+            continue
+        summary = {}
+        logits_of = {mode: np.load(mode_runs[-1]["logits"]) for mode, mode_runs in runs.items()}  # the same files each round
+        for mode, mode_runs in runs.items():
+            for run in mode_runs:
+                run.pop("logits", None)
+            s = _median_run(mode_runs)
+            logits = logits_of[mode]
+            top1s[f"{name}/{mode}"] = logits.argmax(1)
+            if labels is not None and len(labels) == len(logits):
+                s["top1_vs_float"] = float(np.mean(logits.argmax(1) == labels))
+            if mode == "draft" and "runtime" in logits_of:
+                exact = logits_of["runtime"]
+                cos = np.sum(logits * exact, 1) / np.maximum(np.linalg.norm(logits, axis=1) * np.linalg.norm(exact, axis=1), 1e-12)
+                s["agreement_with_exact"] = float(np.mean(logits.argmax(1) == exact.argmax(1)))
+                s["min_cosine_to_exact"] = float(cos.min())
+            summary[mode] = s
+        head = E2E_MODES.get(name, list(runs))[0]
+        if head in summary:
+            r["end_to_end"] = summary.pop(head)
+        if summary:
+            r["end_to_end_variants"] = summary
+    ours, typical = top1s.get(f"{OURS_OV_INT8}/runtime"), top1s.get(f"{NNCF}/typical")
+    return {
+        "files": len(files),
+        "source_sizes": source_sizes(files),
+        "top1_reference": f"{ORT_FP32} through our exact runtime path" if labels is not None else None,
+        "ours_vs_typical_top1_agreement": float(np.mean(ours == typical)) if ours is not None and typical is not None else None,
+    }
+
+
+def _e2e_value(t: Dict[str, Any], results: Dict[str, Dict[str, Any]]) -> Optional[float]:
+    a = results.get(t["config"], {}).get("end_to_end") or {}
+    if t["metric"] == "e2e_ratio":
+        b = results.get(t["versus"], {}).get("end_to_end") or {}
+        if a.get("images_per_s_per_round") and b.get("images_per_s_per_round"):
+            return paired_ratio(a["images_per_s_per_round"], b["images_per_s_per_round"])
+        return None
+    model_only = results.get(t["config"], {}).get("throughput_ips")
+    return a["images_per_s"] / model_only if a.get("images_per_s") and model_only else None
+
+
+def check_targets(results: Dict[str, Dict[str, Any]], build: Optional[Dict[str, Any]], arch: Optional[str] = TARGETS_ARCH) -> List[Dict[str, Any]]:
+    """The issues' targets, each with the value measured in this run and whether it holds (None: not measured).
+    The ResNeXt-50 targets only for ``arch`` resnext50_32x4d; the BF16 ones only when openvino-bf16 ran."""
     out = []
-    for t in TARGETS:
+    chosen = list(TARGETS) if arch == TARGETS_ARCH else []
+    chosen += E2E_TARGETS + [t for t in BF16_TARGETS if "latency_ms" in results.get(OV_BF16, {})]
+    for t in chosen:
         value: Optional[float] = None
-        if t["metric"] == "p50_ratio":
+        if t["metric"] in ("e2e_ratio", "e2e_vs_model"):
+            value = _e2e_value(t, results)
+        elif t["metric"] == "mean_cosine":
+            value = results.get(str(t["config"]), {}).get("mean_cosine")
+        elif t["metric"] == "p50_ratio":
             a, b = results.get(t["config"], {}), results.get(t["versus"], {})
             if "latency_ms" in a and "latency_ms" in b:
                 value = paired_ratio(a["latency_p50_per_round"], b["latency_p50_per_round"])
@@ -499,8 +622,15 @@ def run_bench(
         if progress:
             progress(f"prepare {cfg.name}", 1, 1)
     runnable = [c for c in configs if "error" not in prepared.get(c.name, {})]
+    e2e: Dict[str, Any] = {"files": [], "preprocessing": manifest["preprocessing"]}
+    if opts.end_to_end_images:
+        from .arch import default_cache
+        from .images import cached_camera_images
+
+        cam = cached_camera_images(Path(cache) if cache else default_cache(), opts.end_to_end_images, seed)
+        e2e["files"] = [str(p) for p in sorted(cam.glob("*.jpg"))]
     load_before = load_average()
-    raw = measure(runnable, data["inputs"], work, opts, progress)
+    raw = measure(runnable, data["inputs"], work, opts, progress, e2e)
     results: Dict[str, Dict[str, Any]] = {}
     for c in configs:
         r = {"name": c.name, "role": c.role, "backend": c.kind, "precision": c.precision, "path": c.path,
@@ -513,8 +643,9 @@ def run_bench(
         results[c.name] = r
     reference = _agreement(results, data["labels"])
     _ratios(results)
+    e2e_summary = end_to_end_summary(results, e2e["files"]) if e2e["files"] else {}
     macs = count_macs(build_dir / "onnx" / "model-fp32.onnx")
-    peaks = {p: peak_gmacs(machine, p) for p in ("int8", "fp32")}
+    peaks = {p: peak_gmacs(machine, p) for p in ("int8", "bf16", "fp32")}
     _peak_fraction(results, macs["gmacs"], peaks)
     for r in results.values():
         r.pop("logits", None)
@@ -528,6 +659,7 @@ def run_bench(
         "macs_per_image": macs,
         "machine": machine,
         "int8_peak": peaks["int8"],
+        "bf16_peak": peaks["bf16"],
         "fp32_peak": peaks["fp32"],
         "versions": library_versions(),
         "options": asdict(opts),
@@ -535,14 +667,35 @@ def run_bench(
         "agreement_reference": reference,
         "build": build,
         "configurations": list(results.values()),
-        "targets": check_targets(results, build),
-        "notes": notes + _standard_notes(reference),
+        "end_to_end": e2e_summary,
+        "targets": check_targets(results, build, manifest.get("model", {}).get("arch")),
+        "notes": notes + _standard_notes(reference) + _e2e_notes(e2e_summary, results, opts.end_to_end_rounds),
         "seconds": time.perf_counter() - t_start,
     }
     from .render import write_outputs
 
     bench["outputs"] = [str(p) for p in write_outputs(bench, out)]
     return bench
+
+
+def _e2e_notes(summary: Dict[str, Any], results: Dict[str, Dict[str, Any]], rounds: int) -> List[str]:
+    if not summary:
+        return ["End to end: not measured (--e2e-images 0)."]
+    from ..backends.openvino import bf16_support
+
+    typical = (results.get(NNCF, {}).get("end_to_end") or {}).get("pipeline", "")
+    notes = [
+        f"End to end: {summary['files']} generated camera-size JPEGs ({', '.join(f'{k}: {v}' for k, v in summary['source_sizes'].items())}), "
+        "file to top-5 label. runtime = our runtime's own path (runtime.endtoend: batch-1 latency one file at a time; img/s "
+        "over all files at batch 8 with a preprocessing thread pool ahead of inference); before = our path before issue 22 "
+        "(serial, same pixels); draft = the opt-in preprocess shortcut; typical = a user's loop on NNCF's INT8 model: "
+        f"{typical}. Each mode ran {rounds} "
+        "times (order reversed between rounds); the run with the median img/s is shown, ratios are medians of per-round ratios.",
+    ]
+    reason = bf16_support()
+    if reason:
+        notes.append(f"BF16: no openvino-bf16 configuration and no BF16 targets: {reason}.")
+    return notes
 
 
 def _standard_notes(reference: Optional[str]) -> List[str]:

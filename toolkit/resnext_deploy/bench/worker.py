@@ -16,7 +16,7 @@ import resource
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -115,6 +115,29 @@ class Session:
         except Exception as exc:
             return {"profile": {"error": f"{type(exc).__name__}: {exc}"}}
 
+    def end_to_end(self, files: List[str], mode: str, preprocessing: Dict[str, Any], batch: int, out: str) -> Dict[str, Any]:
+        """Image files to labels with this configuration's model (bench/typical.py): mode "runtime" (our runtime's
+        path), "draft" (the same with the draft shortcut), "before" (our path before issue 22) or "typical"
+        (PIL + torchvision transforms). Logits go to ``out`` (.npy)."""
+        from ..preprocess import Preprocessing
+        from .typical import before_end_to_end, typical_end_to_end
+
+        spec = Preprocessing.from_dict(preprocessing)
+        if mode in ("runtime", "draft"):
+            from ..runtime.endtoend import measure_end_to_end
+
+            if mode == "draft":
+                spec = Preprocessing.from_dict({**preprocessing, "shortcut": "draft"})
+            res = measure_end_to_end(self.runner, files, spec, batch, keep_logits=True)
+        elif mode == "before":
+            res = before_end_to_end(self.runner.infer, files, spec, batch)
+        elif mode == "typical":
+            res = typical_end_to_end(self.runner.infer, files, spec)
+        else:
+            raise ValueError(f"unknown end-to-end mode {mode!r}")
+        np.save(out, np.asarray(res.pop("logits"), dtype=np.float32))
+        return {"result": res}
+
     def finish(self) -> Dict[str, Any]:
         details = dict(getattr(self.runner, "details", {}) or {})
         self.runner.close()
@@ -172,6 +195,7 @@ def main() -> None:
             handlers: Dict[str, Callable[..., Dict[str, Any]]] = {
                 "warmup": session.warmup, "latency": session.latency, "throughput": session.throughput,
                 "predict": session.predict, "profile": session.profile, "finish": session.finish,
+                "end_to_end": session.end_to_end,
             }
             send({"ok": True, **handlers[op](**cmd)})
             if op == "finish":

@@ -29,7 +29,7 @@ from .commands import recorded_labels
 from .datasets import load_calibration, load_labeled, skipped_records
 from .labels import previous_build_labels, validation_labels
 from .source import data_folders, resolve_model
-from .steps import REFERENCE, evaluate_build, run_stages
+from .steps import REFERENCE, add_end_to_end, evaluate_build, run_stages
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ def build(
             ctx.extra.update(added.extra)
             stages[name] = time.perf_counter() - t
             gate = apply_gates(results, REFERENCE, recipe.section("gates"))  # what it built here is gated too
+        add_end_to_end(ctx, artifacts, results)  # file to label, after any fallback: the artifacts that ship
         notes, report_extra = ctx.notes, ctx.extra
         report_extra["gallery"] = gallery_section(results, valset.data, valset.paths, spec.mean, spec.std, src.labels)
         report_extra["measured"] = {"accuracy": inference.describe(), "latency": "measured in the driver process (each result's details.measured)"}

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadInputError
-from ..preprocess import Preprocessing, load_image, preprocess_image
+from ..preprocess import Preprocessing, preprocess_file
 from ..progress import StepProgress
 from ..sampling import evenly_spaced
 
@@ -50,7 +50,7 @@ class ImageList:
     def _decode(self, paths: Sequence[Path]) -> np.ndarray:
         if not paths:
             return np.zeros((0,) + tuple(self.spec.input_shape), np.float32)
-        return np.stack([preprocess_image(load_image(p), self.spec) for p in paths])
+        return np.stack([preprocess_file(p, self.spec) for p in paths])
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, slice):

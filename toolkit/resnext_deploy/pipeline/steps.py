@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -14,6 +15,8 @@ from ..report.gallery import compare_images
 from ..scale import LocalInference, ModelFiles
 from .context import BuildContext
 from .labels import require_above_chance
+
+log = logging.getLogger(__name__)
 
 #: the float reference every artifact is compared with: the exported model in ONNX Runtime
 REFERENCE = "onnx-fp32"
@@ -84,6 +87,12 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
         if be.builds_on_device:  # its artifacts come from its finish_build hook, after evaluation
             continue
         for precision in cfg["precisions"]:
+            reason = be.cannot_build(precision)
+            if reason:  # e.g. bf16 on a CPU without BF16: said in the report, not built, not gated
+                ctx.extra.setdefault("skipped_rungs", []).append({"artifact": f"{name}-{precision}", "reason": reason})
+                ctx.notes.append(f"{name}-{precision} was not built: {reason}.")
+                log.warning("%s-%s skipped: %s", name, precision, reason)
+                continue
             source = qdq[flavours[name]] if precision == "int8" else artifacts[0]
             art = be.compile(source, stage_dir / name, precision, cfg, root=stage_dir)
             if precision == "int8":  # each INT8 artifact names its weight range (runtime.load checks it)
@@ -151,3 +160,22 @@ def evaluate_build(ctx: BuildContext, artifacts: List[Artifact]) -> List[Dict[st
         results += backends.get(name).workstation_results(ctx, artifacts)
     ctx.timings["evaluate"] = time.perf_counter() - t
     return results
+
+
+def add_end_to_end(ctx: BuildContext, artifacts: List[Artifact], results: List[Dict[str, Any]]) -> None:
+    """Each artifact's ``end_to_end`` row entry: validation files to labels through the runtime's own path
+    (runtime/endtoend.py), beside the model-only latency and throughput the row already has."""
+    from ..runtime.endtoend import DEFAULT_FILES, measure_end_to_end
+
+    t = time.perf_counter()
+    by_name = {a.name: a for a in artifacts}
+    files = list(ctx.validation.paths[:DEFAULT_FILES])
+    batch = int(ctx.recipe.section("evaluation")["batch_size"])
+    for row in results:
+        art = by_name.get(row["artifact"])
+        name = "onnxruntime" if row["artifact"] == REFERENCE else (art.backend if art else "")
+        if art is None or name not in backends.names() or backends.get(name).builds_on_device:
+            continue
+        with backends.get(name).load(art.abspath(ctx.staging), ctx.recipe.backend(name)) as runner:
+            row["end_to_end"] = measure_end_to_end(runner, files, ctx.source.preprocessing, batch)
+    ctx.timings["end_to_end"] = time.perf_counter() - t

@@ -14,12 +14,14 @@ from .tables import (
     PARITY,
     checks_first,
     device_lines,
+    end_to_end_note,
     end_to_end_rows,
     gate_counts,
     gate_rows,
     reference_row,
     class_folders,
     skipped_files,
+    speedup_basis,
     table_rows,
     timing_of,
 )
@@ -102,9 +104,10 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = (), 
     lines += ["", "## Parity", ""] + md_table([c.header for c in PARITY], table_rows(report))
     lines += [""] + [f"- **{c.header}**: {c.definition}" for c in PARITY[3:]]
     lines += [f"- {line}" for line in device_lines(report)]
+    lines += ["", speedup_basis(report)]
     e2e = end_to_end_rows(report)
     if e2e:
-        lines += ["", "## End to end (image file to label)", ""] + md_table(E2E_HEAD, e2e)
+        lines += ["", "## End to end (image file to label)", "", end_to_end_note(report), ""] + md_table(E2E_HEAD, e2e)
     first, n = checks_first(report["gate"]), gate_counts(report["gate"])
     lines += ["", "## Gate", "", f"**{'PASSED' if report['gate']['passed'] else 'FAILED'}**: {n['checks']} checks, "
               f"{n['failed']} failed, {n['skipped']} skipped.", ""]

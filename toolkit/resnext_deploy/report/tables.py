@@ -142,21 +142,48 @@ def gate_counts(gate: Dict[str, Any]) -> Dict[str, int]:
             "skipped": sum(bool(c.get("skipped")) for c in checks)}
 
 
-E2E_HEAD = ["artifact", "p50 ms", "p99 ms", "img/s", "source sizes"]
+E2E_HEAD = ["artifact", "e2e p50 ms", "e2e p99 ms", "e2e img/s", "model-only p50 ms", "model-only img/s",
+            "e2e / model-only img/s", "batch-1 ms per stage"]
 
 
 def end_to_end_rows(report: Dict[str, Any]) -> List[List[str]]:
-    """Image file to label (decode, preprocess, infer), where a row measured it (``end_to_end``)."""
+    """Image file to label through the runtime (runtime/endtoend.py), beside the row's model-only numbers."""
     rows = []
     for r in report["results"]:
         e = r.get("end_to_end")
         if not isinstance(e, dict):
             continue
-        f = lambda k, spec: format(e[k], spec) if isinstance(e.get(k), (int, float)) else ""  # noqa: E731
-        sizes = e.get("source_sizes")
-        sizes_s = ", ".join(f"{k}: {v}" for k, v in sizes.items()) if isinstance(sizes, dict) else ("" if sizes is None else str(sizes))
-        rows.append([r["artifact"], f("p50_ms", ".2f"), f("p99_ms", ".2f"), f("images_per_s", ".1f"), sizes_s])
+        f = lambda d, k, spec: format(d[k], spec) if isinstance(d.get(k), (int, float)) else ""  # noqa: E731
+        lat, ips = r.get("latency_ms") or {}, r.get("throughput_ips")
+        ratio = e["images_per_s"] / ips if isinstance(e.get("images_per_s"), (int, float)) and ips else None
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in (e.get("stages_ms") or {}).items())
+        rows.append([r["artifact"], f(e, "p50_ms", ".2f"), f(e, "p99_ms", ".2f"), f(e, "images_per_s", ".1f"),
+                     f(lat, "p50", ".2f"), "" if ips is None else f"{ips:.1f}", "" if ratio is None else f"{ratio:.2f}", stages])
     return rows
+
+
+def end_to_end_note(report: Dict[str, Any]) -> str:
+    """What the end-to-end rows measured: the files, their sizes, the shortcut, batch and threads."""
+    e = next((r["end_to_end"] for r in report["results"] if isinstance(r.get("end_to_end"), dict)), None)
+    if not e:
+        return ""
+    sizes = ", ".join(f"{k} ({v})" for k, v in (e.get("source_sizes") or {}).items())
+    return (f"The runtime's own path (decode, resize, normalise, infer, softmax/top-k) on {e.get('images')} validation "
+            f"files of sizes {sizes}; preprocessing shortcut `{e.get('preprocess_shortcut', 'none')}`. Batch 1: one file "
+            f"at a time; img/s: all files, batch {e.get('batch')}, {e.get('workers')} preprocessing threads ahead of inference.")
+
+
+def speedup_basis(report: Dict[str, Any]) -> str:
+    """What the speedup column divides by, and the float each row runs at (bf16 rows: OpenVINO's CPU default)."""
+    line = f"speedup: the batch-1 p50 of `{report['reference']}` (FP32, f32 arithmetic) divided by the artifact's."
+    bf = next((r for r in report["results"] if r.get("precision") == "bf16" and r.get("latency_ms")), None)
+    if bf:
+        vs = [f"`{r['artifact']}` {bf['latency_ms']['p50'] / r['latency_ms']['p50']:.2f}x" for r in report["results"]
+              if r.get("precision") == "int8" and r.get("latency_ms")]
+        line += (f" `{bf['artifact']}` is the FP32 IR run with the bf16 inference hint, OpenVINO's default float on CPUs "
+                 "with AMX or AVX512-BF16; its speedup is against the f32 reference too."
+                 + (f" INT8 speedup against it (its p50 / theirs): {', '.join(vs)}." if vs else ""))
+    return line
 
 
 def device_lines(report: Dict[str, Any]) -> List[str]:

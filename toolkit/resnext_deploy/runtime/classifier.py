@@ -6,6 +6,7 @@ Needs numpy, Pillow and one backend package; never torch, onnx or click.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
@@ -18,8 +19,8 @@ from ..backends.base import Runner
 from ..errors import ArtifactIntegrityError, BadInputError, DeployError
 from ..cpu import SAFE_TARGET, CpuInfo, host_cpu, safe_on
 from ..manifest import int8_weight_range, read_manifest, verify_artifacts
-from ..preprocess import Preprocessing
-from .inputs import ImageInput, iter_images
+from ..preprocess import Preprocessing, StageTimes
+from .inputs import ImageInput, default_workers, iter_images
 from .selection import Candidate, choose
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,57 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def run_images(
+    runner: Runner,
+    inputs: Union[ImageInput, Iterable[ImageInput]],
+    spec: Preprocessing,
+    batch_size: int,
+    workers: int = 0,
+    times: Optional[StageTimes] = None,
+    classes: int = 0,
+) -> Tuple[List[str], np.ndarray]:
+    """The file-to-logits path: (sources, float32 logits (N, classes)) in input order, in batches of
+    ``batch_size``. With ``workers`` > 0 the next batch is decoded and preprocessed in a thread pool while this
+    one runs (same arrays as without: the pool only changes when each image is computed)."""
+    sources: List[str] = []
+    chunk: List[np.ndarray] = []
+    outs: List[np.ndarray] = []
+
+    def infer() -> None:
+        t0 = time.perf_counter()
+        outs.append(runner.infer(np.stack(chunk)))
+        if times is not None:
+            times.add("infer", time.perf_counter() - t0)
+
+    # Batches of the recipe's evaluation batch size, in order: the same calls the evaluate stage made.
+    for src, chw in iter_images(inputs, spec, workers, batch_size + 2 * workers, times):
+        sources.append(src)
+        chunk.append(chw)
+        if len(chunk) == batch_size:
+            infer()
+            chunk = []
+    if chunk:
+        infer()
+    if not outs:
+        return sources, np.zeros((0, classes), np.float32)
+    return sources, np.concatenate(outs).astype(np.float32, copy=False)
+
+
+def predictions(sources: List[str], logits: np.ndarray, top_k: int, label: Any) -> List[Prediction]:
+    """Softmax and the top ``top_k`` classes of each row (``label``: class index -> name)."""
+    if len(sources) == 0:
+        return []
+    probs = softmax(logits)
+    k = min(int(top_k), logits.shape[1])
+    # Stable sort of -logits: ties go to the lower index, as in the evaluate stage's top-k.
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    out = []
+    for n, src in enumerate(sources):
+        top = [(int(c), label(int(c)), float(probs[n, c])) for c in order[n]]
+        out.append(Prediction(top[0][0], top[0][1], top[0][2], top, probs[n], logits[n], src))
+    return out
+
+
 class Classifier:
     """A loaded artifact with the build's preprocessing and labels. One instance serves many threads."""
 
@@ -72,8 +124,11 @@ class Classifier:
         root: Path,
         settings: Dict[str, Any],
         batch_size: int,
+        workers: Optional[int] = None,
     ) -> None:
         self._runner: Optional[Runner] = runner
+        #: threads decoding and preprocessing ahead of inference (0: in the calling thread)
+        self.workers = default_workers() if workers is None else int(workers)
         self._candidate = candidate
         self.manifest = manifest
         self.root = root
@@ -107,46 +162,30 @@ class Classifier:
             return str(self.labels[index])
         return str(index)
 
-    def logits(self, inputs: Union[ImageInput, Iterable[ImageInput]]) -> np.ndarray:
+    def logits(self, inputs: Union[ImageInput, Iterable[ImageInput]], times: Optional[StageTimes] = None) -> np.ndarray:
         """Raw logits (N, classes) for the inputs, in order."""
-        return self._run(inputs)[1]
+        return self._run(inputs, times)[1]
 
-    def predict(self, inputs: Union[ImageInput, Iterable[ImageInput]], top_k: int = 5) -> List[Prediction]:
-        """Classify one input or a list of them; one Prediction per image (a batch array gives one per row)."""
+    def predict(self, inputs: Union[ImageInput, Iterable[ImageInput]], top_k: int = 5,
+                times: Optional[StageTimes] = None) -> List[Prediction]:
+        """Classify one input or a list of them; one Prediction per image (a batch array gives one per row).
+
+        ``times`` (a preprocess.StageTimes) collects the seconds spent per stage: decode, resize, normalise,
+        infer, postprocess, and wait (inference waiting for the preprocessing threads)."""
         if int(top_k) < 1:
             raise BadInputError(f"top_k must be at least 1, got {top_k}.")
-        sources, logits = self._run(inputs)
-        if len(sources) == 0:
-            return []
-        probs = softmax(logits)
-        k = min(int(top_k), logits.shape[1])
-        # Stable sort of -logits: ties go to the lower index, as in the evaluate stage's top-k.
-        order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-        out = []
-        for n, src in enumerate(sources):
-            top = [(int(c), self.label(int(c)), float(probs[n, c])) for c in order[n]]
-            out.append(Prediction(top[0][0], top[0][1], top[0][2], top, probs[n], logits[n], src))
+        sources, logits = self._run(inputs, times)
+        t0 = time.perf_counter()
+        out = predictions(sources, logits, top_k, self.label)
+        if times is not None:
+            times.add("postprocess", time.perf_counter() - t0)
         return out
 
-    def _run(self, inputs: Union[ImageInput, Iterable[ImageInput]]) -> Tuple[List[str], np.ndarray]:
+    def _run(self, inputs: Union[ImageInput, Iterable[ImageInput]], times: Optional[StageTimes] = None) -> Tuple[List[str], np.ndarray]:
         runner = self._runner
         if runner is None:
             raise BadInputError("This classifier was closed; load the build again.")
-        sources: List[str] = []
-        chunk: List[np.ndarray] = []
-        outs: List[np.ndarray] = []
-        # Batches of the recipe's evaluation batch size, in order: the same calls the evaluate stage made.
-        for src, chw in iter_images(inputs, self.preprocessing):
-            sources.append(src)
-            chunk.append(chw)
-            if len(chunk) == self.batch_size:
-                outs.append(runner.infer(np.stack(chunk)))
-                chunk = []
-        if chunk:
-            outs.append(runner.infer(np.stack(chunk)))
-        if not outs:
-            return sources, np.zeros((0, len(self.labels or [])), np.float32)
-        return sources, np.concatenate(outs).astype(np.float32, copy=False)
+        return run_images(runner, inputs, self.preprocessing, self.batch_size, self.workers, times, len(self.labels or []))
 
     def close(self) -> None:
         if self._runner is not None:
@@ -234,13 +273,15 @@ def load(
     settings: Optional[Dict[str, Any]] = None,
     artifact: Optional[str] = None,
     batch_size: Optional[int] = None,
+    workers: Optional[int] = None,
 ) -> Classifier:
     """Load the best artifact of a build directory or bundle for this machine.
 
     ``backend``: auto | tensorrt | openvino | onnxruntime; ``precision``: auto | int8 | fp16 | fp32
     (auto prefers INT8); ``artifact``: a manifest artifact name, e.g. "openvino-fp32". ``verify`` checks the
     sha256 of the artifact's files against the manifest. ``settings`` override the recipe's backend
-    settings (threads, streams, inference_precision, performance_hint, ...). Raises BadInputError (or
+    settings (threads, streams, inference_precision, performance_hint, ...). ``workers``: threads decoding
+    and preprocessing the next images while the model runs (default: half the cores, at most 4; 0 = none). Raises BadInputError (or
     MissingDependencyError when the asked backend's package is absent) with what to do.
     """
     root = _locate(path)
@@ -277,6 +318,6 @@ def load(
     if failed:
         log.warning("%s failed the build's gate (%s); it runs anyway", cand.artifact.name,
                     ", ".join(f"{c['metric']} = {c['value']:.4g}" for c in failed))
-    clf = Classifier(runner, cand, manifest, root, cfg, size)
+    clf = Classifier(runner, cand, manifest, root, cfg, size, workers)
     log.info("runtime: running %s from %s%s", cand.describe(), root, "" if verify else " (sha256 not verified)")
     return clf

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 #: the registered backends, preferred first (each declares its ``preference``)
 BACKEND_ORDER: Tuple[str, ...] = tuple(backends.by_preference())
-PRECISION_ORDER: Tuple[str, ...] = ("int8", "fp16", "fp32")
+PRECISION_ORDER: Tuple[str, ...] = ("int8", "fp16", "bf16", "fp32")
 #: artifact backends that another backend executes (ONNX files run in ONNX Runtime)
 _RUN_BY = {"onnx": "onnxruntime"}
 
