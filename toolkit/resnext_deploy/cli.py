@@ -113,7 +113,8 @@ def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--num-classes", type=int, default=None, help="Classes of the model (default: from the checkpoint's fc).")(fn)
     fn = click.option("--arch", default=None, help="Architecture of a state_dict: resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, resnext_demo.")(fn)
     fn = click.option("--model", "model", type=click.Path(path_type=Path), default=None,
-                      help="Checkpoint (state_dict, checkpoint dict, pickled module, TorchScript) or ONNX file. Default: the shipped demo.")(fn)
+                      help="Checkpoint (state_dict, checkpoint dict, pickled module, TorchScript), Keras (.keras, .h5, "
+                           "SavedModel folder with TensorFlow) or ONNX file. Default: the shipped demo.")(fn)
     return fn
 
 
@@ -147,20 +148,26 @@ def _write_ci(report: Any, junit_file: Optional[Path], summary_file: Optional[Pa
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.option("--sensitivity", is_flag=True, default=None,
               help="Rank the layers by INT8 sensitivity and report it even when the gate passes (a failed gate always does).")
+@click.option("--preprocessing", "preprocessing", default=None, metavar="PRESET|FILE.json",
+              help="How the model sees images, for a model that does not say (a Keras file without a sidecar): a preset "
+                   "(imagenet, keras-caffe, keras-tf, keras-torch) or a JSON file.")
+@click.option("--trust-pickle", "trust_pickle", is_flag=True,
+              help="Load model files that run code when loaded (Keras Lambda layers / custom objects). Only for files you trust.")
 @_ci_options
 @_scale_options
 @click.pass_context
 @_run
 def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_classes: Optional[int], target: str,
           recipe: Optional[Path], calib: Optional[Path], val: Optional[Path], out: Optional[Path], as_json: bool,
-          sensitivity: Optional[bool], junit_file: Optional[Path], summary_file: Optional[Path], workers: int,
-          ray_address: Optional[str]) -> None:
+          sensitivity: Optional[bool], preprocessing: Optional[str], trust_pickle: bool, junit_file: Optional[Path],
+          summary_file: Optional[Path], workers: int, ray_address: Optional[str]) -> None:
     """Run the whole pipeline and gate it; writes one build directory."""
     from .pipeline.build import build as run_build
     from .report import render_table
 
     res = run_build(model, _given_target(target) if recipe else target, recipe, out, arch, num_classes, calib, val,
-                    ctx.obj["progress"], sensitivity=sensitivity, scale=_scale(workers, ray_address))
+                    ctx.obj["progress"], sensitivity=sensitivity, scale=_scale(workers, ray_address),
+                    preprocessing=preprocessing, allow_pickle=trust_pickle)
     click.echo(json.dumps(res.report, indent=2) if as_json else render_table(res.report))
     fb = res.report.get("fallback")
     if fb and not as_json:
@@ -209,21 +216,28 @@ _size_opt = click.option("--input-size", type=int, default=None,
 
 
 _preprocessing_opt = click.option(
-    "--preprocessing", "preprocessing", default=None, metavar="imagenet|FILE.json",
-    help="How the model sees images when the ONNX has no sidecar and sits in no build directory: 'imagenet' (ImageNet's "
-         "mean/std, resize 256/224 of the crop) or a JSON file (a build's manifest.json, a sidecar, or a dict of "
+    "--preprocessing", "preprocessing", default=None, metavar="PRESET|FILE.json",
+    help="How the model sees images when the model file does not say (an ONNX without sidecar or build, a Keras file "
+         "without sidecar): a preset, 'imagenet' (ImageNet's mean/std, resize 256/224 of the crop), 'keras-caffe' "
+         "(BGR minus the ImageNet mean, 0..255), 'keras-tf' ([-1, 1]), 'keras-torch' (ImageNet mean/std), or a JSON file (a build's manifest.json, a sidecar, or a dict of "
          "resize, crop, mean, std).")
+
+
+_trust_opt = click.option("--trust-pickle", "trust_pickle", is_flag=True,
+                          help="Load model files that run code when loaded (Keras Lambda layers / custom objects). "
+                               "Only for files you trust.")
 
 
 @cli.command()
 @_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@_trust_opt
 @_run
-def check(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], as_json: bool) -> None:
+def check(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], as_json: bool, trust_pickle: bool) -> None:
     """Lint a model before export: residual adds of unequal shapes, grouped convs whose channels don't divide."""
     from .pipeline.commands import check_file
 
-    res = check_file(model, arch, num_classes)
+    res = check_file(model, arch, num_classes, allow_pickle=trust_pickle)
     click.echo(json.dumps(res, indent=2) if as_json else res.get("summary", f"{res['model']}: passed {', '.join(res.get('checks', []))}"))
 
 
@@ -233,14 +247,18 @@ def check(model: Optional[Path], arch: Optional[str], num_classes: Optional[int]
 @click.option("--calib", type=click.Path(path_type=Path), default=None, help="Real images for the numeric check against PyTorch.")
 @_target_opt
 @_recipe_opt
+@_preprocessing_opt
+@_trust_opt
 @_run
 def export(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], out: Path, calib: Optional[Path],
-           target: str, recipe: Optional[Path]) -> None:
-    """Check, export to ONNX (opset >= 17, dynamic batch), simplify, and compare with PyTorch."""
+           target: str, recipe: Optional[Path], preprocessing: Optional[str], trust_pickle: bool) -> None:
+    """Check, export to ONNX (opset >= 17, dynamic batch), simplify, and compare with PyTorch (or Keras)."""
     from .pipeline.commands import export_file
 
-    art = export_file(model, out, arch, num_classes, calib, _recipe(target, recipe))
-    click.echo(f"wrote {art.path} (max |onnx - torch| = {art.settings['max_abs_diff_vs_torch']:.3g}, sha256 {art.sha256[:12]})")
+    art = export_file(model, out, arch, num_classes, calib, _recipe(target, recipe), preprocessing, trust_pickle)
+    what, diff = ("keras", art.settings["max_abs_diff_vs_keras"]) if "max_abs_diff_vs_keras" in art.settings \
+        else ("torch", art.settings["max_abs_diff_vs_torch"])
+    click.echo(f"wrote {art.path} (max |onnx - {what}| = {diff:.3g}, sha256 {art.sha256[:12]})")
 
 
 @cli.command()

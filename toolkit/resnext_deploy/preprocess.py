@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -27,7 +27,11 @@ _INTERPOLATION = {
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize the shorter side, center-crop, scale to [0, 1], normalize, RGB, NCHW float32."""
+    """Resize the shorter side, center-crop, scale to [0, 1], normalize, RGB (or BGR), NCHW float32.
+
+    ``color`` "BGR" reverses the channels before normalizing (``mean``/``std`` are then in BGR order);
+    ``preset`` names the preset the values came from (:data:`PRESETS`), "" when given by hand.
+    """
 
     resize: int = 256
     crop: int = 224
@@ -37,6 +41,7 @@ class Preprocessing:
     color: str = "RGB"
     layout: str = "NCHW"
     dtype: str = "float32"
+    preset: str = ""
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATION:
@@ -48,6 +53,8 @@ class Preprocessing:
             raise BadInputError(
                 f"Preprocessing needs 0 < crop <= resize, got resize={self.resize}, crop={self.crop}."
             )
+        if self.color not in ("RGB", "BGR"):
+            raise BadInputError(f"Unknown color order '{self.color}' in the preprocessing; use 'RGB' or 'BGR'.")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise BadInputError(f"Preprocessing mean/std must be 3 values with std > 0, got {self.mean}/{self.std}.")
 
@@ -67,6 +74,31 @@ class Preprocessing:
             if key in known:
                 known[key] = tuple(float(x) for x in known[key])
         return cls(**known)
+
+
+# Keras applications' ``preprocess_input`` modes as specs on [0, 1] pixels: (x*255 - m) / s == (x - m/255) / (s/255).
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+#: name -> (mean, std, color): what ``--preprocessing NAME`` means (resize/crop come from the model's input size).
+PRESETS: Dict[str, Tuple[Tuple[float, float, float], Tuple[float, float, float], str]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD, "RGB"),
+    # keras.applications ... preprocess_input(mode="caffe"): RGB->BGR, minus the ImageNet BGR mean, no scaling
+    "keras-caffe": (tuple(m / 255.0 for m in _CAFFE_BGR_MEAN), (1 / 255.0,) * 3, "BGR"),  # type: ignore[dict-item]
+    # mode="tf": x / 127.5 - 1, i.e. [-1, 1]
+    "keras-tf": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB"),
+    # mode="torch": x / 255, then ImageNet mean/std
+    "keras-torch": (IMAGENET_MEAN, IMAGENET_STD, "RGB"),
+}
+
+
+def preset(name: str, crop: int = 224, resize: Optional[int] = None) -> Preprocessing:
+    """The named preset (see :data:`PRESETS`) for a model taking ``crop`` x ``crop`` images; resize defaults
+    to 256/224 of the crop (the ImageNet convention)."""
+    key = name.strip().lower()
+    if key not in PRESETS:
+        raise BadInputError(f"Unknown preprocessing preset '{name}'; use one of {', '.join(PRESETS)} or a JSON file.")
+    mean, std, color = PRESETS[key]
+    resize = resize if resize is not None else int(round(crop * 256 / 224))
+    return Preprocessing(resize=resize, crop=crop, mean=mean, std=std, color=color, preset=key)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -106,6 +138,8 @@ def preprocess_image(img: Image.Image, spec: Preprocessing) -> np.ndarray:
     left, top = (w - spec.crop) // 2, (h - spec.crop) // 2
     img = img.crop((left, top, left + spec.crop, top + spec.crop))
     arr = np.asarray(img, dtype=np.float32) / 255.0
+    if spec.color == "BGR":
+        arr = arr[..., ::-1]
     arr = (arr - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 

@@ -56,6 +56,8 @@ def build(
     progress: Progress = None,
     sensitivity: Optional[bool] = None,
     scale: Optional[ScaleOptions] = None,
+    preprocessing: Optional[str] = None,
+    allow_pickle: bool = False,
 ) -> BuildResult:
     """Run the whole pipeline for one model and one target; returns the result (the gate is not raised).
 
@@ -64,10 +66,12 @@ def build(
     ``target`` alone picks its shipped recipe (default x86-cpu); with ``recipe_path`` the file is layered over it.
     ``scale`` puts the accuracy evaluation, the sensitivity ranking and the fallback's candidate checks on Ray
     workers (scale/); latency is measured in this process either way.
+    ``preprocessing`` (a preset or JSON file) and ``allow_pickle`` (files that run code when loaded: Keras Lambda
+    layers / custom objects) are passed to the intake (source.resolve_model).
     """
     t_start = time.perf_counter()
     recipe = load_recipe(recipe_path, target if recipe_path else (target or "x86-cpu"))
-    src = resolve_model(model, arch, num_classes, recipe.section("preprocess"))
+    src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), preprocessing, allow_pickle)
     out_dir = Path(out) if out else Path("build") / src.name / recipe.target
     ensure_writable_dir(out_dir.parent)
     calib_dir, val_dir = data_folders(src, recipe, Path(calib) if calib else None, Path(val) if val else None)
