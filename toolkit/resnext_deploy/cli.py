@@ -411,6 +411,20 @@ def demo_train(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
     click.echo(f"trained {res['checkpoint']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
 
 
+@demo.command("keras")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The .keras file to write (default: the shipped calibration/digits/resnext_keras_demo.keras).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: the Keras demo's own).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_run
+def demo_keras(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
+    """Retrain the Keras demo (the seeds' Keras ResNeXt block, on the digits; Keras on the torch backend)."""
+    from .keras_demo import DEFAULT_EPOCHS, train_keras_demo
+
+    res = train_keras_demo(out, epochs or DEFAULT_EPOCHS, seed)
+    click.echo(f"trained {res['path']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
+
+
 @demo.command("standin")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Stand-in folder (default: the shipped calibration/standin).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps of 32 images (default: the stand-in's own, 800).")
