@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from resnext_deploy.demo import DEMO_PREPROCESSING, DEMO_VAL
-from resnext_deploy.keras_demo import KERAS_DEMO
+from resnext_deploy.models.keras_demo import KERAS_DEMO
 from resnext_deploy.optional import require_keras
 
 keras = require_keras("test the Keras demo")

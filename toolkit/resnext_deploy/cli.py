@@ -419,7 +419,7 @@ def demo_train(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
 @_run
 def demo_keras(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
     """Retrain the Keras demo (the seeds' Keras ResNeXt block, on the digits; Keras on the torch backend)."""
-    from .keras_demo import DEFAULT_EPOCHS, train_keras_demo
+    from .models.keras_demo import DEFAULT_EPOCHS, train_keras_demo
 
     res = train_keras_demo(out, epochs or DEFAULT_EPOCHS, seed)
     click.echo(f"trained {res['path']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")

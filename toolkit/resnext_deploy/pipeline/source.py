@@ -185,10 +185,10 @@ def _saved_model_source(path: Path, name: str, overrides: Dict[str, Any], prepro
 
 
 def is_keras_demo(src: ModelSource) -> bool:
-    """The shipped Keras demo (keras_demo.py) also defaults to the demo's images."""
+    """The shipped Keras demo (models/keras_demo.py) also defaults to the demo's images."""
     if src.kind != "keras":
         return False
-    from ..keras_demo import KERAS_DEMO
+    from ..models.keras_demo import KERAS_DEMO
 
     return src.path.resolve() == KERAS_DEMO.resolve()
 

@@ -19,10 +19,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .artifacts import sha256_file
-from .demo import DEMO_DIR, DEMO_LABELS, DEMO_PREPROCESSING, DEMO_SIZE, read_split, render_training_images
-from .errors import BadInputError
-from .optional import require_keras
+from ..artifacts import sha256_file
+from ..demo import DEMO_DIR, DEMO_LABELS, DEMO_PREPROCESSING, DEMO_SIZE, read_split, render_training_images
+from ..errors import BadInputError
+from ..optional import require_keras
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def train_keras_demo(out_path: Optional[Path] = None, epochs: int = DEFAULT_EPOC
                      data_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Train the Keras demo on the digits' training split; write the .keras file and its sidecar (temp + rename)."""
     keras = require_keras("train the Keras demo")
-    from .pipeline import datasets
+    from ..pipeline import datasets
 
     if epochs < 1:
         raise BadInputError(f"epochs must be at least 1, got {epochs}.")
