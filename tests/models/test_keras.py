@@ -158,3 +158,22 @@ def test_presets_equal_keras_applications_preprocess_input(mode):
     theirs = np.asarray(preprocess_input(np.asarray(img, dtype=np.float32)[None], mode=mode))[0]
     assert np.abs(ours - theirs).max() < 1e-4 * max(1.0, float(np.abs(theirs).max()))
     assert spec.to_dict()["preset"] == f"keras-{mode}" and set(PRESETS) >= {"keras-caffe", "keras-tf", "keras-torch"}
+
+
+def test_a_preset_sizes_itself_from_an_onnx_input(tmp_path):
+    """`quantize/evaluate --preprocessing keras-caffe` on an ONNX by path: the preset's normalization, the ONNX's size."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from resnext_deploy.pipeline.commands import model_meta
+    from resnext_deploy.recipes import load_recipe
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 20, 20])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 20, 20])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    meta = model_meta(path, load_recipe(target="x86-cpu"), preprocessing="keras-caffe")
+    spec = meta.preprocessing
+    assert (spec.crop, spec.color, spec.preset) == (20, "BGR", "keras-caffe")
+    assert spec.mean == PRESETS["keras-caffe"][0] and spec.std == PRESETS["keras-caffe"][1]
