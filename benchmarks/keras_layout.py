@@ -25,15 +25,21 @@ from pathlib import Path
 import numpy as np
 
 
-def _median_ms(fn, runs: int) -> float:
-    for _ in range(max(3, runs // 10)):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+def _interleaved_ms(fns: dict, runs: int, rounds: int = 10) -> dict:
+    """Median ms per call of each function, measured in alternating rounds (ABAB...) so that the load of a
+    shared machine drifting during the run hits every variant alike."""
+    for fn in fns.values():
+        for _ in range(max(3, runs // 20)):
+            fn()
+    times: dict = {k: [] for k in fns}
+    per_round = max(1, runs // rounds)
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            for _ in range(per_round):
+                t = time.perf_counter()
+                fn()
+                times[key].append((time.perf_counter() - t) * 1000)
+    return {k: round(statistics.median(v), 4) for k, v in times.items()}
 
 
 def measure(model, size: int, runs: int, work: Path) -> dict:
@@ -51,6 +57,7 @@ def measure(model, size: int, runs: int, work: Path) -> dict:
     out: dict = {"input": size}
     feeds = {"nhwc": x, "nchw": np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
     core = ov.Core()
+    calls = {}
     for layout in ("nhwc", "nchw"):
         proto = keras_onnx_from_raw(onnx.load(str(raw)), simplify=True, layout=layout.upper())
         path = work / f"{layout}{size}.onnx"
@@ -62,11 +69,12 @@ def measure(model, size: int, runs: int, work: Path) -> dict:
         compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2})
         req = compiled.create_infer_request()
         feed = feeds[layout]
-        out[layout] = {
-            "nodes": len(ops), "transposes": ops.count("Transpose"),
-            "onnxruntime_ms": round(_median_ms(lambda: sess.run(None, {"input": feed}), runs), 4),
-            "openvino_ms": round(_median_ms(lambda: req.infer({0: feed}), runs), 4),
-        }
+        out[layout] = {"nodes": len(ops), "transposes": ops.count("Transpose")}
+        calls[f"{layout}/onnxruntime"] = (lambda s_, f_: lambda: s_.run(None, {"input": f_}))(sess, feed)
+        calls[f"{layout}/openvino"] = (lambda r_, f_: lambda: r_.infer({0: f_}))(req, feed)
+    for key, ms in _interleaved_ms(calls, runs).items():
+        layout, backend = key.split("/")
+        out[layout][f"{backend}_ms"] = ms
     return out
 
 

@@ -14,7 +14,7 @@ from resnext_deploy.pipeline.check_keras import check_keras_model, check_keras_o
 keras = require_keras("test the Keras check")
 layers = keras.layers
 
-MAIN, SHORTCUT = "(1, 32, 32, 64)", "(1, 32, 32, 1)"
+MAIN, SHORTCUT = "(1, 32, 32, 32)", "(1, 32, 32, 1)"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_python_check_names_the_add_layer_and_both_shapes(broadcasting):
     assert not report.passed and len(report.findings) == 1
     f = report.findings[0]
     assert (f.kind, f.module, f.module_type) == ("residual_add", "stage1_block1_add", "Add")
-    assert f.shapes == [(1, 32, 32, 64), (1, 32, 32, 1)]
+    assert f.shapes == [(1, 32, 32, 32), (1, 32, 32, 1)]
     assert MAIN in f.message and SHORTCUT in f.message and "broadcasts" in f.message
 
 
