@@ -41,10 +41,14 @@ def test_x86_build_passes_with_every_artifact(keras_x86, demo_build):
     torch_rows = {r["artifact"]: r for r in demo_build.report["results"]}
     # the same artifacts as the PyTorch demo, with the Keras model's own row where PyTorch eager stands
     assert set(rows) - {"keras-fp32"} == set(torch_rows) - {"pytorch-fp32"}
-    assert set(keras_x86.report) == set(demo_build.report)
+    # every section of the PyTorch demo's report; the fallback's, when plain INT8 missed the gate on this CPU's
+    # weight range (measured on AVX2, 7-bit weights: OpenVINO INT8 -1.4 pp top-1; 3 convs in float passed)
+    assert set(demo_build.report) <= set(keras_x86.report)
+    assert set(keras_x86.report) - set(demo_build.report) <= {"fallback", "sensitivity"}
     for name, row in rows.items():
         assert set(row) == set(torch_rows["pytorch-fp32" if name == "keras-fp32" else name]), name
-    assert rows["keras-fp32"]["agreement"] == 1.0 and rows["keras-fp32"]["top1"] >= 0.9
+    side = json.loads((KERAS_DEMO.parent / (KERAS_DEMO.name + ".json")).read_text())
+    assert rows["keras-fp32"]["agreement"] == 1.0 and rows["keras-fp32"]["top1"] == pytest.approx(side["val_top1"])
     for name, row in rows.items():
         if row["precision"] == "int8":
             assert row["agreement"] >= 0.95, (name, row["agreement"])
@@ -95,7 +99,8 @@ def test_jetson_bundle_with_the_same_report_fields(keras_jetson, jetson_build):
     bundle = keras_jetson.out_dir / "resnext_keras_demo-jetson-orin-nano-bundle"
     assert bundle.is_dir() and (keras_jetson.out_dir / f"{bundle.name}.tar.gz").is_file()
     assert {"model-fp32.onnx", "model-int8-qdq.onnx", "manifest.json"} <= {p.name for p in bundle.iterdir()}
-    assert set(keras_jetson.report) == set(jetson_build.report)
+    assert set(jetson_build.report) <= set(keras_jetson.report)
+    assert set(keras_jetson.report) - set(jetson_build.report) <= {"fallback", "sensitivity"}
     rows = {r["artifact"]: r for r in keras_jetson.report["results"]}
     assert [n for n in rows if rows[n].get("pending")] == ["tensorrt-fp16", "tensorrt-int8"]
     assert rows["keras-fp32"]["agreement"] == 1.0
