@@ -65,6 +65,8 @@ class Preprocessing:
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if not self.preset:  # recorded only when a preset named the values (older manifests and sidecars stay as they were)
+            del d["preset"]
         return d
 
     @classmethod
