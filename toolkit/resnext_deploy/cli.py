@@ -148,8 +148,9 @@ def _scale(workers: int, ray_address: Optional[str], resume: Optional[Path] = No
 
 _trust_opt = click.option(
     "--trust-pickle", is_flag=True,
-    help="Load a model file that needs full unpickling (a whole pickled module, Python objects in a checkpoint). "
-         "Unpickling runs code from the file: only for files you made or trust. Default: refused (exit 2).")
+    help="Load a model file that runs code while it loads (a whole pickled module, Python objects in a checkpoint, a "
+         "Keras Lambda layer or custom object). That code runs with your permissions: only for files you made or trust. "
+         "Default: refused (exit 2).")
 
 
 def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -157,8 +158,9 @@ def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--num-classes", type=int, default=None, help="Classes of the model (default: from the checkpoint's fc).")(fn)
     fn = click.option("--arch", default=None, help="Architecture of a state_dict: resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, resnext_demo.")(fn)
     fn = click.option("--model", "model", type=click.Path(path_type=Path), default=None,
-                      help="Checkpoint (state_dict, checkpoint dict), safetensors, TorchScript or ONNX file; a pickled module "
-                           "needs --trust-pickle. Default: the shipped demo.")(fn)
+                      help="Checkpoint (state_dict, checkpoint dict), safetensors, TorchScript, Keras (.keras, .h5, SavedModel "
+                           "folder with TensorFlow) or ONNX file; a pickled module or a Keras Lambda layer needs --trust-pickle. "
+                           "Default: the shipped demo.")(fn)
     return fn
 
 
@@ -199,21 +201,24 @@ def _write_ci(report: Any, junit_file: Optional[Path], summary_file: Optional[Pa
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.option("--sensitivity", is_flag=True, default=None,
               help="Rank the layers by INT8 sensitivity and report it even when the gate passes (a failed gate always does).")
+@click.option("--preprocessing", "preprocessing", default=None, metavar="PRESET|FILE.json",
+              help="How the model sees images, for a model that does not say (a Keras file without a sidecar): a preset "
+                   "(imagenet, keras-caffe, keras-tf, keras-torch) or a JSON file.")
 @_ci_options
 @_scale_options
 @click.pass_context
 @_run
 def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_classes: Optional[int], trust_pickle: bool, target: str,
           recipe: Optional[Path], calib: Optional[Path], val: Optional[Path], out: Optional[Path], as_json: bool,
-          sensitivity: Optional[bool], junit_file: Optional[Path], summary_file: Optional[Path], workers: int,
-          ray_address: Optional[str], force: bool) -> None:
+          sensitivity: Optional[bool], preprocessing: Optional[str], junit_file: Optional[Path],
+          summary_file: Optional[Path], workers: int, ray_address: Optional[str], force: bool) -> None:
     """Run the whole pipeline and gate it; writes one build directory."""
     from .pipeline.build import build as run_build
     from .report import render_table
 
     res = run_build(model, _given_target(target) if recipe else target, recipe, out, arch, num_classes, calib, val,
-                    ctx.obj["progress"], sensitivity=sensitivity, scale=_scale(workers, ray_address), allow_pickle=trust_pickle,
-                    force=force)
+                    ctx.obj["progress"], sensitivity=sensitivity, scale=_scale(workers, ray_address),
+                    preprocessing=preprocessing, allow_pickle=trust_pickle, force=force)
     click.echo(json.dumps(res.report, indent=2) if as_json else render_table(res.report))
     fb = res.report.get("fallback")
     if fb and not as_json:
@@ -277,9 +282,10 @@ _size_opt = click.option("--input-size", type=int, default=None,
 
 
 _preprocessing_opt = click.option(
-    "--preprocessing", "preprocessing", default=None, metavar="imagenet|FILE.json",
-    help="How the model sees images when the ONNX has no sidecar and sits in no build directory: 'imagenet' (ImageNet's "
-         "mean/std, resize 256/224 of the crop) or a JSON file (a build's manifest.json, a sidecar, or a dict of "
+    "--preprocessing", "preprocessing", default=None, metavar="PRESET|FILE.json",
+    help="How the model sees images when the model file does not say (an ONNX without sidecar or build, a Keras file "
+         "without sidecar): a preset, 'imagenet' (ImageNet's mean/std, resize 256/224 of the crop), 'keras-caffe' "
+         "(BGR minus the ImageNet mean, 0..255), 'keras-tf' ([-1, 1]), 'keras-torch' (ImageNet mean/std), or a JSON file (a build's manifest.json, a sidecar, or a dict of "
          "resize, crop, mean, std).")
 
 
@@ -301,14 +307,17 @@ def check(model: Optional[Path], arch: Optional[str], num_classes: Optional[int]
 @click.option("--calib", type=click.Path(path_type=Path), default=None, help="Real images for the numeric check against PyTorch.")
 @_target_opt
 @_recipe_opt
+@_preprocessing_opt
 @_run
-def export(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], trust_pickle: bool, out: Path, calib: Optional[Path],
-           target: str, recipe: Optional[Path]) -> None:
-    """Check, export to ONNX (opset >= 17, dynamic batch), simplify, and compare with PyTorch."""
+def export(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], trust_pickle: bool, out: Path,
+           calib: Optional[Path], target: str, recipe: Optional[Path], preprocessing: Optional[str]) -> None:
+    """Check, export to ONNX (opset >= 17, dynamic batch), simplify, and compare with PyTorch (or Keras)."""
     from .pipeline.commands import export_file
 
-    art = export_file(model, out, arch, num_classes, calib, _recipe(target, recipe), allow_pickle=trust_pickle)
-    click.echo(f"wrote {art.path} (max |onnx - torch| = {art.settings['max_abs_diff_vs_torch']:.3g}, sha256 {art.sha256[:12]})")
+    art = export_file(model, out, arch, num_classes, calib, _recipe(target, recipe), preprocessing, trust_pickle)
+    what, diff = ("keras", art.settings["max_abs_diff_vs_keras"]) if "max_abs_diff_vs_keras" in art.settings \
+        else ("torch", art.settings["max_abs_diff_vs_torch"])
+    click.echo(f"wrote {art.path} (max |onnx - {what}| = {diff:.3g}, sha256 {art.sha256[:12]})")
 
 
 @cli.command()
@@ -483,6 +492,20 @@ def demo_train(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
     kwargs = {"epochs": epochs} if epochs else {}
     res = train_demo(out, out / "resnext_demo.pt", seed=seed, **kwargs)
     click.echo(f"trained {res['checkpoint']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
+
+
+@demo.command("keras")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The .keras file to write (default: the shipped calibration/digits/resnext_keras_demo.keras).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: the Keras demo's own).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_run
+def demo_keras(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
+    """Retrain the Keras demo (the seeds' Keras ResNeXt block, on the digits; Keras on the torch backend)."""
+    from .models.keras_demo import DEFAULT_EPOCHS, train_keras_demo
+
+    res = train_keras_demo(out, epochs or DEFAULT_EPOCHS, seed)
+    click.echo(f"trained {res['path']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
 
 
 @demo.command("standin")

@@ -34,6 +34,11 @@ _ADVICE: Dict[str, str] = {
     "jinja2": "pip install 'resnext-deploy[build]' (Jinja2 writes report.html)",
     "markdown_it": "pip install 'resnext-deploy[build]' (markdown-it-py renders report.html's extra sections)",
     "ray": "pip install 'resnext-deploy[scale]' (Ray >= 2.10), on the driver and on every node of the cluster",
+    "keras": "pip install 'resnext-deploy[keras]' (Keras 3 runs on the torch backend; no TensorFlow needed)",
+    "h5py": "pip install h5py (Keras reads legacy .h5 files with it)",
+    "tensorflow": "pip install tensorflow tf2onnx (TensorFlow SavedModels and Keras files only TensorFlow reads go "
+    "through tf2onnx)",
+    "tf2onnx": "pip install tf2onnx (with tensorflow)",
 }
 
 
@@ -91,3 +96,29 @@ def available(module: str) -> bool:
         return True
     except Exception:  # a broken install (not just a missing one) also means "not available"
         return False
+
+
+def require_keras(purpose: Optional[str] = None) -> ModuleType:
+    """Import Keras 3 on the torch backend (KERAS_BACKEND=torch is set before the first import: no TensorFlow).
+
+    A Keras already imported on another backend in this process is refused: its models are not torch modules.
+    """
+    import os
+    import sys
+
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "torch"
+    require("torch", purpose)
+    keras = require("keras", purpose)
+    backend = keras.backend.backend() if hasattr(keras, "backend") else "?"
+    if backend != "torch":
+        raise MissingDependencyError(
+            f"Keras was already imported in this process on the '{backend}' backend; resnext-deploy runs Keras on "
+            "the torch backend. Set KERAS_BACKEND=torch before anything imports keras."
+        )
+    major = int(str(getattr(keras, "__version__", "0")).split(".")[0] or 0)
+    if major < 3:
+        raise MissingDependencyError(
+            f"Keras {keras.__version__} is installed; Keras 3 is needed. Install it: {_ADVICE['keras']}."
+        )
+    return keras

@@ -39,7 +39,11 @@ _REDUCING_GAP = 3.0
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize the shorter side, center-crop, scale to [0, 1], normalize, RGB, NCHW float32."""
+    """Resize the shorter side, center-crop, scale to [0, 1], normalize, RGB (or BGR), NCHW float32.
+
+    ``color`` "BGR" reverses the channels before normalizing (``mean``/``std`` are then in BGR order);
+    ``preset`` names the preset the values came from (:data:`PRESETS`), "" when given by hand.
+    """
 
     resize: int = 256
     crop: int = 224
@@ -50,6 +54,7 @@ class Preprocessing:
     layout: str = "NCHW"
     dtype: str = "float32"
     shortcut: str = "none"  # SHORTCUTS: "none" = exact; "draft" = JPEG DCT-scaled decode + crop-box resize (opt-in)
+    preset: str = ""
 
     def __post_init__(self) -> None:
         if self.shortcut not in SHORTCUTS:
@@ -65,6 +70,8 @@ class Preprocessing:
             raise BadInputError(
                 f"Preprocessing needs 0 < crop <= resize, got resize={self.resize}, crop={self.crop}."
             )
+        if self.color not in ("RGB", "BGR"):
+            raise BadInputError(f"Unknown color order '{self.color}' in the preprocessing; use 'RGB' or 'BGR'.")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise BadInputError(f"Preprocessing mean/std must be 3 values with std > 0, got {self.mean}/{self.std}.")
 
@@ -77,6 +84,8 @@ class Preprocessing:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         if d["shortcut"] == "none":  # the exact default is left out: manifests and checkpoints stay as before
             del d["shortcut"]
+        if not self.preset:  # recorded only when a preset named the values (older manifests and sidecars stay as they were)
+            del d["preset"]
         return d
 
     @classmethod
@@ -118,6 +127,31 @@ def _needs_transpose(img: Image.Image) -> bool:
         return img.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8)  # EXIF Orientation other than "normal"
     except Exception:  # an unreadable EXIF block: let exif_transpose decide, as before
         return True
+
+
+# Keras applications' ``preprocess_input`` modes as specs on [0, 1] pixels: (x*255 - m) / s == (x - m/255) / (s/255).
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+#: name -> (mean, std, color): what ``--preprocessing NAME`` means (resize/crop come from the model's input size).
+PRESETS: Dict[str, Tuple[Tuple[float, float, float], Tuple[float, float, float], str]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD, "RGB"),
+    # keras.applications ... preprocess_input(mode="caffe"): RGB->BGR, minus the ImageNet BGR mean, no scaling
+    "keras-caffe": (tuple(m / 255.0 for m in _CAFFE_BGR_MEAN), (1 / 255.0,) * 3, "BGR"),  # type: ignore[dict-item]
+    # mode="tf": x / 127.5 - 1, i.e. [-1, 1]
+    "keras-tf": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB"),
+    # mode="torch": x / 255, then ImageNet mean/std
+    "keras-torch": (IMAGENET_MEAN, IMAGENET_STD, "RGB"),
+}
+
+
+def preset(name: str, crop: int = 224, resize: Optional[int] = None) -> Preprocessing:
+    """The named preset (see :data:`PRESETS`) for a model taking ``crop`` x ``crop`` images; resize defaults
+    to 256/224 of the crop (the ImageNet convention)."""
+    key = name.strip().lower()
+    if key not in PRESETS:
+        raise BadInputError(f"Unknown preprocessing preset '{name}'; use one of {', '.join(PRESETS)} or a JSON file.")
+    mean, std, color = PRESETS[key]
+    resize = resize if resize is not None else int(round(crop * 256 / 224))
+    return Preprocessing(resize=resize, crop=crop, mean=mean, std=std, color=color, preset=key)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -170,8 +204,9 @@ def normalise(img: Image.Image, spec: Preprocessing) -> np.ndarray:
     arr = np.asarray(img)
     table = _normalise_table(tuple(spec.mean), tuple(spec.std))
     out = np.empty((3,) + arr.shape[:2], dtype=np.float32)
+    bgr = spec.color == "BGR"  # Keras's "caffe" preset: channels reversed, mean/std given in BGR order
     for c in range(3):
-        np.take(table[c], arr[:, :, c], out=out[c])
+        np.take(table[c], arr[:, :, 2 - c if bgr else c], out=out[c])
     return out
 
 

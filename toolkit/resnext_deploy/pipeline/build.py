@@ -59,6 +59,7 @@ def build(
     progress: Progress = None,
     sensitivity: Optional[bool] = None,
     scale: Optional[ScaleOptions] = None,
+    preprocessing: Optional[str] = None,
     allow_pickle: bool = False,
     force: bool = False,
 ) -> BuildResult:
@@ -69,12 +70,14 @@ def build(
     ``target`` alone picks its shipped recipe (default x86-cpu); with ``recipe_path`` the file is layered over it.
     ``scale`` puts the accuracy evaluation, the sensitivity ranking and the fallback's candidate checks on Ray
     workers (scale/); latency is measured in this process either way. ``allow_pickle`` (--trust-pickle) lets a model
-    file that needs full unpickling load (models/trust.py); the workers only ever get the ONNX / OpenVINO files.
-    ``out`` may be missing, empty or a previous build; anything else is refused unless ``force`` (artifacts.atomic_dir).
+    file that needs full unpickling (or a Keras file with Lambda layers / custom objects) load (models/trust.py); the
+    workers only ever get the ONNX / OpenVINO files. ``preprocessing`` (a preset or JSON file) goes to the intake
+    (source.resolve_model). ``out`` may be missing, empty or a previous build; anything else is refused unless
+    ``force`` (artifacts.atomic_dir).
     """
     t_start = time.perf_counter()
     recipe = load_recipe(recipe_path, target if recipe_path else (target or "x86-cpu"))
-    src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), allow_pickle=allow_pickle)
+    src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), preprocessing, allow_pickle)
     out_dir = Path(out) if out else Path("build") / src.name / recipe.target
     ensure_writable_dir(out_dir.parent)
     check_replaceable(out_dir, force)  # before the work: atomic_dir checks again at the swap

@@ -144,6 +144,11 @@ def _preprocessing_option(value: str) -> Optional[Dict[str, Any]]:
     """--preprocessing: None for 'imagenet' (the defaults, sized later), else the dict in the JSON file."""
     if value.strip().lower() == "imagenet":
         return None
+    from ..preprocess import PRESETS
+
+    if value.strip().lower() in PRESETS:  # the normalization of a preset; the size comes from the model
+        mean, std, color = PRESETS[value.strip().lower()]
+        return {"mean": list(mean), "std": list(std), "color": color, "preset": value.strip().lower()}
     p = Path(value)
     if not p.is_file():
         raise BadInputError(f"--preprocessing '{value}' is neither 'imagenet' nor an existing JSON file.")
@@ -196,6 +201,9 @@ def model_meta(
         base, origin = None, "the recipe's [preprocess]"
     else:
         return _unknown(meta, input_size, required)
+    if base is not None and "crop" not in base:  # a preset: sized from the input shape or --input-size below
+        overrides = {**base, **overrides}
+        base = None
     if base is not None:
         meta.preprocessing = Preprocessing.from_dict({**base, **overrides})
         meta.origin = origin
@@ -242,14 +250,18 @@ def _require_file(path: PathLike, what: str) -> Path:
     return p
 
 
-def check_file(model: Optional[PathLike], arch: Optional[str] = None, num_classes: Optional[int] = None, *,
+def check_file(model: Optional[PathLike], arch: Optional[str] = None, num_classes: Optional[int] = None,
                allow_pickle: bool = False) -> Dict[str, Any]:
-    """Architecture check of a PyTorch model file (or the demo); ONNX files get onnx.checker and, when they hold
-    Q/DQ nodes, TensorRT's Q/DQ rules (qdq_rules.py: every violation with its node name). ``allow_pickle``:
-    --trust-pickle (models/trust.py)."""
+    """Architecture check of a PyTorch or Keras model file (or the demo); ONNX files get onnx.checker and, when they
+    hold Q/DQ nodes, TensorRT's Q/DQ rules (qdq_rules.py: every violation with its node name)."""
     if model is not None and str(model).lower().endswith(".onnx"):
         return _check_onnx(Path(model))
-    src = resolve_model(model, arch, num_classes, allow_pickle=allow_pickle)
+    src = resolve_model(model, arch, num_classes, allow_pickle=allow_pickle, need_preprocessing=False)
+    if src.kind == "keras":
+        from .check_keras import check_keras_or_raise
+
+        report = check_keras_or_raise(src.module)
+        return {"model": str(src.path), "passed": True, "summary": report.summary(), **report.to_dict()}
     if src.module is None:
         from ..optional import require
 
@@ -296,22 +308,31 @@ def _check_onnx(path: Path) -> Dict[str, Any]:
 
 def export_file(
     model: Optional[PathLike], out: PathLike, arch: Optional[str] = None, num_classes: Optional[int] = None,
-    calib: Optional[PathLike] = None, recipe: Optional[Recipe] = None, *, allow_pickle: bool = False,
+    calib: Optional[PathLike] = None, recipe: Optional[Recipe] = None, preprocessing: Optional[str] = None,
+    allow_pickle: bool = False,
 ) -> Artifact:
-    """Check and export a PyTorch model to ONNX, compared with PyTorch on a few real calibration images.
-    ``allow_pickle``: --trust-pickle (models/trust.py)."""
+    """Check and export a PyTorch (or Keras) model to ONNX, compared with it on a few real calibration images."""
     from .check import check_or_raise
     from .export import onnx_from_torch
 
     recipe = recipe or load_recipe(target="x86-cpu")
-    src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), allow_pickle=allow_pickle)
+    src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), preprocessing, allow_pickle)
     if src.module is None:
         raise BadInputError(f"'{src.path}' is already ONNX: export takes a PyTorch model.")
     calib_dir, _ = data_folders(src, recipe, Path(calib) if calib else None, need=("calib",),
                                 purpose="Exporting your own model (the comparison with PyTorch runs on real images)")
-    check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
     sample = np.asarray(load_calibration(calib_dir, src.preprocessing, 8, 0).data)
     exp = recipe.section("export")
+    if src.kind == "keras":
+        from .check_keras import check_keras_or_raise
+        from .keras_export import onnx_from_keras
+
+        check_keras_or_raise(src.module)
+        res = onnx_from_keras(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"])
+        write_sidecar(out, res.artifact, src.preprocessing, src.labels, model=src.describe(), export=res.to_dict(),
+                      preprocessing_from=f"the model ({src.source_kind})", folders={"calib": str(calib_dir)})
+        return res.artifact
+    check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
     res = onnx_from_torch(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"],
                           log_path=Path(str(out) + ".export.log"))
     write_sidecar(out, res.artifact, src.preprocessing, src.labels, model=src.describe(), export=res.to_dict(),

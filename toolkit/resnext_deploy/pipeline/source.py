@@ -19,12 +19,12 @@ class ModelSource:
 
     name: str
     path: Path
-    kind: str  # "demo" | "torch" | "onnx"
+    kind: str  # "demo" | "torch" | "onnx" | "keras"
     arch: Optional[str]
     num_classes: Optional[int]
     labels: Optional[List[str]]
     preprocessing: Preprocessing
-    module: Any = None  # torch.nn.Module when kind != "onnx"
+    module: Any = None  # torch.nn.Module when kind != "onnx" (a keras.Model on the torch backend for "keras")
     source_kind: str = ""
     #: where ``labels`` came from: the model itself, or (a model without labels) what a build recorded or the
     #: validation folders' sorted names (pipeline/labels.py)
@@ -58,12 +58,15 @@ def resolve_model(
     arch: Optional[str] = None,
     num_classes: Optional[int] = None,
     preprocess_overrides: Optional[Dict[str, Any]] = None,
-    *,
+    preprocessing: Optional[str] = None,
     allow_pickle: bool = False,
+    need_preprocessing: bool = True,
 ) -> ModelSource:
     """Turn --model/--arch/--num-classes into a ModelSource (None = the shipped demo).
 
-    ``allow_pickle`` (``--trust-pickle``) lets a file that needs full unpickling load (models/trust.py)."""
+    ``preprocessing`` (--preprocessing: a preset name or a JSON file) and ``allow_pickle`` (--trust-pickle) are
+    used by Keras models, which carry no preprocessing of their own (a sidecar <file>.json may give it).
+    """
     overrides = preprocess_overrides or {}
     if model is None:
         from ..demo import DEMO_CHECKPOINT, demo_model_info
@@ -79,8 +82,11 @@ def resolve_model(
     if not path.exists():
         raise BadInputError(f"The model file '{path}' does not exist. Pass a checkpoint, a TorchScript file or an ONNX file.")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)
+    from ..models.keras import is_keras_source
     from ..models.trust import model_format
 
+    if is_keras_source(path):
+        return keras_source(path, name, overrides, preprocessing, allow_pickle, need_preprocessing)
     if model_format(path) == "onnx":
         from .export import onnx_input_info
 
@@ -100,6 +106,96 @@ def resolve_model(
         name, path, "torch", loaded.arch, loaded.num_classes, loaded.labels,
         preprocessing_for(loaded.preprocessing, size, overrides), loaded.module, loaded.source,
     )
+
+
+def preprocessing_option(value: str, crop: int) -> Preprocessing:
+    """--preprocessing for a model of input size ``crop``: a preset (preprocess.PRESETS) or a JSON file holding a
+    ``preprocessing`` entry (a manifest or sidecar) or the spec itself."""
+    import json
+
+    from ..preprocess import PRESETS, preset
+
+    if value.strip().lower() in PRESETS:
+        return preset(value, crop)
+    p = Path(value)
+    if not p.is_file():
+        raise BadInputError(f"--preprocessing '{value}' is neither a preset ({', '.join(PRESETS)}) nor an existing JSON file.")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"--preprocessing '{p}' is not valid JSON ({exc}).") from exc
+    data = data.get("preprocessing", data) if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not ({"mean", "std"} <= set(data)):
+        raise BadInputError(f"--preprocessing '{p}' holds no preprocessing: expected a 'preprocessing' entry or a dict with "
+                            "resize, crop, mean and std.")
+    return Preprocessing.from_dict({"crop": crop, "resize": int(round(crop * 256 / 224)), **data})
+
+
+def keras_source(path: Path, name: str, overrides: Dict[str, Any], preprocessing: Optional[str], allow_pickle: bool,
+                 need_preprocessing: bool = True) -> ModelSource:
+    """A Keras file (kind "keras", the model on the torch backend) or a SavedModel converted by tf2onnx (kind "onnx")."""
+    from ..models.keras import is_saved_model, load_keras_model
+
+    if is_saved_model(path):
+        return _saved_model_source(path, name, overrides, preprocessing)
+    loaded = load_keras_model(path, allow_pickle=allow_pickle)
+    h, w, c = loaded.input_shape
+    if preprocessing is not None:
+        spec = preprocessing_option(preprocessing, h)
+        spec = Preprocessing.from_dict({**spec.to_dict(), **overrides})
+    elif loaded.preprocessing:
+        spec = preprocessing_for(loaded.preprocessing, None, overrides)
+    elif {"mean", "std"} <= set(overrides):
+        spec = preprocessing_for(None, h, overrides)
+    elif need_preprocessing:
+        raise BadInputError(_no_hint(path, h))
+    else:
+        spec = preprocessing_for(None, h, overrides)
+    return ModelSource(name, path, "keras", None, loaded.num_classes, loaded.labels, spec, loaded.model, loaded.source)
+
+
+def _no_hint(path: Path, size: int) -> str:
+    from ..preprocess import PRESETS
+
+    return (f"The Keras model '{path}' carries no preprocessing (how its training images were scaled and normalized), "
+            f"and guessing would give wrong accuracy without an error. Pass --preprocessing with one of "
+            f"{', '.join(PRESETS)} (Keras applications' preprocess_input modes: keras-caffe = BGR minus the ImageNet mean, "
+            f"keras-tf = [-1, 1], keras-torch = ImageNet mean/std; crop {size} from the model's input) or a JSON file, "
+            f"or put a sidecar {path.name}.json with a 'preprocessing' entry beside the model.")
+
+
+def _saved_model_source(path: Path, name: str, overrides: Dict[str, Any], preprocessing: Optional[str]) -> ModelSource:
+    """SavedModel -> tf2onnx -> the same NCHW rewrite as a Keras export -> an ONNX source (needs TensorFlow)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from ..models.keras import onnx_from_tensorflow
+    from ..optional import require
+    from .keras_export import keras_onnx_from_raw
+
+    work = Path(tempfile.mkdtemp(prefix="resnext-deploy-tf2onnx-"))
+    atexit.register(shutil.rmtree, work, True)
+    raw = onnx_from_tensorflow(path, work / "raw.onnx")
+    onnx = require("onnx", "read the converted model")
+    proto = keras_onnx_from_raw(onnx.load(str(raw)), simplify=True)
+    out = work / f"{name}.onnx"
+    onnx.save(proto, str(out))
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    if preprocessing is None:
+        raise BadInputError(_no_hint(path, dims[-1]))
+    spec = Preprocessing.from_dict({**preprocessing_option(preprocessing, dims[-1]).to_dict(), **overrides})
+    classes = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value or None
+    return ModelSource(name, out, "onnx", None, classes, None, spec, None, "saved_model")
+
+
+def is_keras_demo(src: ModelSource) -> bool:
+    """The shipped Keras demo (models/keras_demo.py) also defaults to the demo's images."""
+    if src.kind != "keras":
+        return False
+    from ..models.keras_demo import KERAS_DEMO
+
+    return src.path.resolve() == KERAS_DEMO.resolve()
 
 
 _FOLDER_OPTIONS = {
@@ -123,7 +219,7 @@ def data_folders(
     model, ``src`` being its ModelSource or True). A folder in ``need`` that none of these gives is a BadInputError
     naming the options that supply it; one not needed may come back None.
     """
-    is_demo = src.kind == "demo" if isinstance(src, ModelSource) else bool(src)
+    is_demo = (src.kind == "demo" or is_keras_demo(src)) if isinstance(src, ModelSource) else bool(src)
     recorded = recorded or {}
     sections = {"calib": recipe.section("calibration")["folder"], "val": recipe.section("evaluation")["folder"]}
     given = {"calib": calib, "val": val}

@@ -45,7 +45,9 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
     onnx_dir.mkdir()
     fp32_path = onnx_dir / "model-fp32.onnx"
     t = time.perf_counter()
-    if src.module is not None:
+    if src.kind == "keras":  # Keras on the torch backend: its own check and export (check_keras.py, keras_export.py)
+        artifacts.append(keras_stages(ctx, fp32_path))
+    elif src.module is not None:
         from .check import check_or_raise
 
         report = check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
@@ -147,7 +149,9 @@ def evaluate_build(ctx: BuildContext, artifacts: List[Artifact]) -> List[Dict[st
     """The reference, PyTorch eager when we have the module, every compiled artifact, and what backends add."""
     t = time.perf_counter()
     results = [evaluate_reference(ctx, artifacts)]
-    if ctx.source.module is not None:
+    if ctx.source.kind == "keras":
+        results.append(evaluate_keras(ctx))
+    elif ctx.source.module is not None:
         from ..models.runner import TorchRunner
 
         cfg = TimingConfig.from_recipe(ctx.recipe.section("evaluation"))
@@ -179,3 +183,32 @@ def add_end_to_end(ctx: BuildContext, artifacts: List[Artifact], results: List[D
         with backends.get(name).load(art.abspath(ctx.staging), ctx.recipe.backend(name)) as runner:
             row["end_to_end"] = measure_end_to_end(runner, files, ctx.source.preprocessing, batch)
     ctx.timings["end_to_end"] = time.perf_counter() - t
+
+
+def keras_stages(ctx: BuildContext, fp32_path: Any) -> Artifact:
+    """check + export of a Keras model (the timings and report sections as for a PyTorch model)."""
+    from .check_keras import check_keras_or_raise
+    from .keras_export import onnx_from_keras
+
+    t = time.perf_counter()
+    report = check_keras_or_raise(ctx.source.module)
+    ctx.timings["check"] = time.perf_counter() - t
+    ctx.extra["check"] = report.to_dict()
+    exp = ctx.recipe.section("export")
+    res = onnx_from_keras(ctx.source.module, fp32_path, ctx.calibration.data[:8], exp["opset"], exp["tolerance"],
+                          exp["simplify"], root=ctx.staging)
+    ctx.extra["export"] = {**res.to_dict(), "source": "keras", "compared_with": "keras",
+                           "keras_export_seconds": res.artifact.settings["keras_export_seconds"],
+                           "input_layout": res.artifact.settings["input_layout"]}
+    return res.artifact
+
+
+def evaluate_keras(ctx: BuildContext) -> Dict[str, Any]:
+    """The Keras model itself (torch backend), beside the artifacts: the row a PyTorch model's eager run fills."""
+    from ..models.keras import KerasRunner
+
+    cfg = TimingConfig.from_recipe(ctx.recipe.section("evaluation"))
+    with KerasRunner(ctx.source.module, threads=ctx.recipe.backend("onnxruntime")["threads"]) as runner:
+        metrics, _ = evaluate_runner("keras-fp32", runner, ctx.validation.data, ctx.validation.labels, ctx.reference_logits,
+                                     cfg, "fp32", ctx.source.path.stat().st_size, ctx.step("evaluate keras-fp32"))
+    return metrics.to_dict()
