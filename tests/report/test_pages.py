@@ -167,3 +167,16 @@ def test_html_escapes_and_keeps_every_row_as_wide_as_its_header(tmp_path):
     assert t.tables[0][0] == 14  # the parity table: 14 columns, max |Δlogit| one of them
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "chart-accuracy-latency.svg", "chart-latency.svg", "report.html", "report.json", "report.md"]
+
+
+def test_no_speedup_across_machines_for_rows_measured_on_the_device():
+    """A device row's p50 over the workstation reference's would compare two machines: the cell stays empty."""
+    from resnext_deploy.report.tables import speedup
+
+    report = {"reference": "onnx-fp32", "results": [
+        {"artifact": "onnx-fp32", "latency_ms": {"p50": 4.0}},
+        {"artifact": "openvino-int8", "latency_ms": {"p50": 2.0}},
+        {"artifact": "tensorrt-int8", "latency_ms": {"p50": 1.0}, "measured_on": "device"},
+    ]}
+    assert speedup(report, report["results"][1]) == 2.0
+    assert speedup(report, report["results"][2]) is None

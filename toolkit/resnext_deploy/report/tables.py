@@ -47,7 +47,10 @@ def reference_row(report: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
 
 def speedup(report: Dict[str, Any], row: Dict[str, Any]) -> Optional[float]:
-    """float reference p50 / this row's p50 (batch 1); None when either is missing."""
+    """float reference p50 / this row's p50 (batch 1); None when either is missing, or when the row was measured on
+    the device (ci/device.py) and the reference on the workstation: a ratio across two machines means nothing."""
+    if row.get("measured_on") == "device" and (reference_row(report) or {}).get("measured_on") != "device":
+        return None
     ref = reference_row(report)
     ref_p50 = ((ref or {}).get("latency_ms") or {}).get("p50")
     p50 = (row.get("latency_ms") or {}).get("p50")
