@@ -127,7 +127,7 @@ def gate_rows(checks: Sequence[Dict[str, Any]]) -> List[List[str]]:
         if c.get("skipped"):
             value, result = "", f"skipped: {c['skipped']}"
         else:
-            value = "" if c.get("value") is None else f"{c['value']:.4g}"
+            value = "n/a" if c.get("value") is None else f"{c['value']:.4g}"  # a check that could not be computed
             result = "pass" if c.get("passed") else "FAIL" + (f": {c['reason']}" if c.get("reason") else "")
         rows.append([c.get("artifact", ""), c.get("metric", ""), value, f"{c.get('op', '')} {c.get('threshold', 0):g}", result])
     return rows

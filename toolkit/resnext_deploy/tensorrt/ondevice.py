@@ -161,7 +161,9 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> D
         extra={"device": here, "bundle": b.info.get("name"), "measured_on": "device", "tensorrt": feats.to_dict(),
                "selection": selection, "workstation_results": b.info.get("workstation_results", [])},
     )
-    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]]), b.root)
+    # json + md only: the charts would add their time to a report after its seal; the page is drawn at home
+    # (`report BUILD --device`), from the merged report
+    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]]), b.root, html=False)
     _record_engines(b, arts, here, gate, selection)
     return DeviceResult(b.root, report, gate, [b.path(a.path) for a in arts])
 
@@ -211,7 +213,9 @@ def _without_tensorrt(b: Bundle, why: str, identity: Dict[str, str], progress: P
                "tensorrt": None, "engines_built": False, "engines_pending": done["reason"],
                "workstation_results": b.info.get("workstation_results", [])},
     )
-    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]]), b.root)
+    # json + md only: the charts would add their time to a report after its seal; the page is drawn at home
+    # (`report BUILD --device`), from the merged report
+    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]]), b.root, html=False)
     return DeviceResult(b.root, report, done["gate"], [], pending=why)
 
 
