@@ -21,13 +21,13 @@ from resnext_deploy.scale.shards import ShardStore, plan_shards
 def decode_counter(monkeypatch):
     """Counts the images decoded for use (the probe's own check does not count)."""
     seen = []
-    real = datasets.load_image
+    real = datasets.preprocess_file
 
-    def counting(path):
+    def counting(path, *args, **kwargs):
         seen.append(path)
-        return real(path)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(datasets, "load_image", counting)
+    monkeypatch.setattr(datasets, "preprocess_file", counting)
     return seen
 
 
