@@ -151,19 +151,11 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> D
     report = make_report(
         model=b.manifest["model"], target=b.manifest["target"], reference=b.manifest.get("reference", "onnx-fp32"),
         results=rows, gate=gate, stages=stages, notes=notes,
-        dataset={"validation": "the bundle's golden images", "validation_images": int(len(golden.inputs)),
-                 "reference_outputs": "ONNX Runtime (CPU) on model-fp32.onnx, computed on the workstation",
-                 "calibration": "on the workstation (calibration.cache and the Q/DQ model's scales)",
-                 "calibration_images": b.recipe["calibration"]["count"],
-                 "calibration_method": b.recipe["calibration"]["method"],
-                 "calibration_seed": b.recipe["calibration"]["seed"],
-                 "throughput_batch": timing.batch_size},
+        dataset=_golden_dataset(b, timing.batch_size),
         extra={"device": here, "bundle": b.info.get("name"), "measured_on": "device", "tensorrt": feats.to_dict(),
                "selection": selection, "workstation_results": b.info.get("workstation_results", [])},
     )
-    # json + md only: the charts would add their time to a report after its seal; the page is drawn at home
-    # (`report BUILD --device`), from the merged report
-    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]]), b.root, html=False)
+    _write_sealed(b, report, identity)
     _record_engines(b, arts, here, gate, selection)
     return DeviceResult(b.root, report, gate, [b.path(a.path) for a in arts])
 
@@ -197,25 +189,16 @@ def _without_tensorrt(b: Bundle, why: str, identity: Dict[str, str], progress: P
     from .without_tensorrt import check_without_tensorrt, machine_without_tensorrt
 
     done = check_without_tensorrt(b, why, progress)
-    golden = b.golden
     report = make_report(
         model=b.manifest["model"], target=b.manifest["target"], reference=b.manifest.get("reference", "onnx-fp32"),
         results=done["rows"], gate=done["gate"], stages=done["stages"],
         notes=done["notes"] + _workstation_notes(b),
-        dataset={"validation": "the bundle's golden images", "validation_images": int(len(golden.inputs)),
-                 "reference_outputs": "ONNX Runtime (CPU) on model-fp32.onnx, computed on the workstation",
-                 "calibration": "on the workstation (calibration.cache and the Q/DQ model's scales)",
-                 "calibration_images": b.recipe["calibration"]["count"],
-                 "calibration_method": b.recipe["calibration"]["method"],
-                 "calibration_seed": b.recipe["calibration"]["seed"],
-                 "throughput_batch": int(b.recipe["evaluation"]["batch_size"])},
+        dataset=_golden_dataset(b, int(b.recipe["evaluation"]["batch_size"])),
         extra={"device": machine_without_tensorrt(), "bundle": b.info.get("name"), "measured_on": "device",
                "tensorrt": None, "engines_built": False, "engines_pending": done["reason"],
                "workstation_results": b.info.get("workstation_results", [])},
     )
-    # json + md only: the charts would add their time to a report after its seal; the page is drawn at home
-    # (`report BUILD --device`), from the merged report
-    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]]), b.root, html=False)
+    _write_sealed(b, report, identity)
     return DeviceResult(b.root, report, done["gate"], [], pending=why)
 
 
@@ -289,3 +272,22 @@ def _record_engines(b: Bundle, arts: List[Artifact], machine: Dict[str, Any], ga
                           "reports": ["report.json", "report.md"]}
     with atomic_file(b.root / "manifest.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def _golden_dataset(b: Bundle, throughput_batch: int) -> Dict[str, Any]:
+    """The report's dataset section of a device run: the bundle's golden images, calibrated on the workstation."""
+    return {"validation": "the bundle's golden images", "validation_images": int(len(b.golden.inputs)),
+            "reference_outputs": "ONNX Runtime (CPU) on model-fp32.onnx, computed on the workstation",
+            "calibration": "on the workstation (calibration.cache and the Q/DQ model's scales)",
+            "calibration_images": b.recipe["calibration"]["count"],
+            "calibration_method": b.recipe["calibration"]["method"],
+            "calibration_seed": b.recipe["calibration"]["seed"],
+            "throughput_batch": throughput_batch}
+
+
+def _write_sealed(b: Bundle, report: Dict[str, Any], identity: Dict[str, str]) -> None:
+    """Seal the device report with the bundle's identity (ci/device.py) and write it into the bundle.
+
+    json + md only: the charts would add their time to a report after its seal; the page is drawn at home
+    (`report BUILD --device`), from the merged report."""
+    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]]), b.root, html=False)
