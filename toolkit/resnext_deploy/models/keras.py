@@ -21,7 +21,7 @@ import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -87,56 +87,60 @@ def _config_of(p: Path) -> Optional[Dict[str, Any]]:
     return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
 
 
-def unsafe_objects(config: Any) -> List[str]:
+#: config keys under which a layer holds other layers: a model's ``layers``, a wrapper's ``layer`` (TimeDistributed,
+#: Bidirectional) and ``backward_layer`` (Bidirectional), an RNN's ``cell`` / StackedRNNCells' ``cells``
+NESTED_LAYER_KEYS = ("layers", "layer", "backward_layer", "cell", "cells")
+#: model classes a legacy config names (they are not in keras.layers)
+MODEL_CLASSES = ("Functional", "Sequential", "Model")
+
+
+def unsafe_objects(config: Any, known_layer: Optional[Callable[[str], bool]] = None) -> List[str]:
     """Every place in a Keras config that needs ``safe_mode=False``: Lambda layers (their code is serialized
-    bytecode) and objects of classes from outside Keras (custom layers, models, functions). Named for messages."""
+    bytecode) and objects of classes from outside Keras (custom layers, models, functions), at any depth: inside
+    wrappers (TimeDistributed, Bidirectional), RNN cells and nested Functional / Sequential models. Each is named
+    with the layers it sits in, e.g. "Lambda layer 'double' (in TimeDistributed 'td')".
+
+    ``known_layer`` is for legacy HDF5 configs, whose top-level layers name their class without a module: a layer
+    class it does not know is a custom object. Keras 3 configs (``.keras``) name every class's module.
+    """
     found: List[str] = []
 
-    def name_of(node: Dict[str, Any]) -> str:
-        cfg = node.get("config")
-        return str(cfg.get("name")) if isinstance(cfg, dict) and cfg.get("name") else ""
-
-    def walk(node: Any) -> None:
+    def walk(node: Any, inside: Optional[Tuple[str, ...]], layer_slot: bool) -> None:  # inside None: the root
         if isinstance(node, list):
             for x in node:
-                walk(x)
+                walk(x, inside, layer_slot)
             return
         if not isinstance(node, dict):
             return
-        cls, module = node.get("class_name"), node.get("module")
+        cls, module, cfg = node.get("class_name"), node.get("module"), node.get("config")
+        name = str(cfg.get("name")) if isinstance(cfg, dict) and cfg.get("name") else ""
+        where = f" (in {' > '.join(inside)})" if inside else ""
         if cls == "Lambda":
-            found.append(f"Lambda layer '{name_of(node)}'")
+            found.append(f"Lambda layer '{name}'{where}")
         elif cls == "__lambda__":
             pass  # the function inside a Lambda layer, already named by its layer
-        elif isinstance(cls, str) and isinstance(module, str) and not module.split(".")[0] in ("keras", "builtins"):
-            label = name_of(node)
-            found.append(f"custom object {cls} from module '{module}'" + (f" ('{label}')" if label else ""))
-        for v in node.values():
-            walk(v)
+        elif isinstance(cls, str) and isinstance(module, str):
+            if module.split(".")[0] not in ("keras", "builtins"):
+                found.append(f"custom object {cls} from module '{module}'" + (f" ('{name}')" if name else "") + where)
+        elif layer_slot and known_layer is not None and isinstance(cls, str) and not known_layer(cls):
+            found.append(f"custom object {cls}" + (f" ('{name}')" if name else "") + where)
+        elif layer_slot and cls is not None and not isinstance(cls, str):
+            found.append(f"layer of class {cls!r}" + where)
+        here = inside + (f"{cls} '{name}'",) if inside is not None and isinstance(cls, str) and name else (inside or ())
+        for key, value in node.items():
+            if key == "config" and isinstance(value, dict):
+                for ckey, cvalue in value.items():
+                    walk(cvalue, here, ckey in NESTED_LAYER_KEYS)
+            else:
+                walk(value, inside or (), False)
 
-    walk(config)
+    walk(config, None, True)
     return found
 
 
-def _legacy_unsafe(config: Any, keras: Any) -> List[str]:
-    """Legacy HDF5 configs name classes without their module: a class Keras does not have is a custom object."""
-    found: List[str] = []
-    containers = {"Functional", "Sequential", "Model"}
-
-    def walk(model: Any) -> None:  # the layers of a model config, and of the models nested in it
-        cfg = model.get("config") if isinstance(model, dict) else None
-        for layer in (cfg.get("layers") if isinstance(cfg, dict) else None) or []:
-            cls, lcfg = layer.get("class_name"), layer.get("config") or {}
-            name = lcfg.get("name") if isinstance(lcfg, dict) else None
-            if cls == "Lambda":
-                found.append(f"Lambda layer '{name}'")
-            elif cls in containers:
-                walk(layer)
-            elif not isinstance(cls, str) or not hasattr(keras.layers, cls):
-                found.append(f"custom object {cls} ('{name}')")
-
-    walk(config)
-    return found
+def legacy_layer_known(keras: Any) -> Callable[[str], bool]:
+    """For :func:`unsafe_objects` on a legacy HDF5 config: is ``cls`` a layer or model class Keras has?"""
+    return lambda cls: cls in MODEL_CLASSES or hasattr(keras.layers, cls)
 
 
 def conv_config_problems(config: Any) -> List[str]:
@@ -201,7 +205,7 @@ def load_keras_model(path: Union[str, Path], *, allow_pickle: bool = False) -> L
     config = _config_of(p)
     if config is None:
         raise BadInputError(f"'{p}' holds weights only (no model config). Save the whole model: model.save('model.keras').")
-    unsafe = unsafe_objects(config) if p.suffix.lower() == ".keras" else _legacy_unsafe(config, keras)
+    unsafe = unsafe_objects(config, None if p.suffix.lower() == ".keras" else legacy_layer_known(keras))
     if unsafe:  # the one opt-in for files that run code while they load (models/trust.py); logs when allowed
         refuse_code_execution(p, f"holds {', '.join(unsafe)}: loading it needs Keras's safe_mode=False", allow_pickle)
     bad_convs = conv_config_problems(config)
@@ -211,18 +215,34 @@ def load_keras_model(path: Union[str, Path], *, allow_pickle: bool = False) -> L
         raise ModelCheckError(f"The Keras model '{p}' has grouped convolutions Keras cannot build: {'; '.join(bad_convs)}. "
                               "Use a groups value (cardinality) that divides both the filters and the input channels.")
     try:
-        model = keras.saving.load_model(str(p), compile=False, safe_mode=not unsafe)
+        model = _keras_load(keras, p, safe_mode=not unsafe)
+    except _SafeModeRefused as exc:  # something the scan above did not see; Keras's safe mode caught it
+        refuse_code_execution(p, f"needs Keras's safe_mode=False to load (Keras: {exc})", allow_pickle)
+        model = _keras_load(keras, p, safe_mode=False)
+        unsafe = [f"what Keras's safe mode refused ({exc})"]
+    hints = read_hints(p)
+    return LoadedKeras(model, input_hwc(model), output_classes(model), "keras" if p.suffix.lower() == ".keras" else "h5",
+                       _labels(hints.get("labels")), hints.get("preprocessing"), unsafe)
+
+
+class _SafeModeRefused(Exception):
+    """Keras refused the file in safe mode (its message says why)."""
+
+
+def _keras_load(keras: Any, p: Path, safe_mode: bool) -> Any:
+    """keras.saving.load_model with the toolkit's errors (exit 2 or 5, never a traceback)."""
+    try:
+        return keras.saving.load_model(str(p), compile=False, safe_mode=safe_mode)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] == "tensorflow":
             raise _needs_tensorflow(p, "a Keras file that only TensorFlow can read") from exc
         raise BadInputError(f"The Keras model '{p}' needs the Python module '{exc.name}' to load ({exc}).") from exc
     except Exception as exc:  # Keras raises ValueError, TypeError, KeyError ... for files it cannot read
         detail = " ".join(str(exc).split())[:300]
+        if safe_mode and "safe_mode" in detail:
+            raise _SafeModeRefused(detail) from exc
         raise BadInputError(f"Keras could not load '{p}' ({type(exc).__name__}: {detail}). Re-save it with Keras 3 "
                             "(model.save('model.keras')); custom layers must be importable and registered.") from exc
-    hints = read_hints(p)
-    return LoadedKeras(model, input_hwc(model), output_classes(model), "keras" if p.suffix.lower() == ".keras" else "h5",
-                       _labels(hints.get("labels")), hints.get("preprocessing"), unsafe)
 
 
 def _labels(value: Any) -> Optional[List[str]]:
