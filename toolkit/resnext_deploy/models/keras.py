@@ -2,8 +2,8 @@
 
 No TensorFlow is needed: on the torch backend a Keras model is a ``torch.nn.Module``, its ops are torch ops
 (so the forward-pass check sees them) and ``model.export(format="onnx")`` goes through torch's exporter.
-A TensorFlow SavedModel folder, and Keras files only TensorFlow can read, go through tf2onnx
-(:func:`onnx_from_tensorflow`) when TensorFlow is installed; otherwise a MissingDependencyError says what to install.
+A TensorFlow SavedModel folder is read by models/savedmodel.py (TensorFlow + tf2onnx, the ``[tensorflow]`` extra);
+a Keras file only TensorFlow can read is refused with a MissingDependencyError saying what to do.
 
 Model files are data: a Keras file whose config holds a ``Lambda`` layer (Python bytecode) or a custom object
 (a class from outside Keras) needs ``safe_mode=False``, which runs code from the file. That is refused unless the
@@ -27,7 +27,7 @@ import numpy as np
 
 from ..backends.base import Runner
 from ..errors import BadInputError, MissingDependencyError
-from ..optional import require, require_keras
+from ..optional import available, require, require_keras
 from .trust import refuse_code_execution
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def is_keras_source(path: Union[str, Path]) -> bool:
 
 
 def is_saved_model(path: Union[str, Path]) -> bool:
+    """True for a TensorFlow SavedModel folder (models/savedmodel.py reads it)."""
     p = Path(path)
     return p.is_dir() and (p / SAVED_MODEL_FILE).is_file()
 
@@ -198,7 +199,10 @@ def load_keras_model(path: Union[str, Path], *, allow_pickle: bool = False) -> L
     if not p.exists():
         raise BadInputError(f"The Keras model '{p}' does not exist.")
     if is_saved_model(p):
-        raise _needs_tensorflow(p, "a TensorFlow SavedModel folder")
+        if not available("tensorflow") or not available("tf2onnx"):
+            raise _needs_tensorflow(p, "a TensorFlow SavedModel folder")
+        raise BadInputError(f"'{p}' is a TensorFlow SavedModel folder, not a Keras file: read it with "
+                            "resnext_deploy.models.savedmodel.load_saved_model (the CLI's --model does).")
     if p.is_dir():
         raise BadInputError(f"'{p}' is a folder without {SAVED_MODEL_FILE}: pass a .keras or .h5 file, or a SavedModel folder.")
     keras = require_keras("load Keras models")
@@ -251,36 +255,10 @@ def _labels(value: Any) -> Optional[List[str]]:
 
 def _needs_tensorflow(p: Path, what: str) -> MissingDependencyError:
     return MissingDependencyError(
-        f"'{p}' is {what}: it goes through tf2onnx, which needs TensorFlow, and TensorFlow is not installed. "
-        "Install it: pip install tensorflow tf2onnx. Or, with Keras 3, load it once where TensorFlow is installed "
-        "and re-save it as model.save('model.keras'), which loads here without TensorFlow."
+        f"'{p}' is {what}: it needs TensorFlow (and tf2onnx), which is not installed. Install it: pip install "
+        "'resnext-deploy[tensorflow]' (or: pip install tensorflow tf2onnx). Or, with Keras 3, load it once where "
+        "TensorFlow is installed and re-save it as model.save('model.keras'), which loads here without TensorFlow."
     )
-
-
-def onnx_from_tensorflow(path: Union[str, Path], out_path: Union[str, Path], opset: int = 17) -> Path:
-    """A SavedModel folder (its serving signature) or a TensorFlow-only Keras file -> raw ONNX via tf2onnx.
-
-    Needs TensorFlow and tf2onnx: without them, a MissingDependencyError (exit 5) says what to install.
-    """
-    p = Path(path)
-    what = "a TensorFlow SavedModel folder" if is_saved_model(p) else "a Keras file that only TensorFlow can read"
-    try:
-        tf = require("tensorflow", "convert TensorFlow models")
-        tf2onnx = require("tf2onnx", "convert TensorFlow models")
-    except MissingDependencyError as exc:
-        raise _needs_tensorflow(p, what) from exc
-    try:
-        if is_saved_model(p):
-            fn = tf.saved_model.load(str(p)).signatures["serving_default"]
-            specs = list(fn.structured_input_signature[1].values())
-            tf2onnx.convert.from_function(fn, input_signature=specs, opset=opset, output_path=str(out_path))
-        else:
-            model = tf.keras.models.load_model(str(p), compile=False)
-            tf2onnx.convert.from_keras(model, opset=opset, output_path=str(out_path))
-    except Exception as exc:  # TensorFlow and tf2onnx raise many types
-        detail = " ".join(str(exc).split())[:300]
-        raise BadInputError(f"tf2onnx could not convert '{p}' ({type(exc).__name__}: {detail}).") from exc
-    return Path(out_path)
 
 
 def input_hwc(model: Any) -> Tuple[int, int, int]:

@@ -262,6 +262,10 @@ def check_file(model: Optional[PathLike], arch: Optional[str] = None, num_classe
 
         report = check_keras_or_raise(src.module)
         return {"model": str(src.path), "passed": True, "summary": report.summary(), **report.to_dict()}
+    if src.kind == "saved_model":
+        from .savedmodel_export import check_savedmodel
+
+        return check_savedmodel(src.module, load_recipe(target="x86-cpu").section("export"))
     if src.module is None:
         from ..optional import require
 
@@ -318,7 +322,7 @@ def export_file(
     recipe = recipe or load_recipe(target="x86-cpu")
     src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), preprocessing, allow_pickle)
     if src.module is None:
-        raise BadInputError(f"'{src.path}' is already ONNX: export takes a PyTorch model.")
+        raise BadInputError(f"'{src.path}' is already ONNX: export takes a PyTorch, Keras or TensorFlow model.")
     calib_dir, _ = data_folders(src, recipe, Path(calib) if calib else None, need=("calib",),
                                 purpose="Exporting your own model (the comparison with PyTorch runs on real images)")
     sample = np.asarray(load_calibration(calib_dir, src.preprocessing, 8, 0).data)
@@ -329,6 +333,13 @@ def export_file(
 
         check_keras_or_raise(src.module)
         res = onnx_from_keras(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"])
+        write_sidecar(out, res.artifact, src.preprocessing, src.labels, model=src.describe(), export=res.to_dict(),
+                      preprocessing_from=f"the model ({src.source_kind})", folders={"calib": str(calib_dir)})
+        return res.artifact
+    if src.kind == "saved_model":
+        from .savedmodel_export import onnx_from_savedmodel
+
+        res = onnx_from_savedmodel(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"])
         write_sidecar(out, res.artifact, src.preprocessing, src.labels, model=src.describe(), export=res.to_dict(),
                       preprocessing_from=f"the model ({src.source_kind})", folders={"calib": str(calib_dir)})
         return res.artifact

@@ -19,22 +19,26 @@ class ModelSource:
 
     name: str
     path: Path
-    kind: str  # "demo" | "torch" | "onnx" | "keras"
+    kind: str  # "demo" | "torch" | "onnx" | "keras" | "saved_model"
     arch: Optional[str]
     num_classes: Optional[int]
     labels: Optional[List[str]]
     preprocessing: Preprocessing
-    module: Any = None  # torch.nn.Module when kind != "onnx" (a keras.Model on the torch backend for "keras")
+    #: torch.nn.Module when kind != "onnx" (a keras.Model on the torch backend for "keras", a LoadedSavedModel
+    #: (models/savedmodel.py) for "saved_model")
+    module: Any = None
     source_kind: str = ""
     #: where ``labels`` came from: the model itself, or (a model without labels) what a build recorded or the
     #: validation folders' sorted names (pipeline/labels.py)
     labels_from: str = "the model"
 
     def describe(self) -> Dict[str, Any]:
+        from ..models.savedmodel import saved_model_sha256
+
         return {
             "name": self.name,
             "source": str(self.path),
-            "source_sha256": sha256_file(self.path),
+            "source_sha256": sha256_file(self.path) if self.path.is_file() else saved_model_sha256(self.path),
             "kind": self.kind,
             "loaded_as": self.source_kind,
             "arch": self.arch,
@@ -133,25 +137,34 @@ def preprocessing_option(value: str, crop: int) -> Preprocessing:
 
 def keras_source(path: Path, name: str, overrides: Dict[str, Any], preprocessing: Optional[str], allow_pickle: bool,
                  need_preprocessing: bool = True) -> ModelSource:
-    """A Keras file (kind "keras", the model on the torch backend) or a SavedModel converted by tf2onnx (kind "onnx")."""
-    from ..models.keras import is_saved_model, load_keras_model
+    """A Keras file (kind "keras", the model on the torch backend) or a SavedModel folder (kind "saved_model",
+    the model in TensorFlow: models/savedmodel.py)."""
+    from ..models.keras import load_keras_model
+    from ..models.savedmodel import is_saved_model, load_saved_model
 
     if is_saved_model(path):
-        return _saved_model_source(path, name, overrides, preprocessing)
+        tf_model = load_saved_model(path)
+        spec = _keras_preprocessing(path, tf_model.signature.input_hwc[0], tf_model.preprocessing, preprocessing,
+                                    overrides, need_preprocessing)
+        return ModelSource(name, path, "saved_model", None, tf_model.signature.num_classes, tf_model.labels, spec,
+                           tf_model, "saved_model")
     loaded = load_keras_model(path, allow_pickle=allow_pickle)
-    h, w, c = loaded.input_shape
-    if preprocessing is not None:
-        spec = preprocessing_option(preprocessing, h)
-        spec = Preprocessing.from_dict({**spec.to_dict(), **overrides})
-    elif loaded.preprocessing:
-        spec = preprocessing_for(loaded.preprocessing, None, overrides)
-    elif {"mean", "std"} <= set(overrides):
-        spec = preprocessing_for(None, h, overrides)
-    elif need_preprocessing:
-        raise BadInputError(_no_hint(path, h))
-    else:
-        spec = preprocessing_for(None, h, overrides)
+    spec = _keras_preprocessing(path, loaded.input_shape[0], loaded.preprocessing, preprocessing, overrides,
+                                need_preprocessing)
     return ModelSource(name, path, "keras", None, loaded.num_classes, loaded.labels, spec, loaded.model, loaded.source)
+
+
+def _keras_preprocessing(path: Path, size: int, own: Optional[Dict[str, Any]], preprocessing: Optional[str],
+                         overrides: Dict[str, Any], need_preprocessing: bool) -> Preprocessing:
+    """--preprocessing, else the sidecar's, else the recipe's mean/std; a model that needs it and has none is refused."""
+    if preprocessing is not None:
+        spec = preprocessing_option(preprocessing, size)
+        return Preprocessing.from_dict({**spec.to_dict(), **overrides})
+    if own:
+        return preprocessing_for(own, None, overrides)
+    if {"mean", "std"} <= set(overrides) or not need_preprocessing:
+        return preprocessing_for(None, size, overrides)
+    raise BadInputError(_no_hint(path, size))
 
 
 def _no_hint(path: Path, size: int) -> str:
@@ -162,31 +175,6 @@ def _no_hint(path: Path, size: int) -> str:
             f"{', '.join(PRESETS)} (Keras applications' preprocess_input modes: keras-caffe = BGR minus the ImageNet mean, "
             f"keras-tf = [-1, 1], keras-torch = ImageNet mean/std; crop {size} from the model's input) or a JSON file, "
             f"or put a sidecar {path.name}.json with a 'preprocessing' entry beside the model.")
-
-
-def _saved_model_source(path: Path, name: str, overrides: Dict[str, Any], preprocessing: Optional[str]) -> ModelSource:
-    """SavedModel -> tf2onnx -> the same NCHW rewrite as a Keras export -> an ONNX source (needs TensorFlow)."""
-    import atexit
-    import shutil
-    import tempfile
-
-    from ..models.keras import onnx_from_tensorflow
-    from ..optional import require
-    from .keras_export import keras_onnx_from_raw
-
-    work = Path(tempfile.mkdtemp(prefix="resnext-deploy-tf2onnx-"))
-    atexit.register(shutil.rmtree, work, True)
-    raw = onnx_from_tensorflow(path, work / "raw.onnx")
-    onnx = require("onnx", "read the converted model")
-    proto = keras_onnx_from_raw(onnx.load(str(raw)), simplify=True)
-    out = work / f"{name}.onnx"
-    onnx.save(proto, str(out))
-    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    if preprocessing is None:
-        raise BadInputError(_no_hint(path, dims[-1]))
-    spec = Preprocessing.from_dict({**preprocessing_option(preprocessing, dims[-1]).to_dict(), **overrides})
-    classes = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value or None
-    return ModelSource(name, out, "onnx", None, classes, None, spec, None, "saved_model")
 
 
 def is_keras_demo(src: ModelSource) -> bool:

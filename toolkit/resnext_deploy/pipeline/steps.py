@@ -47,6 +47,10 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
     t = time.perf_counter()
     if src.kind == "keras":  # Keras on the torch backend: its own check and export (check_keras.py, keras_export.py)
         artifacts.append(keras_stages(ctx, fp32_path))
+    elif src.kind == "saved_model":  # TensorFlow: tf2onnx, compared with TensorFlow (savedmodel_export.py)
+        from .savedmodel_export import savedmodel_stage
+
+        artifacts.append(savedmodel_stage(ctx, fp32_path))
     elif src.module is not None:
         from .check import check_or_raise
 
@@ -151,6 +155,10 @@ def evaluate_build(ctx: BuildContext, artifacts: List[Artifact]) -> List[Dict[st
     results = [evaluate_reference(ctx, artifacts)]
     if ctx.source.kind == "keras":
         results.append(evaluate_keras(ctx))
+    elif ctx.source.kind == "saved_model":
+        from .savedmodel_export import evaluate_savedmodel
+
+        results.append(evaluate_savedmodel(ctx))
     elif ctx.source.module is not None:
         from ..models.runner import TorchRunner
 
