@@ -284,7 +284,7 @@ _size_opt = click.option("--input-size", type=int, default=None,
 _preprocessing_opt = click.option(
     "--preprocessing", "preprocessing", default=None, metavar="PRESET|FILE.json",
     help="How the model sees images when the model file does not say (an ONNX without sidecar or build, a Keras file "
-         "without sidecar): a preset, 'imagenet' (ImageNet's mean/std, resize 256/224 of the crop), 'keras-caffe' "
+         "or SavedModel folder without sidecar): a preset, 'imagenet' (ImageNet's mean/std, resize 256/224 of the crop), 'keras-caffe' "
          "(BGR minus the ImageNet mean, 0..255), 'keras-tf' ([-1, 1]), 'keras-torch' (ImageNet mean/std), or a JSON file (a build's manifest.json, a sidecar, or a dict of "
          "resize, crop, mean, std).")
 
@@ -311,12 +311,11 @@ def check(model: Optional[Path], arch: Optional[str], num_classes: Optional[int]
 @_run
 def export(model: Optional[Path], arch: Optional[str], num_classes: Optional[int], trust_pickle: bool, out: Path,
            calib: Optional[Path], target: str, recipe: Optional[Path], preprocessing: Optional[str]) -> None:
-    """Check, export to ONNX (opset >= 17, dynamic batch), simplify, and compare with PyTorch (or Keras)."""
+    """Check, export to ONNX (opset >= 17, dynamic batch), simplify, and compare with PyTorch (or Keras, TensorFlow)."""
     from .pipeline.commands import export_file
 
     art = export_file(model, out, arch, num_classes, calib, _recipe(target, recipe), preprocessing, trust_pickle)
-    what, diff = ("keras", art.settings["max_abs_diff_vs_keras"]) if "max_abs_diff_vs_keras" in art.settings \
-        else ("torch", art.settings["max_abs_diff_vs_torch"])
+    what, diff = next((k[len("max_abs_diff_vs_"):], v) for k, v in art.settings.items() if k.startswith("max_abs_diff_vs_"))
     click.echo(f"wrote {art.path} (max |onnx - {what}| = {diff:.3g}, sha256 {art.sha256[:12]})")
 
 

@@ -52,6 +52,8 @@ def is_saved_model(path: Union[str, Path]) -> bool:
 def tensorflow_modules(p: Path) -> Tuple[Any, Any]:
     """(tensorflow, tf2onnx), imported quietly; MissingDependencyError (exit 5) naming the folder and the extra."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, not the toolkit's log
+    # tf2onnx imports keras; Keras in this process runs on torch (optional.require_keras), whoever imports it first
+    os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
         return require("tensorflow", "read TensorFlow SavedModels"), require("tf2onnx", "convert TensorFlow SavedModels")
     except MissingDependencyError as exc:

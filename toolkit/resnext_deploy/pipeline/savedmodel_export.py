@@ -26,6 +26,19 @@ from .keras_export import keras_onnx_from_raw
 log = logging.getLogger(__name__)
 
 
+def stable_node_names(proto: Any) -> None:
+    """Name every node ``/<op>``, ``/<op>_1``, ... in graph order, in place (the torch exporter's style).
+
+    tf2onnx names nodes from a counter global to the process (``Conv__66``), so converting the same SavedModel twice
+    gives other names; the accuracy fallback re-exports and leaves nodes in float by name, so the names must not
+    depend on what ran before."""
+    seen: Dict[str, int] = {}
+    for node in proto.graph.node:
+        k = seen.get(node.op_type, 0)
+        seen[node.op_type] = k + 1
+        node.name = f"/{node.op_type}" + (f"_{k}" if k else "")
+
+
 def onnx_from_savedmodel(
     loaded: LoadedSavedModel,
     out_path: Union[str, Path],
@@ -59,6 +72,7 @@ def onnx_from_savedmodel(
     with atomic_file(out_path) as tmp:
         try:
             proto = keras_onnx_from_raw(raw, simplify)
+            stable_node_names(proto)
         except DeployError:
             raise
         except Exception as exc:  # onnx, onnxruntime and onnxslim raise many types
