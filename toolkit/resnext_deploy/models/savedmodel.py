@@ -54,6 +54,8 @@ def tensorflow_modules(p: Path) -> Tuple[Any, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, not the toolkit's log
     # tf2onnx imports keras; Keras in this process runs on torch (optional.require_keras), whoever imports it first
     os.environ.setdefault("KERAS_BACKEND", "torch")
+    # TensorFlow's Python deprecation notices (tf2onnx freezes through TF1-era APIs) say nothing to our user
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         return require("tensorflow", "read TensorFlow SavedModels"), require("tf2onnx", "convert TensorFlow SavedModels")
     except MissingDependencyError as exc:
