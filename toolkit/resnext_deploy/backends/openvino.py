@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..artifacts import Artifact, disk_errors
+from ..buildfolder.artifacts import Artifact, disk_errors
 from ..errors import BadInputError
 from ..optional import require
 from .base import Backend, Runner
@@ -59,7 +59,7 @@ def bf16_support() -> Optional[str]:
         return f"OpenVINO's CPU plugin cannot say whether this CPU has BF16 ({type(exc).__name__}: {exc})"
     if "BF16" in caps:
         return None
-    from ..cpu import host_cpu
+    from ..host.cpu import host_cpu
 
     host = host_cpu()
     return (f"this CPU ({host.model}, ISA {host.isa}) has no BF16 arithmetic (no AMX-BF16 or AVX512-BF16; OpenVINO's "

@@ -13,8 +13,8 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from .backends.base import Runner
-from .machine_load import snapshot as load_snapshot
+from ..backends.base import Runner
+from ..host.load import snapshot as load_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Metrics:
 
 
 def predict_all(runner: Runner, data: np.ndarray, batch_size: int, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-    from .preprocess import (
+    from ..preprocess import (
         batches,  # here, not at the top: on a device `compile --bundle` runs without Pillow
     )
 

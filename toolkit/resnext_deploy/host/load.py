@@ -101,7 +101,7 @@ def timing_verdict(results: Iterable[Dict[str, Any]], before: Optional[Dict[str,
         "under_load": bool(reasons),
         "reasons": reasons,
         "rules": f"1-minute load average > cores, other runnable tasks >= cores before and after timing, "
-                 f"or p99/p50 > {MAX_TAIL_RATIO:g} (machine_load.py)",
+                 f"or p99/p50 > {MAX_TAIL_RATIO:g} (host/load.py)",
     }
 
 
