@@ -90,7 +90,7 @@ def test_a_wheel_install_repacks_itself_and_refuses_an_altered_install(wheel, tm
     pkg = [n for n in original.namelist() if n.startswith("resnext_deploy/")]
     assert sorted(n for n in repacked.namelist() if n.startswith("resnext_deploy/")) == sorted(pkg)
     assert all(repacked.read(n) == original.read(n) for n in pkg)
-    (target / "resnext_deploy" / "gate.py").write_text("# edited after installation\n")
+    (target / "resnext_deploy" / "evaluation" / "gate.py").write_text("# edited after installation\n")
     got = run(tmp_path / "out2")
     assert got["code"] == 2 and "resnext_deploy/evaluation/gate.py" in got["error"] and "RECORD" in got["error"]
 

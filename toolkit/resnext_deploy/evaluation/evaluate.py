@@ -51,7 +51,7 @@ class Metrics:
     first_inference_ms: float = 0.0
     size_bytes: int = 0
     details: Dict[str, Any] = field(default_factory=dict)
-    #: /proc/loadavg before and after timing (machine_load.snapshot): was the machine busy?
+    #: /proc/loadavg before and after timing (host.load.snapshot): was the machine busy?
     load: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
