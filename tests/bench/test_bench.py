@@ -22,10 +22,11 @@ ALL_CONFIGS = {
 
 
 def expected_configs() -> set:
-    """The configurations this machine's bench runs: OpenVINO's bf16 rung joins where the CPU has BF16 arithmetic."""
-    from resnext_deploy.backends.openvino import bf16_support
+    """The configurations this machine's bench runs: OpenVINO's bf16 rung joins where the host facts say OpenVINO runs
+    BF16 (host.cpu.bf16_missing: the real answer here, the injected one under the ``isa`` fixture)."""
+    from resnext_deploy.host.cpu import bf16_missing
 
-    return ALL_CONFIGS | ({"openvino-bf16"} if bf16_support() is None else set())
+    return ALL_CONFIGS | ({"openvino-bf16"} if bf16_missing() is None else set())
 
 
 @pytest.fixture(scope="module")
@@ -214,9 +215,9 @@ def test_validation_folder_is_labeled_with_the_float_models_top1(tmp_path):
 
     from resnext_deploy.bench.arch import label_by_model
     from resnext_deploy.bench.images import write_natural_images
-    from resnext_deploy.pipeline.datasets import load_labeled
+    from resnext_deploy.data.datasets import load_labeled
     from resnext_deploy.models.loading import load_torch_model
-    from resnext_deploy.demo import DEMO_CHECKPOINT
+    from resnext_deploy.models.demo.digits import DEMO_CHECKPOINT
     from resnext_deploy.preprocess import Preprocessing
 
     spec = Preprocessing(resize=32, crop=32)
@@ -234,7 +235,7 @@ def test_mac_count_matches_the_torch_modules(demo_build):
     import torch
 
     from resnext_deploy.bench.machine import count_macs
-    from resnext_deploy.demo import DEMO_CHECKPOINT
+    from resnext_deploy.models.demo.digits import DEMO_CHECKPOINT
     from resnext_deploy.models.loading import load_torch_model
 
     module = load_torch_model(DEMO_CHECKPOINT).module
@@ -369,7 +370,7 @@ def test_bench_pages_reuse_the_report_tables_and_charts():
 def test_bench_of_an_arch_builds_it_in_a_child_process_and_times_the_build(tmp_path):
     """--arch with --weights: natural images, labels from the float model, the build timed as its own process."""
     from resnext_deploy.bench import BenchOptions, run_bench
-    from resnext_deploy.demo import DEMO_CHECKPOINT
+    from resnext_deploy.models.demo.digits import DEMO_CHECKPOINT
 
     opts = BenchOptions(rounds=1, latency_iterations=2, throughput_batches=1, warmup=1, predict_images=16, profile_runs=0,
                         measure_clock=False, configs=["pytorch-fp32", "ours:openvino-int8"])

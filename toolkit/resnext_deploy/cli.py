@@ -76,7 +76,7 @@ def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(EXIT_OK)
         except Exception as exc:  # a bug: say so, keep the traceback for --verbose
-            from .artifacts import is_resource_error, resource_error
+            from .buildfolder.artifacts import is_resource_error, resource_error
 
             if is_resource_error(exc):  # disk full / quota / read-only outside an atomic writer: not a bug
                 err = resource_error(exc, None)  # type: ignore[arg-type]
@@ -453,7 +453,7 @@ def report(source: Path, out: Optional[Path], as_json: bool, baseline: Optional[
 
     if device_report is not None:
         from .ci.device import engines_pending, merge_device_report
-        from .manifest import read_manifest
+        from .buildfolder.manifest import read_manifest
 
         if baseline is not None or out is not None:
             raise click.UsageError("--device merges into the build directory itself: no --out or --baseline with it.")
@@ -485,7 +485,7 @@ def demo() -> None:
 @_run
 def demo_train(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
     """Regenerate the demo images and retrain the demo checkpoint (offline, a few minutes)."""
-    from .demo import DEMO_DIR, train_demo, write_digits_dataset
+    from .models.demo.digits import DEMO_DIR, train_demo, write_digits_dataset
 
     out = out or DEMO_DIR
     write_digits_dataset(out, seed)
@@ -502,7 +502,7 @@ def demo_train(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
 @_run
 def demo_keras(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
     """Retrain the Keras demo (the seeds' Keras ResNeXt block, on the digits; Keras on the torch backend)."""
-    from .models.keras_demo import DEFAULT_EPOCHS, train_keras_demo
+    from .models.demo.keras import DEFAULT_EPOCHS, train_keras_demo
 
     res = train_keras_demo(out, epochs or DEFAULT_EPOCHS, seed)
     click.echo(f"trained {res['path']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
@@ -515,7 +515,7 @@ def demo_keras(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
 @_run
 def demo_standin(out: Optional[Path], steps: Optional[int], seed: int) -> None:
     """Regenerate the stand-in's images and retrain it: ResNeXt-50 32x4d on 48x48 shapes (offline, ~5-30 min on 2 cores)."""
-    from .standin import DEFAULT_STEPS, STANDIN_DIR, train_standin, write_standin_dataset
+    from .models.demo.standin import DEFAULT_STEPS, STANDIN_DIR, train_standin, write_standin_dataset
 
     out = out or STANDIN_DIR
     write_standin_dataset(out, seed)
@@ -586,7 +586,7 @@ def sensitivity(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[
     """Rank the layers by how much INT8 error each brings, find the layers to leave in float, compare with NNCF.
 
     With --workers / --ray-address the layers are shared out to Ray workers and the candidate checks sharded by image."""
-    from .accuracy.sensitivity import markdown_table
+    from .pipeline.sensitivity import markdown_table
     from .accuracy.study import comparison_rows, study_file
 
     doc = study_file(onnx_path, out, _recipe(target, recipe), calib, val, input_size, activations, measure, subset,
@@ -618,9 +618,9 @@ def sensitivity(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[
 @click.option("--channel", type=int, default=0, show_default=True)
 @_run
 def demo_hostile(out: Path, blocks: str, factor: float, channel: int) -> None:
-    """Write the demo model with a few layers made INT8-hostile; its float function is unchanged (see models/hostile.py)."""
-    from .demo import DEMO_CALIB, DEMO_VAL
-    from .models.hostile import write_hostile_demo
+    """Write the demo model with a few layers made INT8-hostile; its float function is unchanged (see models/demo/hostile.py)."""
+    from .models.demo.digits import DEMO_CALIB, DEMO_VAL
+    from .models.demo.hostile import write_hostile_demo
 
     res = write_hostile_demo(out, [b.strip() for b in blocks.split(",") if b.strip()], factor, channel)
     layers = [n for r in res["hostile"] for n in r["onnx_nodes"]]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from .cpu import TARGET_CLASSES as ISA_TARGETS
+from .host.cpu import TARGET_CLASSES as ISA_TARGETS
 from .errors import BadInputError
 
 if sys.version_info >= (3, 11):
@@ -43,7 +43,7 @@ DEFAULTS: Dict[str, Any] = {
         "percentile": 99.999,
         "folder": "",  # empty: the demo's calibration images
     },
-    "quantize": {  # INT8 weights safe on the CPUs the artifacts are for (cpu.py, quantize.weight_range_for)
+    "quantize": {  # INT8 weights safe on the CPUs the artifacts are for (host/cpu.py, quantize.weight_range_for)
         "isa_class": "x86-64",  # x86-64 = any x86-64 CPU | vnni = AVX-512 VNNI, AVX-VNNI or AMX only | none = no CPU kernel (GPU)
         "weight_range": "auto",  # auto (x86-64: 7bit, else full) | 7bit | full
     },
@@ -258,7 +258,7 @@ def _validate(data: Dict[str, Any], source: str, where: Any = None) -> None:
 
 def recipes_dir() -> Path:
     """Where the shipped recipes are (the repo's recipes/, installed as resnext_deploy.recipes)."""
-    from .resources import shipped_dir
+    from .data.resources import shipped_dir
 
     return shipped_dir("resnext_deploy.recipe_files", "recipes")
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..artifacts import atomic_file
-from ..machine_load import UNDER_LOAD_WARNING, timing_verdict
+from ..buildfolder.artifacts import atomic_file
+from ..host.load import UNDER_LOAD_WARNING, timing_verdict
 from ..optional import require
 from ..report.markdown import md_table
 from ..report.tables import console_table
@@ -86,7 +86,7 @@ def targets_apply(bench: Dict[str, Any]) -> bool:
 
 
 def bench_timing(bench: Dict[str, Any]) -> Dict[str, Any]:
-    """machine_load.timing_verdict over the bench's configurations and its load average around the timing."""
+    """host.load.timing_verdict over the bench's configurations and its load average around the timing."""
     mach = bench.get("machine") or {}
     during = mach.get("load_average_during") or {}
     snap = lambda la: {"load_1m": la[0], "cores": mach.get("cores")} if la else {}  # noqa: E731

@@ -19,9 +19,9 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from ..accuracy.peers import overflow_fix_for
-from ..artifacts import atomic_file, check_replaceable, ensure_writable_dir
+from ..buildfolder.artifacts import atomic_file, check_replaceable, ensure_writable_dir
 from ..errors import BadInputError, DeployError
-from ..manifest import read_manifest
+from ..buildfolder.manifest import read_manifest
 from ..models.trust import refuse_early
 from ..preprocess import Preprocessing
 from ..progress import Progress
@@ -236,7 +236,7 @@ def configurations(build_dir: Path, manifest: Dict[str, Any], peers_dir: Path, a
 
 def _inputs(build_dir: Path, manifest: Dict[str, Any], work: Path, count: int) -> Dict[str, Any]:
     """The calibration images the build used (for the peers' quantizers) and validation images to classify."""
-    from ..pipeline.datasets import load_calibration, load_labeled
+    from ..data.datasets import load_calibration, load_labeled
 
     spec = Preprocessing.from_dict(manifest["preprocessing"])
     recipe = manifest.get("recipe") or {}

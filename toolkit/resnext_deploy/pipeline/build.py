@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from .. import backends
-from ..accuracy.fallback import accuracy_fallback, markdown_sections
-from ..artifacts import Artifact, atomic_dir, check_replaceable, ensure_writable_dir, sha256_file
+from .fallback import accuracy_fallback, markdown_sections
+from ..buildfolder.artifacts import Artifact, atomic_dir, check_replaceable, ensure_writable_dir, sha256_file
 from ..errors import BadInputError
-from ..gate import GateResult, apply_gates
-from ..manifest import folder_digest, make_manifest, write_manifest
+from ..evaluation.gate import GateResult, apply_gates
+from ..buildfolder.manifest import folder_digest, make_manifest, write_manifest
 from ..progress import Progress, step_progress
 from ..recipes import load_recipe
 from ..report import make_report, write_report
@@ -26,7 +26,7 @@ from ..scale import ScaleOptions, open_inference
 from ..scale.render import markdown_section as measured_section
 from .context import BuildContext
 from .commands import recorded_labels
-from .datasets import load_calibration, load_labeled, skipped_records
+from ..data.datasets import load_calibration, load_labeled, skipped_records
 from .labels import previous_build_labels, validation_labels
 from .source import data_folders, resolve_model
 from .steps import REFERENCE, add_end_to_end, evaluate_build, run_stages

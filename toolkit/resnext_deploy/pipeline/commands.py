@@ -15,15 +15,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .. import backends
-from ..artifacts import Artifact, atomic_file
+from ..buildfolder.artifacts import Artifact, atomic_file
+from ..buildfolder.sidecar import read_sidecar, sidecar_path, write_sidecar
 from ..errors import BadInputError
-from ..evaluate import TimingConfig, evaluate_runner
-from ..gate import GateResult
+from ..evaluation.evaluate import TimingConfig, evaluate_runner
+from ..evaluation.gate import GateResult
 from ..preprocess import Preprocessing
 from ..progress import Progress, step_progress
 from ..recipes import Recipe, load_recipe
 from ..report import make_report, read_report, write_report
-from .datasets import load_calibration, load_labeled, skipped_records
+from ..data.datasets import load_calibration, load_labeled, skipped_records
 from .labels import require_above_chance, validation_labels
 from .source import ModelSource, data_folders, preprocessing_for, resolve_model
 from ..scale import ModelFiles, ScaleOptions, open_inference
@@ -33,29 +34,6 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 EVALUATION_SCHEMA = "resnext-deploy/evaluation"
-
-
-def sidecar_path(path: PathLike) -> Path:
-    return Path(str(path) + ".json")
-
-
-def write_sidecar(path: PathLike, artifact: Artifact, preprocessing: Preprocessing, labels: Optional[List[str]], **extra: Any) -> Path:
-    meta = {"artifact": artifact.to_dict(), "preprocessing": preprocessing.to_dict(), "labels": labels}
-    meta.update(extra)
-    with atomic_file(sidecar_path(path)) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
-    return sidecar_path(path)
-
-
-def read_sidecar(path: PathLike) -> Dict[str, Any]:
-    """The sidecar of an artifact, or {} if it has none (an ONNX from elsewhere)."""
-    p = sidecar_path(path)
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"The sidecar '{p}' is not valid JSON ({exc}); delete it or re-run the stage that wrote it.") from exc
 
 
 @dataclass
@@ -95,7 +73,7 @@ class ModelMeta:
 
 def _from_build(path: Path) -> Optional[Tuple[Path, Dict[str, Any], Dict[str, Any]]]:
     """(build dir, manifest, artifact record) when ``path`` is an artifact listed in a build's manifest.json."""
-    from ..manifest import read_manifest
+    from ..buildfolder.manifest import read_manifest
 
     resolved = path.resolve()
     for d in list(resolved.parents)[:3]:
@@ -496,7 +474,7 @@ def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = 
         new_manifest = manifest_beside(source) if source.is_dir() or _schema(source) != EVALUATION_SCHEMA else None
         report["baseline"] = compare_with_baseline(report, base, recipe.section("gates")["baseline"], new_manifest)
     if out_dir:
-        from ..accuracy.fallback import markdown_sections
+        from .fallback import markdown_sections
         from ..scale.render import markdown_section as measured_section
 
         extra = markdown_sections(report) + measured_section(report)

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..artifacts import Artifact, atomic_file, resource_cause
+from ..buildfolder.artifacts import Artifact, atomic_file, resource_cause
 from ..errors import BadInputError, DeployError, InternalError
 from ..optional import require
 

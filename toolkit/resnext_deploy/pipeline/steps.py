@@ -8,8 +8,8 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from .. import backends
-from ..artifacts import Artifact
-from ..evaluate import TimingConfig, evaluate_runner
+from ..buildfolder.artifacts import Artifact
+from ..evaluation.evaluate import TimingConfig, evaluate_runner
 from ..recipes import Recipe
 from ..report.gallery import compare_images
 from ..scale import LocalInference, ModelFiles
@@ -35,7 +35,7 @@ def quantized_flavours(recipe: Recipe) -> Dict[str, str]:
 def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Artifact]:
     """check, export, quantize, compile into ``ctx.staging``; returns the artifacts (timings, notes, sections on ``ctx``).
 
-    ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see accuracy/fallback.py).
+    ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see pipeline/fallback.py).
     """
     from .quantize import isa_record, qdq_from_onnx, weight_range_for
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Sequence
 
-from ..machine_load import UNDER_LOAD_WARNING
+from ..host.load import UNDER_LOAD_WARNING
 from ..optional import require
 from .gallery import DEFAULT_CAP
 from .tables import (

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Sequence
 
-from ..evaluate import CONFIDENT_MARGIN
-from ..machine_load import UNDER_LOAD_WARNING
+from ..evaluation.evaluate import CONFIDENT_MARGIN
+from ..host.load import UNDER_LOAD_WARNING
 from .tables import (
     E2E_HEAD,
     GATE_HEAD,

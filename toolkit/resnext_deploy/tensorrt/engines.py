@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-from ..artifacts import atomic_file, sha256_file
+from ..buildfolder.artifacts import atomic_file, sha256_file
 from ..errors import BadInputError, InternalError
 
 if TYPE_CHECKING:  # the published tensorrt-stubs (10.x) check the calls below; nothing is imported at run time

@@ -21,16 +21,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..artifacts import Artifact, atomic_file
+from ..buildfolder.artifacts import Artifact, atomic_file
 from ..errors import BadInputError, MissingDependencyError
-from ..evaluate import (
+from ..evaluation.evaluate import (
     Metrics,
     TimingConfig,
     compare_logits,
     measure_latency,
     topk_accuracy,
 )
-from ..gate import Check, GateResult
+from ..evaluation.gate import Check, GateResult
 from ..progress import Progress
 from ..ci.device import seal
 from ..report import make_report, write_report

@@ -17,16 +17,16 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from .. import backends
-from ..artifacts import Artifact
+from ..buildfolder.artifacts import Artifact
 from ..errors import InternalError
-from ..evaluate import TimingConfig, evaluate_runner
-from ..gate import apply_gates
-from ..pipeline.datasets import LoadedImages
+from ..evaluation.evaluate import TimingConfig, evaluate_runner
+from ..evaluation.gate import apply_gates
+from ..data.datasets import LoadedImages
 from ..backends.base import BuildAddition
 from ..pipeline.context import BuildContext
 from ..pipeline.steps import REFERENCE, evaluate_artifact
 from ..progress import Progress, step_progress
-from ..sampling import evenly_spaced
+from ..data.sampling import evenly_spaced
 from .bundle import (
     CALIB_CACHE,
     FP16_ONNX,
@@ -38,7 +38,7 @@ from .bundle import (
     tar_bundle,
     write_bundle,
 )
-from ..distribution import wheel_for_device
+from .distribution import wheel_for_device
 from .bundle import WHEELS_DIR
 from .calib_cache import cache_from_qdq
 from .handoff import DeviceSteps, device_steps, readme_block, steps_lines
@@ -148,7 +148,7 @@ def _strongly_typed_models(fp32: Path, qdq: Path, out_dir: Path) -> Dict[str, Pa
 
 def _typed_closeness(typed: Dict[str, Path], golden: Golden, recipe: Any) -> Dict[str, Any]:
     """How close the FP16 models stay to their FP32 counterparts on the golden images (ONNX Runtime, CPU)."""
-    from ..evaluate import compare_logits
+    from ..evaluation.evaluate import compare_logits
 
     ort = backends.get("onnxruntime")
     out = {}
@@ -196,7 +196,7 @@ def _golden(src: Any, recipe: Any, fp32: Artifact, qdq: Artifact, valset: Loaded
 
 def _bundle_manifest(src: Any, recipe: Any, fp32: Artifact, qdq: Artifact, specs: List[EngineSpec],
                      out: TensorRtOutcome, results: List[Dict[str, Any]], valset: LoadedImages, stage_dir: Path) -> Dict[str, Any]:
-    from ..manifest import make_manifest
+    from ..buildfolder.manifest import make_manifest
 
     def moved(a: Artifact, rel: str) -> Artifact:
         return Artifact(a.name, rel, a.kind, a.backend, a.precision, a.parent, a.stage, {rel: a.sha256}, dict(a.settings))
@@ -396,15 +396,3 @@ def render_readme(src: Any, recipe: Any, specs: List[EngineSpec], manifest: Dict
         ]
     return "\n".join(lines)
 
-
-# ------------------------------------------------------------------ the backend's build hooks (Backend.build_hooks)
-
-
-def workstation_results(ctx: BuildContext, artifacts: List[Artifact]) -> List[Dict[str, Any]]:
-    """The Q/DQ model TensorRT's INT8 engine comes from, run in ONNX Runtime: a real accuracy even without a GPU."""
-    return [evaluate_qdq(ctx, artifacts)]
-
-
-def finish_build(ctx: BuildContext, artifacts: List[Artifact], results: List[Dict[str, Any]]) -> TensorRtOutcome:
-    """Engines here when TensorRT and the GPU are this machine's, else the bundle that builds them on the device."""
-    return tensorrt_stage(ctx, artifacts, results)

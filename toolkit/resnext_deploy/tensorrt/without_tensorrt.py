@@ -17,8 +17,8 @@ from typing import Any, Dict, List
 
 from .. import backends
 from ..errors import MissingDependencyError
-from ..evaluate import Metrics, TimingConfig, compare_logits, measure_latency, topk_accuracy
-from ..gate import Check, GateResult, skipped_check
+from ..evaluation.evaluate import Metrics, TimingConfig, compare_logits, measure_latency, topk_accuracy
+from ..evaluation.gate import Check, GateResult, skipped_check
 from ..progress import Progress
 from .bundle import FP16_ONNX, FP32_ONNX, QDQ_FP16_ONNX, QDQ_ONNX, Bundle
 

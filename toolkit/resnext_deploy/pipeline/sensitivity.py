@@ -32,10 +32,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .. import backends
-from ..artifacts import atomic_file, sha256_file
+from ..buildfolder.artifacts import atomic_file, sha256_file
 from ..errors import BadInputError
 from ..recipes import calibration_settings
-from ..evaluate import compare_logits, predict_all
+from ..evaluation.evaluate import compare_logits, predict_all
 from ..optional import require
 from ..progress import Progress
 
@@ -95,7 +95,7 @@ class VariantQuantizer:
 
     def quantize(self, flavour: str, exclude: Sequence[str] = (), only: Sequence[str] = (), out: Union[str, Path, None] = None) -> Path:
         """Write a Q/DQ model of ``flavour`` with ``exclude`` left in float (or only ``only`` quantized)."""
-        from ..pipeline.quantize import qdq_from_onnx
+        from .quantize import qdq_from_onnx
 
         out = Path(out) if out else self.work_dir / f"variant-{flavour}.onnx"
         first = not self.cache.is_file()

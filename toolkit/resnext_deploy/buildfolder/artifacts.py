@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
-from .errors import BadInputError, DeployError, ResourceError
+from ..errors import BadInputError, DeployError, ResourceError
 
 log = logging.getLogger(__name__)
 

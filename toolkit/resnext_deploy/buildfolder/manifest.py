@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 from .artifacts import Artifact, atomic_file, sha256_file
-from .cpu import host_cpu
-from .errors import BadInputError
+from ..host.cpu import host_cpu
+from ..errors import BadInputError
 
 MANIFEST_SCHEMA = "resnext-deploy/manifest"
 MANIFEST_SCHEMA_VERSION = 1
@@ -21,7 +21,7 @@ _VERSIONED = ("numpy", "PIL", "onnx", "onnxruntime", "openvino", "torch", "onnxs
 
 def library_versions() -> Dict[str, str]:
     """Versions of the libraries already imported (never imports a heavy one just to ask)."""
-    from . import __version__
+    from .. import __version__
 
     out = {"resnext_deploy": __version__, "python": platform.python_version(), "platform": platform.platform()}
     for mod in _VERSIONED:

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import BadInputError
 from ..preprocess import Preprocessing, preprocess_file
 from ..progress import StepProgress
-from ..sampling import evenly_spaced
+from .sampling import evenly_spaced
 
 log = logging.getLogger(__name__)
 
