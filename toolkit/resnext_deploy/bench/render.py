@@ -8,7 +8,6 @@ from typing import Any, Dict, List, Optional
 
 from ..artifacts import atomic_file
 from ..machine_load import UNDER_LOAD_WARNING, timing_verdict
-from ..optional import require
 from ..report.markdown import md_table
 from ..report.tables import console_table
 
@@ -199,35 +198,13 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
 
 
 def write_plot(bench: Dict[str, Any], path: Path) -> Path:
-    """Two bar charts: batch-1 p50 latency (p90 as a whisker) and batch-N throughput, ours in a second colour."""
-    matplotlib = require("matplotlib", "plot the benchmark")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """bench.png: the latency chart of bench.html (report/charts.py's latency bars), as a PNG."""
+    from ..report.charts import write_chart
 
-    rows = [r for r in bench["configurations"] if "latency_ms" in r]
-    names = [r["name"] for r in rows]
-    colors = [{"ours": "#d62728", "variant": "#f2a0a0"}.get(r["role"], "#7f7f7f") for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.8))
-    p50 = [r["latency_ms"]["p50"] for r in rows]
-    err = [r["latency_ms"]["p90"] - r["latency_ms"]["p50"] for r in rows]
-    ax1.barh(names, p50, xerr=[[0] * len(rows), err], color=colors)
-    ax1.set_xscale("log")  # PyTorch eager and INT8 differ by an order of magnitude
-    ax1.set_xlabel("batch-1 latency p50 (ms, log scale), whisker to p90; lower is better")
-    ax1.invert_yaxis()
-    ax2.barh(names, [r["throughput_ips"] for r in rows], color=colors)
-    ax2.set_xlabel(f"batch-{bench['options']['batch_size']} throughput (images/s); higher is better")
-    ax2.invert_yaxis()
-    ax2.set_yticklabels([])
-    for ax, vals, fmt in ((ax1, p50, "{:.1f}"), (ax2, [r["throughput_ips"] for r in rows], "{:.0f}")):
-        for i, v in enumerate(vals):
-            ax.text(v, i, " " + fmt.format(v), va="center", fontsize=8)
-    fig.suptitle(f"{bench['model'].get('arch') or bench['model'].get('name')} on {bench['machine']['cpu']} "
-                 f"({bench['machine']['cores']} cores); red: our build (light: a variant), grey: peers", fontsize=10)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    chart = latency_chart(bench)
+    if chart is None:
+        raise ValueError("no configuration was timed: nothing to plot")
+    return write_chart(chart, path)
 
 
 def write_outputs(bench: Dict[str, Any], out: Path) -> List[Path]:
@@ -256,8 +233,9 @@ def latency_chart(bench: Dict[str, Any]) -> Any:
     rows = [r for r in bench["configurations"] if "latency_ms" in r]
     bars = [Bar(r["name"], r["latency_ms"]["p50"], r["latency_ms"].get("p90", r["latency_ms"]["p50"]), r["latency_ms"]["p99"],
                 r.get("throughput_ips") or 0.0, {"ours": "#d62728", "variant": "#f2a0a0"}.get(r["role"], "#7f7f7f")) for r in rows]
-    return latency_bars(bars, bench["options"]["batch_size"], "red: our build (light: a variant), grey: peers",
-                        name="bench-latency.svg") if bars else None
+    title = (f"{bench['model'].get('arch') or bench['model'].get('name')} on {bench['machine']['cpu']} "
+             f"({bench['machine']['cores']} cores); red: our build (light: a variant), grey: peers")
+    return latency_bars(bars, bench["options"]["batch_size"], title, name="bench-latency.svg") if bars else None
 
 
 def render_html(bench: Dict[str, Any], md: str) -> str:
