@@ -25,31 +25,6 @@ from .errors import (EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK,
 log = logging.getLogger("resnext_deploy")
 
 
-class _Progress:
-    """Draws `stage: done/total` on one stderr line; library code calls it, only the CLI draws."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._last = ""
-        self._rates: Dict[str, Any] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        from .progress import Rate, format_eta
-
-        rate, left = self._rates.setdefault(stage, Rate()).update(done, total)
-        width = 24
-        if done < total and (done * 20 // max(total, 1)) == ((done - 1) * 20 // max(total, 1)):
-            return  # redraw every 5%
-        filled = int(width * done / max(total, 1))
-        unit = "img/s" if any(w in stage for w in ("evaluate", "image", "calibrat")) else "/s"
-        speed = f" {rate:7.1f} {unit} ETA {format_eta(left)}" if rate else ""
-        click.echo(f"\r  {stage:<36} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{speed}", nl=False, err=True)
-        if done >= total:
-            click.echo("", err=True)
-
-
 def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn our errors into a one-paragraph message and their exit code; anything else is internal (4)."""
 
@@ -127,7 +102,10 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     read-only, 7 pending on device, 130 SIGINT, 143 SIGTERM.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = {"progress": _Progress(not quiet and sys.stderr.isatty())}
+    from .progress import ProgressDisplay
+
+    # Bars on a terminal; on a CI log or a file, a line per stage and per 10 % (never silent for minutes).
+    ctx.obj = {"progress": ProgressDisplay(enabled=not quiet)}
 
 
 def _scale_options(fn: Callable[..., Any]) -> Callable[..., Any]:
