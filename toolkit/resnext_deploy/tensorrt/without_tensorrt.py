@@ -60,6 +60,18 @@ def machine_without_tensorrt(facts: Any) -> Dict[str, Any]:
             "machine": platform.machine(), "system": platform.system(), "versions": versions}
 
 
+def _ungated_note(b: Bundle, key: str, rel: str, name: str, cmp: Dict[str, float], tolerance: str) -> str:
+    """Why a model is reported but not gated here (FP16 Q/DQ: ONNX Runtime's CPU kernels are no reference)."""
+    cfg = b.tensorrt
+    ws = (b.info.get("strongly_typed_models") or {}).get(key) or {}
+    return (f"{rel} ({name}) is reported, not gated, without TensorRT: ONNX Runtime's CPU kernels are no reference "
+            f"for FP16 Q/DQ. Here max |diff| {cmp['max_abs_logit_diff']:.3g}, min cosine {cmp['min_cosine']:.4f} vs "
+            f"the FP32 references (recipe: <= {cfg[f'{tolerance}_max_abs_diff']}, >= {cfg[f'{tolerance}_min_cosine']})"
+            + (f"; the workstation's ONNX Runtime measured max |diff| {ws['max_abs_logit_diff']:.3g} vs "
+               f"{ws.get('against')}" if ws.get("max_abs_logit_diff") is not None else "")
+            + ". Strongly typed TensorRT (11.x) builds and checks it on the device.")
+
+
 def check_without_tensorrt(b: Bundle, why: str, progress: Progress = None,
                            engines: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
     """Run the golden checks with ONNX Runtime; returns the pieces of the device report (rows, gate, notes, stages).
@@ -109,14 +121,7 @@ def check_without_tensorrt(b: Bundle, why: str, progress: Progress = None,
         if gated:
             checks += golden_checks(name, tolerance, cmp, cfg)
         else:
-            ws = (b.info.get("strongly_typed_models") or {}).get(key) or {}
-            ungated.append(
-                f"{rel} ({name}) is reported, not gated, without TensorRT: ONNX Runtime's CPU kernels are no reference "
-                f"for FP16 Q/DQ. Here max |diff| {cmp['max_abs_logit_diff']:.3g}, min cosine {cmp['min_cosine']:.4f} vs "
-                f"the FP32 references (recipe: <= {cfg[f'{tolerance}_max_abs_diff']}, >= {cfg[f'{tolerance}_min_cosine']})"
-                + (f"; the workstation's ONNX Runtime measured max |diff| {ws['max_abs_logit_diff']:.3g} vs "
-                   f"{ws.get('against')}" if ws.get("max_abs_logit_diff") is not None else "")
-                + ". Strongly typed TensorRT (11.x) builds and checks it on the device.")
+            ungated.append(_ungated_note(b, key, rel, name, cmp, tolerance))
         stages[f"check {rel}"] = time.perf_counter() - t
         if progress:
             progress("golden checks (ONNX Runtime)", i + 1, len(present))
