@@ -354,6 +354,8 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
 
         res = compile_bundle(bundle, ctx.obj["progress"])
         click.echo(render_table(res.report))
+        for line in (res.report.get("engine_plan") or {}).get("lines", []):  # --target jetson: what this device builds
+            click.echo(line)
         if res.pending:
             click.echo(f"\nTensorRT engines NOT built: {res.pending}. Checked without TensorRT: the bundle's hashes and "
                        "its ONNX models on the golden inputs (ONNX Runtime).")

@@ -265,7 +265,7 @@ def recipes_dir() -> Path:
 
 def list_targets() -> Dict[str, Path]:
     """Shipped targets -> recipe file."""
-    return {p.stem: p for p in sorted(recipes_dir().glob("*.toml"))}
+    return {p.stem: p for p in sorted(recipes_dir().glob("*.toml"), key=lambda p: p.stem)}  # "jetson" before "jetson-*"
 
 
 def _read_toml(path: Path) -> Dict[str, Any]:

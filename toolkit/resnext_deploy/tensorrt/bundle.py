@@ -31,7 +31,7 @@ FP32_ONNX = "model-fp32.onnx"
 QDQ_ONNX = "model-int8-qdq.onnx"
 FP16_ONNX = "model-fp16.onnx"  # strongly typed TensorRT: FP16 compute, FP32 I/O
 QDQ_FP16_ONNX = "model-int8-qdq-fp16.onnx"  # strongly typed TensorRT: the Q/DQ model, float regions in FP16
-#: engine_plan / engines.source_for keys -> file in the bundle
+#: engine_plan / device_plan.source_for keys -> file in the bundle
 MODEL_FILES = {"fp32": FP32_ONNX, "qdq": QDQ_ONNX, "fp16": FP16_ONNX, "qdq-fp16": QDQ_FP16_ONNX}
 CALIB_CACHE = "calibration.cache"
 RECIPE = "recipe.toml"
