@@ -32,7 +32,7 @@ def check_output(out: PathLike, force: bool = False, inputs: Iterable[Optional[P
             f"--out '{shown(text)}' names a folder by reference ({os.path.abspath(text)}), not a new one: a build "
             "replaces its output whole. Name a folder inside it, e.g. --out build/mymodel."
         )
-    if os.path.ismount(path):
+    if is_mount_point(path):
         raise BadInputError(
             f"--out '{shown(text)}' is a mount point: a build is written beside its output and swapped in whole, "
             f"which cannot cross into a mount. Write into a folder inside it, e.g. --out {shown(text.rstrip('/'))}/build."
@@ -41,6 +41,22 @@ def check_output(out: PathLike, force: bool = False, inputs: Iterable[Optional[P
     _refuse_holding_inputs(path, inputs)
     check_replaceable(path, force, ours)
     return path
+
+
+def is_mount_point(path: Path) -> bool:
+    """True if ``path`` is a mount point: os.path.ismount (another device), or listed in /proc/self/mountinfo (a
+    bind mount of a folder of the same file system, which ismount does not see: ``docker run -v``)."""
+    if os.path.ismount(path):
+        return True
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            points = {line.split(" ")[4] for line in fh if line.count(" ") >= 4}
+    except OSError:
+        return False
+    real = os.path.realpath(path)
+    # mountinfo writes space, tab, newline and backslash as octal escapes (proc(5))
+    escaped = real.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+    return escaped in points
 
 
 def _refuse_holding_inputs(path: Path, inputs: Iterable[Optional[PathLike]]) -> None:
