@@ -17,7 +17,7 @@ BACKEND_HOMES = ("backends/", "tensorrt/")
 #: The layer order, lowest first: a package imports only from its own layer's modules or from lower layers,
 #: never back up (cli and __main__ sit on top of everything). Ground-floor modules count as packages of one.
 LAYERS = (
-    ("errors", "optional", "progress", "preprocess", "host"),  # stdlib + numpy/Pillow; host = CPU facts and load
+    ("errors", "names", "optional", "progress", "preprocess", "host"),  # stdlib + numpy/Pillow; names = escaping for display; host = CPU facts and load
     ("buildfolder", "data"),  # artifacts, manifest, sidecars; image folders and shipped data
     ("backends", "recipes"),  # the backend interface and ORT/OpenVINO; recipes read the backends' defaults
     ("evaluation",),  # metrics, latency and the gate
@@ -112,7 +112,7 @@ def test_packages_import_only_down_the_layer_order():
 
 def test_the_ground_floor_holds_about_eight_modules():
     ground = sorted(p.stem for p in PACKAGE.glob("*.py"))
-    assert ground == ["__init__", "__main__", "cli", "errors", "optional", "preprocess", "progress", "recipes"]
+    assert ground == ["__init__", "__main__", "cli", "errors", "names", "optional", "preprocess", "progress", "recipes"]
 
 
 def test_no_import_circle_even_through_lazy_imports():

@@ -180,12 +180,20 @@ def calibration_settings(section: Optional[Dict[str, Any]] = None, source: str =
 #: dotted key -> (low, high, what it is): every number a recipe holds, with its allowed closed range (None = open).
 #: Checked before anything is built, so `min_agreement = 5` fails in a second rather than at the gate.
 RANGES: Dict[str, Any] = {
+    # Caps (README "Recipes"): past them a value only costs memory or hours. opset: 13 is the first with per-channel
+    # QuantizeLinear (the INT8 stages write it); above 21 the exporters and backends here are not tested.
+    "export.opset": (13, 21, "the ONNX opset the model is exported with"),
     "export.tolerance": (0.0, None, "the largest |logit| difference allowed between ONNX and PyTorch"),
+    # 4096 images are 2.4 GB of float32 at 224 px; min/max and histogram ranges settle within a few hundred
+    "calibration.count": (1, 4096, "calibration images"),
     "calibration.percentile": (0.0, 100.0, "a percentile of |activation|, as ONNX Runtime's calibrator takes it"),
     "evaluation.limit": (0, None, "images; 0 = every image"),
-    "evaluation.batch_size": (1, None, "images per throughput batch"),
-    "evaluation.warmup": (0, None, "untimed runs"),
-    "evaluation.iterations": (1, None, "timed runs"),
+    # 256 images are 154 MB of input at 224 px and some GB of ResNeXt-50 activations; CPU throughput is flat by 64
+    "evaluation.batch_size": (1, 256, "images per throughput batch"),
+    "evaluation.warmup": (0, 1000, "untimed runs"),
+    # 10,000 batch-1 runs of ResNeXt-50 take minutes on a laptop CPU; p99 needs no more
+    "evaluation.iterations": (1, 10000, "timed runs"),
+    "evaluation.gallery": (0, 1000, "images per INT8 artifact in the report's gallery; 0 = none"),
     "gates.max_top1_drop": (0.0, 100.0, "percentage points of top-1"),
     "gates.min_top1_ratio": (0.0, 1.0, "INT8 top-1 / float top-1, e.g. 0.99; 0 = no check"),
     "gates.min_agreement": (0.0, 1.0, "a share of the images, e.g. 0.95 = 95 %"),
@@ -196,7 +204,7 @@ RANGES: Dict[str, Any] = {
     "gates.baseline.max_latency_increase_pct": (0.0, None, "percent; 0 = not checked"),
     "gates.baseline.max_size_increase_pct": (0.0, None, "percent; 0 = not checked"),
     "fallback.max_excluded_layers": (0, None, "layers"),
-    "fallback.subset": (1, None, "images"),
+    "fallback.subset": (1, 100000, "images"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def folder_digest(paths: Iterable[Path]) -> str:
     """One sha256 over the (name, content hash) of each file: identifies a calibration/validation set."""
     h = hashlib.sha256()
     for p in sorted(Path(x) for x in paths):
-        h.update(p.name.encode())
+        h.update(os.fsencode(p.name))  # the name's bytes: a name that is not UTF-8 is hashed as it is
         h.update(sha256_file(p).encode())
     return h.hexdigest()
 

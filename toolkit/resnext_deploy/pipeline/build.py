@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from .. import backends
 from .fallback import accuracy_fallback, markdown_sections
-from ..buildfolder.artifacts import Artifact, atomic_dir, check_replaceable, ensure_writable_dir, sha256_file
+from ..buildfolder.artifacts import Artifact, atomic_dir, sha256_file
 from ..errors import BadInputError
 from ..evaluation.gate import GateResult, apply_gates
 from ..buildfolder.manifest import folder_digest, make_manifest, write_manifest
@@ -28,6 +28,7 @@ from .context import BuildContext
 from .commands import recorded_labels
 from ..data.datasets import load_calibration, load_labeled, skipped_records
 from .labels import previous_build_labels, validation_labels
+from .preflight import check_output
 from .source import data_folders, resolve_model
 from .steps import REFERENCE, add_end_to_end, evaluate_build, run_stages
 
@@ -77,11 +78,13 @@ def build(
     """
     t_start = time.perf_counter()
     recipe = load_recipe(recipe_path, target if recipe_path else (target or "x86-cpu"))
+    inputs = (model, calib, val, recipe_path, recipe.section("calibration")["folder"], recipe.section("evaluation")["folder"])
+    if out is not None:
+        check_output(out, force, inputs)  # before the work (the model's check is one): atomic_dir checks again at the swap
     src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), preprocessing, allow_pickle)
-    out_dir = Path(out) if out else Path("build") / src.name / recipe.target
-    ensure_writable_dir(out_dir.parent)
-    check_replaceable(out_dir, force)  # before the work: atomic_dir checks again at the swap
+    out_dir = Path(out) if out is not None else check_output(Path("build") / src.name / recipe.target, force, inputs)
     calib_dir, val_dir = data_folders(src, recipe, Path(calib) if calib else None, Path(val) if val else None)
+    check_output(out_dir, force, (calib_dir, val_dir))  # the folders the data came from, defaults included
     for name in recipe.enabled_backends():
         be = backends.get(name)
         # A backend whose artifacts are built on the device (TensorRT) ends in a bundle here: not needed now.

@@ -20,13 +20,14 @@ from ..buildfolder.sidecar import read_sidecar, sidecar_path, write_sidecar
 from ..errors import BadInputError
 from ..evaluation.evaluate import TimingConfig, evaluate_runner
 from ..evaluation.gate import GateResult
+from ..models.onnx_inputs import scan_onnx
 from ..preprocess import Preprocessing
 from ..progress import Progress, step_progress
 from ..recipes import Recipe, load_recipe
 from ..report import make_report, read_report, write_report
 from ..data.datasets import load_calibration, load_labeled, skipped_records
 from .labels import require_above_chance, validation_labels
-from .source import ModelSource, data_folders, preprocessing_for, resolve_model
+from .source import data_folders, preprocessing_for, resolve_model
 from ..scale import ModelFiles, ScaleOptions, open_inference
 from .steps import REFERENCE
 
@@ -271,6 +272,7 @@ def _check_onnx(path: Path) -> Dict[str, Any]:
 
     path = _require_file(path, "ONNX model")
     onnx = require("onnx", "check ONNX models")
+    scan_onnx(path)  # external data confined and bounded, no NaN/Inf weights: before the checker reads it
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # onnx raises several types
@@ -346,6 +348,7 @@ def quantize_file(
 def compile_file(onnx_path: PathLike, backend: str, precision: str, out_dir: PathLike, recipe: Recipe) -> Artifact:
     """Compile an ONNX (FP32, or a Q/DQ model for int8) for one backend."""
     onnx_path = _require_file(onnx_path, "ONNX model")
+    scan_onnx(onnx_path)
     meta = model_meta(onnx_path, recipe, required=False)
     src = Artifact.from_dict(meta.record) if meta.record else Artifact.from_files(
         onnx_path.stem, [onnx_path], None, kind="onnx", backend="onnx", precision=precision)
@@ -374,6 +377,7 @@ def evaluate_files(
     The images stream from the folder a batch at a time; ``scale`` shards the logits over Ray workers and/or
     keeps each shard in a resume directory (latency is measured here either way)."""
     reference = _require_file(reference, "reference ONNX model")
+    scan_onnx(reference)
     ref = model_meta(reference, recipe, input_size, preprocessing)
     spec = ref.preprocessing
     _, folder = data_folders(ref.is_demo, recipe, None, Path(val) if val else None, need=("val",),

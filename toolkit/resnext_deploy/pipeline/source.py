@@ -88,8 +88,10 @@ def resolve_model(
     if is_keras_source(path):
         return keras_source(path, name, overrides, preprocessing, allow_pickle, need_preprocessing)
     if model_format(path) == "onnx":
+        from ..models.onnx_inputs import scan_onnx
         from .export import onnx_input_info
 
+        scan_onnx(path, quantized_ok=False)  # external data in its folder, finite weights, a float model
         info = onnx_input_info(path)
         shape = info["shape"]
         size = shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else 224

@@ -4,10 +4,12 @@ the parity table's header), the charts linked as the SVG files beside it."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Dict, List, Sequence
 
 from ..evaluation.evaluate import CONFIDENT_MARGIN
 from ..host.load import UNDER_LOAD_WARNING
+from ..names import shown
 from .tables import (
     E2E_HEAD,
     GATE_HEAD,
@@ -28,9 +30,37 @@ from .tables import (
 from .verdict import headline, host, machine, verdict
 
 
+_BACKTICKS = re.compile(r"`+")
+
+
+def md_safe(text: str) -> str:
+    """``text`` with every ``<`` outside code spans written as ``&lt;``: no raw HTML (a tag, an ``onload``, an
+    autolink) can come from a label, a file or folder name, whatever the renderer's HTML setting. Code spans are
+    found as CommonMark finds them (a run of n backticks not after a backslash, closed by the next run of exactly
+    n), so a name holding backticks cannot smuggle a tag out of one; inside them ``<`` is literal and safe.
+    Idempotent; control characters are escaped (names.shown), so a name cannot start a new line."""
+    out, i, text = [], 0, shown(text)
+    while i < len(text):
+        m = _BACKTICKS.search(text, i)
+        if m is None:
+            break
+        start = m.start()
+        backslashes = len(text[:start]) - len(text[:start].rstrip("\\"))
+        if backslashes % 2:  # an escaped backtick is literal: the run starts one later
+            start += 1
+        run = len(m.group()) - (start - m.start())
+        close = next((c for c in _BACKTICKS.finditer(text, m.end()) if len(c.group()) == run), None) if run else None
+        out.append(text[i:start].replace("<", "&lt;"))
+        end = close.end() if close is not None else m.end()
+        out.append(text[start:end] if close is not None else text[start:end].replace("<", "&lt;"))
+        i = end
+    out.append(text[i:].replace("<", "&lt;"))
+    return "".join(out)
+
+
 def md_cell(text: Any) -> str:
-    """One table cell: pipes escaped, line breaks as spaces (GFM cells are one line)."""
-    return " ".join(str(text).split()).replace("\\", "\\\\").replace("|", "\\|")
+    """One table cell: pipes escaped, line breaks as spaces (GFM cells are one line), no raw HTML (md_safe)."""
+    return md_safe(" ".join(str(text).split()).replace("\\", "\\\\").replace("|", "\\|"))
 
 
 def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
@@ -113,7 +143,8 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = (), 
               f"{n['failed']} failed, {n['skipped']} skipped.", ""]
     if first:
         lines += ["Failed and skipped checks:", ""] + md_table(GATE_HEAD, gate_rows(first)) + [""]
-    lines += [f"<details><summary>All {n['checks']} checks</summary>", ""] + md_table(GATE_HEAD, gate_rows(report["gate"]["checks"]))
+    details = f"<details><summary>All {n['checks']} checks</summary>"  # the only HTML of ours: kept as it is
+    lines += [details, ""] + md_table(GATE_HEAD, gate_rows(report["gate"]["checks"]))
     lines += ["", "</details>"]
     if charts:
         lines += ["", "## Charts", ""] + [f"![{c.title}]({c.name})" for c in charts]
@@ -130,4 +161,5 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = (), 
             [k, f"{v:.2f}" if isinstance(v, (int, float)) else v] for k, v in report["stages"].items()])
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(line if line in (details, "</details>") else "\n".join(md_safe(part) for part in line.split("\n"))
+                     for line in lines) + "\n"

@@ -112,6 +112,6 @@ def write_report(report: Dict[str, Any], out_dir: Union[str, Path], extra_sectio
     paths = []
     for name, text in files:
         with atomic_file(out_dir / name) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+            tmp.write_text(text, encoding="utf-8", errors="backslashreplace")  # a name that is not UTF-8: escaped
         paths.append(out_dir / name)
     return paths

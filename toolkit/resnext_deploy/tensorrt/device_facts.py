@@ -104,14 +104,13 @@ def tensorrt_from_dpkg(root: Union[str, Path, None] = None) -> Optional[str]:
     return found.get("tensorrt") or next(iter(sorted(found.values(), reverse=True)), None)
 
 
-def detect(root: Union[str, Path, None] = None, trt: Any = None) -> DeviceFacts:
-    """This device's facts; ``trt`` is the imported tensorrt module when there is one (its version and DLA cores)."""
+def detect(root: Union[str, Path, None] = None, trt: Any = None, dla_cores: Optional[int] = None) -> DeviceFacts:
+    """This device's facts; ``trt`` is the imported tensorrt module when there is one (its version), ``dla_cores``
+    what its builder reports (the caller asks engines.dla_cores: this module stays below the engine builder)."""
     base = device_root(root)
     version, source, cores = None, None, None
     if trt is not None:
-        from .engines import dla_cores
-
-        version, source, cores = str(trt.__version__), "python", dla_cores(trt)
+        version, source, cores = str(trt.__version__), "python", dla_cores
     else:
         version = tensorrt_from_dpkg(base)
         source = "dpkg" if version else None

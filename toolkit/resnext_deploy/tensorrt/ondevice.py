@@ -64,7 +64,7 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None,
     """
     from .device_facts import detect
     from .device_plan import bundle_specs, plan_for_bundle
-    from .engines import build_engines, features
+    from .engines import build_engines, dla_cores, features
     from .machine import machine_record, tensorrt_module
 
     t_start = time.perf_counter()
@@ -75,7 +75,7 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None,
         facts = detect(root)
         return _without_tensorrt(b, why, identity, progress, facts, plan_for_bundle(b, facts))
     trt = tensorrt_module(f"build the engines of the bundle '{b.root}' on this device")
-    facts = detect(root, trt)
+    facts = detect(root, trt, dla_cores(trt))
     if b.recipe.get("device") == "jetson" and not facts.jetson:
         raise BadInputError(
             f"The bundle '{b.root}' is for {b.manifest['target']} but this machine is not a Jetson (no "
