@@ -42,10 +42,14 @@ DEFAULTS: Dict[str, Any] = {
         "seed": 0,
         "percentile": 99.999,
         "folder": "",  # empty: the demo's calibration images
+        "diagnostics": True,  # clip rates, convergence, overlap with validation, coverage (pipeline/calibration_check.py)
+        "convergence_threshold": 0.1,  # a scale moving more than this (relative) between N/2 and N images is warned about
+        "leakage": "warn",  # warn | refuse: calibration images also in the validation set warn, or fail the gate
     },
     "quantize": {  # INT8 weights safe on the CPUs the artifacts are for (cpu.py, quantize.weight_range_for)
         "isa_class": "x86-64",  # x86-64 = any x86-64 CPU | vnni = AVX-512 VNNI, AVX-VNNI or AMX only | none = no CPU kernel (GPU)
         "weight_range": "auto",  # auto (x86-64: 7bit, else full) | 7bit | full
+        "bias_correction": True,  # fold each conv's mean output shift under quantization into its bias (bias_correction.py)
     },
     "evaluation": {
         "folder": "",  # empty: the demo's validation images
@@ -174,6 +178,9 @@ def calibration_settings(section: Optional[Dict[str, Any]] = None, source: str =
         )
     if cal["count"] <= 0:
         raise BadInputError(f"calibration.count must be positive in {source}, got {cal['count']}.")
+    if cal["leakage"] not in ("warn", "refuse") or not isinstance(cal["diagnostics"], bool):
+        raise BadInputError(f"calibration.leakage must be 'warn' or 'refuse' and calibration.diagnostics true or false in "
+                            f"{source}, got {cal['leakage']!r} and {cal['diagnostics']!r}.")
     return cal
 
 
@@ -182,6 +189,7 @@ def calibration_settings(section: Optional[Dict[str, Any]] = None, source: str =
 RANGES: Dict[str, Any] = {
     "export.tolerance": (0.0, None, "the largest |logit| difference allowed between ONNX and PyTorch"),
     "calibration.percentile": (0.0, 100.0, "a percentile of |activation|, as ONNX Runtime's calibrator takes it"),
+    "calibration.convergence_threshold": (0.0, 10.0, "a relative change of a scale, e.g. 0.1 = 10 %"),
     "evaluation.limit": (0, None, "images; 0 = every image"),
     "evaluation.batch_size": (1, None, "images per throughput batch"),
     "evaluation.warmup": (0, None, "untimed runs"),
@@ -235,6 +243,8 @@ def _validate(data: Dict[str, Any], source: str, where: Any = None) -> None:
     for name, cfg in data["backends"].items():
         backends.get(name).validate(cfg, source)
     q = data["quantize"]
+    if not isinstance(q["bias_correction"], bool):
+        raise BadInputError(f"quantize.bias_correction = {q['bias_correction']!r} in {source}: give true or false.")
     if q["isa_class"] not in ISA_TARGETS or q["weight_range"] not in ("auto", "7bit", "full"):
         raise BadInputError(
             f"[quantize] in {source} needs isa_class in {' | '.join(ISA_TARGETS)} and weight_range in auto | 7bit | full, "

@@ -25,6 +25,7 @@ from .tables import (
     table_rows,
     timing_of,
 )
+from .calibration import calibration_lines
 from .verdict import headline, host, machine, verdict
 
 
@@ -115,6 +116,7 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = (), 
         lines += ["Failed and skipped checks:", ""] + md_table(GATE_HEAD, gate_rows(first)) + [""]
     lines += [f"<details><summary>All {n['checks']} checks</summary>", ""] + md_table(GATE_HEAD, gate_rows(report["gate"]["checks"]))
     lines += ["", "</details>"]
+    lines += [""] + calibration_lines(report)
     if charts:
         lines += ["", "## Charts", ""] + [f"![{c.title}]({c.name})" for c in charts]
     lines += [""] + gallery_lines(report)
