@@ -12,7 +12,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from resnext_deploy.names import shown
-from resnext_deploy.report.markdown import md_safe, md_table
+from resnext_deploy.report.gfm import md_safe, md_table
 
 HOSTILE = [
     '<img src=x onerror="document.title=\'pwned\'">',

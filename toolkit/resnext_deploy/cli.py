@@ -214,6 +214,10 @@ def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_cl
                     ctx.obj["progress"], sensitivity=sensitivity, scale=_scale(workers, ray_address),
                     preprocessing=preprocessing, allow_pickle=trust_pickle, force=force)
     _say(json.dumps(res.report, indent=2) if as_json else render_table(res.report))
+    if not as_json and res.report.get("calibration_check"):
+        from .pipeline.calibration_check import summary_line
+
+        _say(summary_line(res.report["calibration_check"]))
     fb = res.report.get("fallback")
     if fb and not as_json:
         _say(f"fallback: {len(fb['excluded'])} layers left in float: {', '.join(fb['excluded'])}" if fb["passed"]

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 from ..buildfolder.artifacts import atomic_file
 from ..host.load import UNDER_LOAD_WARNING, timing_verdict
-from ..report.markdown import md_table
+from ..report.gfm import md_table
 from ..report.tables import console_table
 
 #: the targets (bench/run.py) are set for this architecture; on any other they are not printed as met or missed

@@ -229,7 +229,7 @@ def load_calibration(
             f"The calibration folder '{folder}' has no readable images ({describe_skipped(skipped, folder)}). "
             f"Supported: {', '.join(sorted(IMAGE_SUFFIXES))}."
         )
-    return LoadedImages(ImageList(usable, spec), usable, None, sorted(skipped))
+    return LoadedImages(ImageList(usable, spec), usable, None, sorted(skipped), folder=folder)
 
 
 def list_classes(folder: Union[str, Path]) -> List[str]:

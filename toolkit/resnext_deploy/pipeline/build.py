@@ -24,6 +24,7 @@ from ..report import make_report, write_report
 from ..report.gallery import gallery_section
 from ..scale import ScaleOptions, open_inference
 from ..scale.render import markdown_section as measured_section
+from .calibration_check import check_build, leakage_gate
 from .context import BuildContext
 from .commands import recorded_labels
 from ..data.datasets import load_calibration, load_labeled, skipped_records
@@ -115,6 +116,7 @@ def build(
     with open_inference(scale) as inference, atomic_dir(out_dir, force) as stage_dir:
         ctx = BuildContext(src, recipe, cal, valset, stage_dir, progress, stages, inference=inference)
         artifacts = run_stages(ctx)
+        calibration = check_build(ctx, artifacts)  # clip rates, convergence, overlap, coverage
         ref_art = next(a for a in artifacts if a.name == REFERENCE)
         results = evaluate_build(ctx, artifacts)
         gate = apply_gates(results, REFERENCE, recipe.section("gates"))
@@ -130,6 +132,7 @@ def build(
             ctx.extra.update(added.extra)
             stages[name] = time.perf_counter() - t
             gate = apply_gates(results, REFERENCE, recipe.section("gates"))  # what it built here is gated too
+        gate = leakage_gate(gate, calibration)  # calibration.leakage = "refuse": shared images fail the gate
         add_end_to_end(ctx, artifacts, results)  # file to label, after any fallback: the artifacts that ship
         notes, report_extra = ctx.notes, ctx.extra
         report_extra["gallery"] = gallery_section(results, valset.data, valset.paths, spec.mean, spec.std, src.labels)

@@ -338,7 +338,8 @@ def quantize_file(
     cal = load_calibration(folder, meta.preprocessing, cal_cfg["count"], cal_cfg["seed"], step_progress(progress, "load calibration images"))
     art = qdq_from_onnx(onnx_path, out, cal.data, activations, cal_cfg,
                         parent=str(onnx_path), progress=step_progress(progress, "calibrate"),
-                        weight_range=weight_range_for(recipe.section("quantize")))
+                        weight_range=weight_range_for(recipe.section("quantize")),
+                        bias_correction=recipe.section("quantize")["bias_correction"])
     write_sidecar(out, art, meta.preprocessing, meta.labels, **meta.sidecar_extra(),
                   calibration={"folder": str(folder), "images": len(cal.paths), "skipped": len(cal.skipped),
                                "skipped_files": skipped_records(cal.skipped)})

@@ -22,6 +22,7 @@ from ..buildfolder.artifacts import Artifact, atomic_file
 from ..errors import BadInputError, InternalError
 from ..optional import require
 from ..recipes import calibration_settings
+from .bias_correction import correct_biases
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ def qdq_from_onnx(
     calibration_cache: Union[str, Path, None] = None,
     quantize_nodes: Sequence[str] = (),
     weight_range: Optional[str] = None,
+    bias_correction: bool = False,
 ) -> Artifact:
     """Quantize ``fp32_path`` with ORT's static QDQ quantizer, calibrated on ``images`` (NCHW float32).
 
@@ -220,6 +222,8 @@ def qdq_from_onnx(
     quantized from the cache is byte-identical to one calibrated afresh.
     ``weight_range`` is "7bit" (ORT's reduce_range: weights in [-64, 64], safe on CPUs without VNNI) or
     "full"; None = the recipe default (recipes.DEFAULTS, see weight_range_for).
+    ``bias_correction`` folds each quantized conv's mean output shift on the calibration images into its bias
+    (bias_correction.py), before TensorRT's placement, so every backend gets it.
     """
     quant = require("onnxruntime.quantization", "quantize to INT8")
     onnx = require("onnx", "quantize to INT8")
@@ -293,7 +297,9 @@ def qdq_from_onnx(
             logging.getLogger().removeFilter(quiet)
             if own_cache is not None:
                 own_cache.unlink(missing_ok=True)
-        # a backend's own Q/DQ placement (TensorRT's, on its int8 flavour), asked through the backend interface
+        corrected = correct_biases(fp32_path, tmp, images, batch) if bias_correction else None
+        # a backend's own Q/DQ placement (TensorRT's, on its int8 flavour), asked through the backend interface,
+        # after the bias correction so that it places Q/DQ on the corrected model
         placement = backends.place_qdq(Path(tmp), flavour)
     settings = {
         "activations": flavour,
@@ -304,6 +310,8 @@ def qdq_from_onnx(
         "calibration_batch": batch,
         "excluded_nodes": list(exclude_nodes),
     }
+    if corrected is not None:
+        settings["bias_correction"] = corrected
     if placement is not None:
         settings["qdq_placement"] = placement
     if quantize_nodes:

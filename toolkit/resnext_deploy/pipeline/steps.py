@@ -76,6 +76,7 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
             fp32_path, onnx_dir / f"model-int8-{flavour}.onnx", ctx.calibration.data, flavour, cal_cfg,
             root=stage_dir, progress=ctx.step(f"calibrate ({flavour} activations)"),
             exclude_nodes=exclude_nodes, weight_range=weight_range,
+            bias_correction=recipe.section("quantize")["bias_correction"],
         )
         artifacts.append(qdq[flavour])
     stages["quantize"] = time.perf_counter() - t

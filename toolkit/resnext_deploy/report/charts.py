@@ -234,7 +234,58 @@ def per_class(report: Dict[str, Any], named: int = 40) -> Optional[Chart]:
     return _chart("chart-per-class.svg", "Per-class top-1 change, float to INT8", fig)
 
 
-CHARTS: Sequence[Callable[[Dict[str, Any]], Optional[Chart]]] = (accuracy_vs_latency, latency, sensitivity, per_class)
+def clip_rates(report: Dict[str, Any], top: int = 40) -> Optional[Chart]:
+    """Per quantized tensor, the worst ``top``: the share of validation values outside its
+    calibrated range (pipeline/calibration_check.py), one bar colour per Q/DQ flavour."""
+    c = report.get("calibration_check")
+    if not c or not c.get("clip"):
+        return None
+    flavours = sorted(c["clip"])
+    worst = sorted({r["tensor"] for f in flavours for r in c["clip"][f]["tensors"][:top]},
+                   key=lambda t: -max(next((r["rate"] for r in c["clip"][f]["tensors"] if r["tensor"] == t), 0.0) for f in flavours))[:top]
+    if not worst:
+        return None
+    fig = _figure(8.0, 1.4 + 0.22 * len(worst))
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.8 / len(flavours)
+    for k, f in enumerate(flavours):
+        rate = {r["tensor"]: r["rate"] for r in c["clip"][f]["tensors"]}
+        ax.barh([i + k * height for i in range(len(worst))], [rate.get(t, 0.0) * 100 for t in worst], height=height,
+                color=(INT8_COLOUR, FLOAT_COLOUR)[k % 2], label=f"{f} activations")
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(worst))])
+    ax.set_yticklabels([t.strip("/")[-48:] for t in worst], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("validation values outside the calibrated range (%)")
+    ax.set_title(f"Held-out clip rate per quantized tensor (worst {len(worst)}, {c['images']['validation']} validation images)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return Chart("chart-clip-rate.svg", "Held-out clip rate per quantized tensor", _svg(fig))
+
+
+def convergence(report: Dict[str, Any], top: int = 12) -> Optional[Chart]:
+    """The calibrated range of the ``top`` most moving tensors at N/4, N/2 and N images, relative to N's."""
+    c = (report.get("calibration_check") or {}).get("convergence")
+    if not c or not c.get("tensors") or len(c["points"]) < 2:
+        return None
+    fig = _figure(8.0, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for r in c["tensors"][:top]:
+        last = r["widths"][-1] or 1.0
+        ax.plot(c["points"], [w / last for w in r["widths"]], marker="o", lw=1,
+                color=HIGHLIGHT if r["change"] > c["threshold"] else "#2c7fb8", label=r["tensor"].strip("/")[-40:])
+    ax.axhline(1 - c["threshold"], color="#444444", lw=0.8, ls="--")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(c["points"])
+    ax.set_xticklabels([str(p) for p in c["points"]])
+    ax.set_xlabel("calibration images")
+    ax.set_ylabel("range / range at N")
+    ax.set_title(f"Convergence of the {c['method']} ranges (orange: moving more than {c['threshold'] * 100:g} % "
+                 f"between the last two points; dashed: the threshold)", fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    return Chart("chart-calibration-convergence.svg", "Convergence of the calibrated scales", _svg(fig))
+
+
+CHARTS: Sequence[Callable[[Dict[str, Any]], Optional[Chart]]] = (accuracy_vs_latency, latency, sensitivity, per_class,
+                                                                 clip_rates, convergence)
 
 
 def charts_from_report(report: Dict[str, Any]) -> List[Chart]:

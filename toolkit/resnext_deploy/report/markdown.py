@@ -4,12 +4,10 @@ the parity table's header), the charts linked as the SVG files beside it."""
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Dict, List, Sequence
 
 from ..evaluation.evaluate import CONFIDENT_MARGIN
 from ..host.load import UNDER_LOAD_WARNING
-from ..names import shown
 from .tables import (
     E2E_HEAD,
     GATE_HEAD,
@@ -27,51 +25,9 @@ from .tables import (
     table_rows,
     timing_of,
 )
+from .calibration import calibration_lines
+from .gfm import md_safe, md_table
 from .verdict import headline, host, machine, verdict
-
-
-_BACKTICKS = re.compile(r"`+")
-
-
-def md_safe(text: str) -> str:
-    """``text`` with every ``<`` outside code spans written as ``&lt;``: no raw HTML (a tag, an ``onload``, an
-    autolink) can come from a label, a file or folder name, whatever the renderer's HTML setting. Code spans are
-    found as CommonMark finds them (a run of n backticks not after a backslash, closed by the next run of exactly
-    n), so a name holding backticks cannot smuggle a tag out of one; inside them ``<`` is literal and safe.
-    Idempotent; control characters are escaped (names.shown), so a name cannot start a new line."""
-    out, i, text = [], 0, shown(text)
-    while i < len(text):
-        m = _BACKTICKS.search(text, i)
-        if m is None:
-            break
-        start = m.start()
-        backslashes = len(text[:start]) - len(text[:start].rstrip("\\"))
-        if backslashes % 2:  # an escaped backtick is literal: the run starts one later
-            start += 1
-        run = len(m.group()) - (start - m.start())
-        close = next((c for c in _BACKTICKS.finditer(text, m.end()) if len(c.group()) == run), None) if run else None
-        out.append(text[i:start].replace("<", "&lt;"))
-        end = close.end() if close is not None else m.end()
-        out.append(text[start:end] if close is not None else text[start:end].replace("<", "&lt;"))
-        i = end
-    out.append(text[i:].replace("<", "&lt;"))
-    return "".join(out)
-
-
-def md_cell(text: Any) -> str:
-    """One table cell: pipes escaped, line breaks as spaces (GFM cells are one line), no raw HTML (md_safe)."""
-    return md_safe(" ".join(str(text).split()).replace("\\", "\\\\").replace("|", "\\|"))
-
-
-def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
-    """A GFM table; every row gets exactly as many cells as the header (short rows padded, long ones refused)."""
-    n = len(head)
-    for r in rows:
-        if len(r) > n:
-            raise ValueError(f"table row has {len(r)} cells for a {n}-cell header: {list(r)}")
-    out = ["| " + " | ".join(md_cell(h) for h in head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(md_cell(c) for c in list(r) + [""] * (n - len(r))) + " |" for r in rows]
-    return out
 
 
 def gallery_lines(report: Dict[str, Any]) -> List[str]:
@@ -146,6 +102,7 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = (), 
     details = f"<details><summary>All {n['checks']} checks</summary>"  # the only HTML of ours: kept as it is
     lines += [details, ""] + md_table(GATE_HEAD, gate_rows(report["gate"]["checks"]))
     lines += ["", "</details>"]
+    lines += [""] + calibration_lines(report)
     if charts:
         lines += ["", "## Charts", ""] + [f"![{c.title}]({c.name})" for c in charts]
     lines += [""] + gallery_lines(report)
