@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -35,6 +35,8 @@ from .machine import (
 from .pool import Worker, run_child
 
 log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
 
 BENCH_SCHEMA = "resnext-deploy/bench"
 BENCH_SCHEMA_VERSION = 1
@@ -109,11 +111,11 @@ class BenchRequest:
     """One `bench` run, made by the CLI: what to bench (a build folder, or ``arch`` with optional ``weights``,
     built first), where to write (``out``, ``cache``) and how (``options``)."""
 
-    build_dir: Optional[Path] = None
+    build_dir: Optional[PathLike] = None
     arch: Optional[str] = None
-    weights: Optional[Path] = None  # a torchvision-format checkpoint for ``arch`` (default: seeded weights)
-    out: Path = Path("bench")
-    cache: Optional[Path] = None  # generated images and weights (default: arch.default_cache())
+    weights: Optional[PathLike] = None  # a torchvision-format checkpoint for ``arch`` (default: seeded weights)
+    out: PathLike = Path("bench")
+    cache: Optional[PathLike] = None  # generated images and weights (default: arch.default_cache())
     options: BenchOptions = field(default_factory=BenchOptions)
     target: str = "x86-cpu"  # the shipped recipe the ``arch`` build uses
     calib_count: int = 300  # images generated for ``arch``
