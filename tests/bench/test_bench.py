@@ -31,12 +31,14 @@ def expected_configs() -> set:
 
 @pytest.fixture(scope="module")
 def demo_bench(demo_build, tmp_path_factory):
-    from resnext_deploy.bench import BenchOptions, run_bench
+    from resnext_deploy.bench import BenchOptions, BenchRequest, BenchResult, run_bench
 
     out = tmp_path_factory.mktemp("bench")
     opts = BenchOptions(rounds=2, latency_iterations=3, throughput_batches=1, warmup=1, predict_images=24, measure_clock=False,
                         end_to_end_images=6)
-    return run_bench(demo_build.out_dir, out=out, options=opts, cache=tmp_path_factory.mktemp("bench-cache")), out
+    res = run_bench(BenchRequest(build_dir=demo_build.out_dir, out=out, options=opts, cache=tmp_path_factory.mktemp("bench-cache")))
+    assert isinstance(res, BenchResult) and res.outputs and res.build["dir"] == str(demo_build.out_dir)
+    return res.to_dict(), out
 
 
 def test_every_configuration_runs_in_its_own_process_and_is_measured(demo_bench, demo_build):
@@ -376,14 +378,14 @@ def test_bench_pages_reuse_the_report_tables_and_charts():
 
 def test_bench_of_an_arch_builds_it_in_a_child_process_and_times_the_build(tmp_path):
     """--arch with --weights: natural images, labels from the float model, the build timed as its own process."""
-    from resnext_deploy.bench import BenchOptions, run_bench
+    from resnext_deploy.bench import BenchOptions, BenchRequest, run_bench
     from resnext_deploy.models.demo.digits import DEMO_CHECKPOINT
 
     opts = BenchOptions(rounds=1, latency_iterations=2, throughput_batches=1, warmup=1, predict_images=16, profile_runs=0,
                         measure_clock=False, configs=["pytorch-fp32", "ours:openvino-int8"])
-    bench = run_bench(arch="resnext_demo", weights=DEMO_CHECKPOINT, out=tmp_path / "b", cache=tmp_path / "c", options=opts,
-                      calib_count=40, val_count=24)
-    build = bench["build"]
+    bench = run_bench(BenchRequest(arch="resnext_demo", weights=DEMO_CHECKPOINT, out=tmp_path / "b", cache=tmp_path / "c",
+                                   options=opts, calib_count=40, val_count=24))
+    build = bench.build
     assert build["measured_here"] and build["exit_code"] in (0, 3) and 0 < build["wall_s"] and build["peak_rss_mb"] > 50
     assert set(build["stages_s"]) >= {"export", "quantize", "compile", "evaluate", "total"}
     from resnext_deploy.bench.run import check_targets
@@ -391,12 +393,12 @@ def test_bench_of_an_arch_builds_it_in_a_child_process_and_times_the_build(tmp_p
     targets = {t["name"]: t for t in check_targets({}, build, "resnext50_32x4d")}
     assert targets["build wall time <= 240 s"]["value"] == build["wall_s"]
     assert targets["build peak RSS <= 6 GB"]["met"] == (build["peak_rss_mb"] <= 6144)
-    assert [r["name"] for r in bench["configurations"]] == ["pytorch-fp32", "ours:openvino-int8"]
+    assert [r["name"] for r in bench.configurations] == ["pytorch-fp32", "ours:openvino-int8"]
     # the validation images are labeled by the float model: the build's float reference scores (nearly) 100%
     report = json.loads((tmp_path / "b" / "build" / "report.json").read_text())
     assert report["dataset"]["calibration_images"] == 40 and report["dataset"]["validation_images"] == 24
     assert next(r for r in report["results"] if r["artifact"] == "pytorch-fp32")["top1"] == 1.0
-    assert any("checkpoint" in n for n in bench["notes"]) and any("top-1" in n and "Labels" in n for n in bench["notes"])
+    assert any("checkpoint" in n for n in bench.notes) and any("top-1" in n and "Labels" in n for n in bench.notes)
 
 
 @pytest.mark.parametrize("metric, value, threshold, op, shown", [

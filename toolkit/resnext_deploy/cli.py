@@ -655,14 +655,14 @@ def bench(ctx: click.Context, build_dir: Optional[Path], arch: Optional[str], we
           profile_runs: int, calib_count: int, val_count: int, e2e_images: int, as_json: bool, trust_pickle: bool,
           force: bool) -> None:
     """Time our artifacts beside PyTorch eager, ONNX Runtime, OpenVINO and NNCF, in one run (writes bench.json/.md/.png/.html)."""
-    from .bench import BenchOptions, run_bench
+    from .bench import BenchOptions, BenchRequest, run_bench
     from .bench.render import render_table
 
     opts = BenchOptions(rounds=rounds, latency_iterations=iterations, throughput_batches=batches, predict_images=images,
-                        configs=list(configs) or None, profile_runs=profile_runs, allow_pickle=trust_pickle,
-                        end_to_end_images=e2e_images)
-    res = run_bench(build_dir, arch, weights, out, cache, opts, calib_count=calib_count, val_count=val_count,
-                    progress=ctx.obj["progress"], force=force)
+                        configs=list(configs) or None, profile_runs=profile_runs, end_to_end_images=e2e_images)
+    request = BenchRequest(build_dir=build_dir, arch=arch, weights=weights, out=out, cache=cache, options=opts,
+                           calib_count=calib_count, val_count=val_count, allow_pickle=trust_pickle, force=force)
+    res = run_bench(request, progress=ctx.obj["progress"]).to_dict()
     _say(json.dumps(res, indent=2, default=str) if as_json else render_table(res))
     _say(f"\nwrote {', '.join(res['outputs'])}")
 

@@ -203,6 +203,53 @@ def compute_demo_mean_std(seed: int = 0) -> Dict[str, float]:
 # -------------------------------------------------------------------------------------------- training
 
 
+def _fit(model: Any, x_train: Any, y_train: Any, epochs: int, gen: Any) -> None:
+    """Train ``model`` in place: AdamW with a one-cycle schedule, label smoothing, and a random shift of up to
+    2 pixels per batch (the border filled with background). ``gen`` seeds the order and the shifts."""
+    torch = require("torch", "train the demo model")
+    batch_size = 64
+    steps_per_epoch = (len(x_train) + batch_size - 1) // batch_size
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=3e-3, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=0.2
+    )
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
+    # Background (pixel value 0) after normalization: what a shifted-in border holds.
+    background = float((0.0 - DEMO_MEAN) / DEMO_STD)
+    shift, size = 2, DEMO_SIZE
+    padded = torch.nn.functional.pad(x_train, (shift, shift, shift, shift), value=background)
+
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x_train), generator=gen)
+        total, seen = 0.0, 0
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            dx, dy = torch.randint(0, 2 * shift + 1, (2,), generator=gen).tolist()
+            xb = padded[idx, :, dy : dy + size, dx : dx + size]
+            loss = loss_fn(model(xb), y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        log.info("demo training: epoch %d/%d loss %.4f", epoch + 1, epochs, total / seen)
+
+
+def _demo_checkpoint(model: Any, val_top1: float, seed: int, epochs: int) -> Dict[str, Any]:
+    """The checkpoint dict the demo ships: weights plus what a build reads (arch, labels, preprocessing)."""
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    return {
+        "arch": DEMO_ARCH,
+        "num_classes": DEMO_NUM_CLASSES,
+        "state_dict": state,
+        "labels": list(DEMO_LABELS),
+        "preprocessing": DEMO_PREPROCESSING.to_dict(),
+        "val_top1": val_top1,
+        "seed": seed,
+        "epochs": epochs,
+    }
 
 
 def train_demo(
@@ -247,34 +294,7 @@ def train_demo(
              len(x_train), len(val.data), epochs, seed)
 
     model = create(DEMO_ARCH, DEMO_NUM_CLASSES)
-    batch_size = 64
-    steps_per_epoch = (len(x_train) + batch_size - 1) // batch_size
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=3e-3, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=0.2
-    )
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
-    # Background (pixel value 0) after normalization: what a shifted-in border holds.
-    background = float((0.0 - DEMO_MEAN) / DEMO_STD)
-    shift, size = 2, DEMO_SIZE
-    padded = torch.nn.functional.pad(x_train, (shift, shift, shift, shift), value=background)
-
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(x_train), generator=gen)
-        total, seen = 0.0, 0
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            dx, dy = torch.randint(0, 2 * shift + 1, (2,), generator=gen).tolist()
-            xb = padded[idx, :, dy : dy + size, dx : dx + size]
-            loss = loss_fn(model(xb), y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-        log.info("demo training: epoch %d/%d loss %.4f", epoch + 1, epochs, total / seen)
+    _fit(model, x_train, y_train, epochs, gen)
 
     model.eval()
     val_top1 = eval_top1(model, val.data, val.labels, 250)
@@ -282,17 +302,7 @@ def train_demo(
     seconds = time.perf_counter() - started
     log.info("demo training: val top-1 %.4f, train top-1 %.4f, %.1f s", val_top1, train_top1, seconds)
 
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    checkpoint = {
-        "arch": DEMO_ARCH,
-        "num_classes": DEMO_NUM_CLASSES,
-        "state_dict": state,
-        "labels": list(DEMO_LABELS),
-        "preprocessing": DEMO_PREPROCESSING.to_dict(),
-        "val_top1": val_top1,
-        "seed": seed,
-        "epochs": epochs,
-    }
+    checkpoint = _demo_checkpoint(model, val_top1, seed, epochs)
     sha = save_checkpoint(checkpoint, out_path, "demo.json", train_images=len(x_train), val_images=int(len(val.data)))["sha256"]
 
     return {
