@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -13,11 +13,11 @@ from .base import HDF5_MAGIC, CheckOutcome, Exported, ExportSettings, LoadReques
 from .torch_module import outcome
 
 
-def keras_preprocessing(path: Path, size: int, carried: Any, request: LoadRequest) -> Preprocessing:
-    """--preprocessing, else what the model's sidecar carries, else the recipe's mean/std; a Keras file itself says
-    nothing, and guessing would give wrong accuracy without an error."""
-    if request.preprocessing is not None:
-        spec = sized_preprocessing(preprocessing_option(request.preprocessing), size)
+def keras_preprocessing(path: Path, size: int, carried: Any, request: LoadRequest, option: Optional[Dict[str, Any]]) -> Preprocessing:
+    """--preprocessing (``option``, parsed), else what the model's sidecar carries, else the recipe's mean/std; a Keras
+    file itself says nothing, and guessing would give wrong accuracy without an error."""
+    if option is not None:
+        spec = sized_preprocessing(option, size)
         return Preprocessing.from_dict({**spec.to_dict(), **request.overrides})
     if carried:
         return preprocessing_for(carried, None, request.overrides)
@@ -26,11 +26,12 @@ def keras_preprocessing(path: Path, size: int, carried: Any, request: LoadReques
     raise BadInputError(no_preprocessing(path, size))
 
 
-def no_preprocessing(path: Path, size: int) -> str:
+def no_preprocessing(path: Path, size: Optional[int]) -> str:
+    crop = f"crop {size}" if size else "the crop"
     return (f"The Keras model '{path}' carries no preprocessing (how its training images were scaled and normalized), "
             f"and guessing would give wrong accuracy without an error. Pass --preprocessing with one of "
             f"{', '.join(PRESETS)} (Keras applications' preprocess_input modes: keras-caffe = BGR minus the ImageNet mean, "
-            f"keras-tf = [-1, 1], keras-torch = ImageNet mean/std; crop {size} from the model's input) or a JSON file, "
+            f"keras-tf = [-1, 1], keras-torch = ImageNet mean/std; {crop} from the model's input) or a JSON file, "
             f"or put a sidecar {path.name}.json with a 'preprocessing' entry beside the model.")
 
 
@@ -61,8 +62,9 @@ class KerasFormat(ModelFormat):
         from ..keras_demo import KERAS_DEMO
         from . import model_name
 
+        option = preprocessing_option(request.preprocessing) if request.preprocessing is not None else None  # before the load
         loaded = load_keras_model(path, allow_pickle=request.allow_pickle)
-        spec = keras_preprocessing(path, loaded.input_shape[0], loaded.preprocessing, request)
+        spec = keras_preprocessing(path, loaded.input_shape[0], loaded.preprocessing, request, option)
         return ModelSource(model_name(path), path, self, None, loaded.num_classes, loaded.labels, spec, loaded.model,
                            loaded.source, is_demo=path.resolve() == KERAS_DEMO.resolve())
 

@@ -35,6 +35,7 @@ class SavedModelFormat(ModelFormat):
         from ..keras import onnx_from_tensorflow
         from . import model_name
 
+        option = preprocessing_option(request.preprocessing) if request.preprocessing is not None else None
         name = model_name(path)
         work = Path(tempfile.mkdtemp(prefix="resnext-deploy-tf2onnx-"))
         atexit.register(shutil.rmtree, work, True)
@@ -44,9 +45,9 @@ class SavedModelFormat(ModelFormat):
         out = work / f"{name}.onnx"
         onnx.save(proto, str(out))
         size = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim][-1]
-        if request.preprocessing is None:
+        if option is None:  # the conversion first: the message names the input size it found
             raise BadInputError(no_preprocessing(path, size))
-        spec = sized_preprocessing(preprocessing_option(request.preprocessing), size)
+        spec = sized_preprocessing(option, size)
         spec = Preprocessing.from_dict({**spec.to_dict(), **request.overrides})
         classes = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value or None
         return ModelSource(name, out, self, None, classes, None, spec, None, "saved_model")
