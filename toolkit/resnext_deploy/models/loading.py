@@ -90,12 +90,12 @@ def load_torch_model(
         raise BadInputError(f"--num-classes must be a positive integer, got {num_classes!r}.")
 
     from .formats import detect
-    from .formats.torch_module import TorchModuleFormat
 
     fmt = fmt or detect(p)
-    if not isinstance(fmt, TorchModuleFormat):
+    read = getattr(fmt, "read", None)  # the formats that read into a torch module (formats/torch_module.py)
+    if read is None:
         raise BadInputError(f"Model file '{p}' is a {fmt.name} file, not a PyTorch model; it is not read here.")
-    return fmt.read(p, arch, num_classes, allow_pickle)
+    return read(p, arch, num_classes, allow_pickle)
 
 
 # --------------------------------------------------------------------------------------------------
