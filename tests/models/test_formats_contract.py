@@ -67,7 +67,7 @@ def _onnx(tmp: Path) -> Path:
 
 
 def _keras(tmp: Path) -> Path:
-    from resnext_deploy.models.keras_demo import KERAS_DEMO
+    from resnext_deploy.models.demo.keras import KERAS_DEMO
 
     return KERAS_DEMO
 
@@ -165,9 +165,9 @@ def test_scan_refuses_a_file_that_would_run_code(name, tmp_path):
 @pytest.mark.parametrize("name", [n for n in formats.names() if n in SAMPLES])
 def test_load_check_export_and_the_runner_agrees(name, tmp_path):
     """load, the architecture check, export with its comparison, and the format's runner against the ONNX."""
-    from resnext_deploy.demo import DEMO_CALIB
+    from resnext_deploy.models.demo.digits import DEMO_CALIB
     from resnext_deploy.models.export.torch_onnx import run_onnx
-    from resnext_deploy.pipeline.datasets import load_calibration
+    from resnext_deploy.data.datasets import load_calibration
 
     _runnable(name)
     make = SAMPLES[name].make

@@ -58,7 +58,7 @@ def test_keras_intake_uses_the_one_rule(crop_only, tmp_path):
     from resnext_deploy.optional import require_keras
 
     require_keras("load the Keras demo")
-    from resnext_deploy.models.keras_demo import KERAS_DEMO
+    from resnext_deploy.models.demo.keras import KERAS_DEMO
     from resnext_deploy.pipeline.source import resolve_model
 
     with pytest.raises(BadInputError, match=NO_SPEC):

@@ -13,21 +13,23 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .. import backends
-from ..accuracy.fallback import accuracy_fallback, markdown_sections
-from ..artifacts import Artifact, atomic_dir, check_replaceable, ensure_writable_dir, sha256_file
+from .fallback import accuracy_fallback, markdown_sections
+from ..buildfolder.artifacts import Artifact, atomic_dir, sha256_file
 from ..errors import BadInputError
-from ..gate import GateResult, apply_gates
-from ..manifest import folder_digest, make_manifest, write_manifest
+from ..evaluation.gate import GateResult, apply_gates
+from ..buildfolder.manifest import folder_digest, make_manifest, write_manifest
 from ..progress import Progress, step_progress
 from ..recipes import Recipe, load_recipe
 from ..report import make_report, write_report
 from ..report.gallery import gallery_section
 from ..scale import ScaleOptions, open_inference
 from ..scale.render import markdown_section as measured_section
+from .calibration_check import check_build, leakage_gate
 from .context import BuildContext
 from .commands import recorded_labels
-from .datasets import load_calibration, load_labeled, skipped_records
+from ..data.datasets import load_calibration, load_labeled, skipped_records
 from .labels import previous_build_labels, validation_labels
+from .preflight import check_output
 from .source import ModelSource, data_folders, resolve_model
 from .steps import REFERENCE, add_end_to_end, evaluate_build, run_stages
 
@@ -57,7 +59,7 @@ class BuildOptions:
     candidate checks on Ray workers (scale/); latency is measured in this process either way. ``allow_pickle``
     (--trust-pickle) lets a model file that runs code while it loads load (models/trust.py); the workers only ever
     get the ONNX / OpenVINO files. ``preprocessing`` (a preset or JSON file) goes to the model's format. ``out`` may
-    be missing, empty or a previous build; anything else is refused unless ``force`` (artifacts.atomic_dir).
+    be missing, empty or a previous build; anything else is refused unless ``force`` (preflight.check_output, buildfolder.artifacts.atomic_dir).
     """
 
     model: Union[str, Path, None] = None
@@ -79,17 +81,21 @@ def build(options: Optional[BuildOptions] = None, progress: Progress = None, **f
     """Run the whole pipeline for one model and one target; returns the result (the gate is not raised).
 
     ``options`` (or the same fields as keywords: ``build(model=..., target=...)``) say what to build; a failed
-    accuracy gate triggers the fallback (accuracy/fallback.py).
+    accuracy gate triggers the fallback (pipeline/fallback.py).
     """
     opts = options if options is not None else BuildOptions(**fields)
     t_start = time.perf_counter()
     recipe = load_recipe(opts.recipe_path, opts.target if opts.recipe_path else (opts.target or "x86-cpu"))
+    inputs = (opts.model, opts.calib, opts.val, opts.recipe_path, recipe.section("calibration")["folder"],
+              recipe.section("evaluation")["folder"])
+    if opts.out is not None:  # before the work (the model's check is one): atomic_dir checks again at the swap
+        check_output(opts.out, opts.force, inputs)
     src = resolve_model(opts.model, opts.arch, opts.num_classes, recipe.section("preprocess"), opts.preprocessing,
                         opts.allow_pickle)
-    out_dir = Path(opts.out) if opts.out else Path("build") / src.name / recipe.target
-    ensure_writable_dir(out_dir.parent)
-    check_replaceable(out_dir, opts.force)  # before the work: atomic_dir checks again at the swap
+    out_dir = Path(opts.out) if opts.out is not None else check_output(Path("build") / src.name / recipe.target,
+                                                                       opts.force, inputs)
     folders = data_folders(src, recipe, Path(opts.calib) if opts.calib else None, Path(opts.val) if opts.val else None)
+    check_output(out_dir, opts.force, folders)  # the folders the data came from, defaults included
     _require_backends(recipe)
     stages: Dict[str, float] = {}
     data = _load_images(src, recipe, folders, out_dir, progress, stages)
@@ -139,7 +145,7 @@ def _load_images(src: ModelSource, recipe: Recipe, folders: Tuple[Optional[Path]
     # a model without labels: what a build of it recorded (an ONNX's sidecar or build manifest, an earlier build of
     # the same file here), else the sorted folder names
     recorded = None if src.labels else ((recorded_labels(src.path) if src.format.onnx_input else None)
-                                        or previous_build_labels(out_dir, sha256_file(src.path)))
+                                        or previous_build_labels(out_dir, src.sha256))
     named = validation_labels(val_dir, src.labels, "the model", recorded)
     src.labels, src.labels_from = named.labels, named.origin  # recorded in the manifest and the report
     valset = load_labeled(val_dir, spec, vlimit, step_progress(progress, "load validation images"), named.labels, named.origin)
@@ -156,6 +162,7 @@ def _run_and_gate(ctx: BuildContext, sensitivity: Optional[bool]) -> Tuple[List[
     """The stages, the evaluation, the gate, the accuracy fallback, what backends add after it, and end to end."""
     recipe, stages = ctx.recipe, ctx.timings
     artifacts = run_stages(ctx)
+    calibration = check_build(ctx, artifacts)  # clip rates, convergence, overlap, coverage
     results = evaluate_build(ctx, artifacts)
     gate = apply_gates(results, REFERENCE, recipe.section("gates"))
     artifacts, results, gate = accuracy_fallback(ctx, artifacts, results, gate, sensitivity)
@@ -170,6 +177,7 @@ def _run_and_gate(ctx: BuildContext, sensitivity: Optional[bool]) -> Tuple[List[
         ctx.extra.update(added.extra)
         stages[name] = time.perf_counter() - t
         gate = apply_gates(results, REFERENCE, recipe.section("gates"))  # what it built here is gated too
+    gate = leakage_gate(gate, calibration)  # calibration.leakage = "refuse": shared images fail the gate
     add_end_to_end(ctx, artifacts, results)  # file to label, after any fallback: the artifacts that ship
     return artifacts, results, gate
 

@@ -15,15 +15,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .. import backends
-from ..artifacts import Artifact, atomic_file
+from ..buildfolder.artifacts import Artifact, atomic_file
+from ..buildfolder.sidecar import read_sidecar, sidecar_path, write_sidecar
 from ..errors import BadInputError
-from ..evaluate import TimingConfig, evaluate_runner
-from ..gate import GateResult
+from ..evaluation.evaluate import TimingConfig, evaluate_runner
+from ..evaluation.gate import GateResult
+from ..models.onnx_inputs import scan_onnx
 from ..preprocess import Preprocessing, preprocessing_option, sized_preprocessing
 from ..progress import Progress, step_progress
 from ..recipes import Recipe, load_recipe
 from ..report import make_report, read_report, write_report
-from .datasets import load_calibration, load_labeled, skipped_records
+from ..data.datasets import load_calibration, load_labeled, skipped_records
 from .labels import require_above_chance, validation_labels
 from .source import data_folders, preprocessing_for, resolve_model
 from ..scale import ModelFiles, ScaleOptions, open_inference
@@ -33,29 +35,6 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 EVALUATION_SCHEMA = "resnext-deploy/evaluation"
-
-
-def sidecar_path(path: PathLike) -> Path:
-    return Path(str(path) + ".json")
-
-
-def write_sidecar(path: PathLike, artifact: Artifact, preprocessing: Preprocessing, labels: Optional[List[str]], **extra: Any) -> Path:
-    meta = {"artifact": artifact.to_dict(), "preprocessing": preprocessing.to_dict(), "labels": labels}
-    meta.update(extra)
-    with atomic_file(sidecar_path(path)) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
-    return sidecar_path(path)
-
-
-def read_sidecar(path: PathLike) -> Dict[str, Any]:
-    """The sidecar of an artifact, or {} if it has none (an ONNX from elsewhere)."""
-    p = sidecar_path(path)
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"The sidecar '{p}' is not valid JSON ({exc}); delete it or re-run the stage that wrote it.") from exc
 
 
 @dataclass
@@ -95,7 +74,7 @@ class ModelMeta:
 
 def _from_build(path: Path) -> Optional[Tuple[Path, Dict[str, Any], Dict[str, Any]]]:
     """(build dir, manifest, artifact record) when ``path`` is an artifact listed in a build's manifest.json."""
-    from ..manifest import read_manifest
+    from ..buildfolder.manifest import read_manifest
 
     resolved = path.resolve()
     for d in list(resolved.parents)[:3]:
@@ -227,12 +206,15 @@ def _require_file(path: PathLike, what: str) -> Path:
 
 def check_file(model: Optional[PathLike], arch: Optional[str] = None, num_classes: Optional[int] = None,
                allow_pickle: bool = False) -> Dict[str, Any]:
-    """Architecture check of a model file (or the demo) by its format plug-in; an ONNX file gets onnx.checker and,
-    when it holds Q/DQ nodes, TensorRT's Q/DQ rules (qdq_rules.py: every violation with its node name)."""
+    """Architecture check of a model file (or the demo) by its format plug-in; a file its format checks as it is
+    (an ONNX: onnx.checker and each backend's rules, TensorRT's Q/DQ rules with every violation's node name) is not
+    loaded first."""
     from ..models import formats
 
-    if model is not None and Path(model).is_file() and formats.detect(model).onnx_input:
-        return _check_onnx(Path(model))
+    if model is not None and Path(model).is_file():
+        checked_as_is = formats.detect(model).check_file(Path(model))
+        if checked_as_is is not None:
+            return checked_as_is
     src = resolve_model(model, arch, num_classes, allow_pickle=allow_pickle, need_preprocessing=False)
     checked = src.format.check(src)
     if not checked.complete:
@@ -245,27 +227,6 @@ def check_file(model: Optional[PathLike], arch: Optional[str] = None, num_classe
             f"({report.residual_adds} residual adds, {report.convs_checked} convs)."
         )
     return {"model": str(src.path), "passed": True, "summary": checked.summary, **checked.record}
-
-
-def _check_onnx(path: Path) -> Dict[str, Any]:
-    """onnx.checker, then TensorRT's Q/DQ rules; a violation is a ModelCheckError listing them all."""
-    from ..errors import ModelCheckError
-    from ..optional import require
-    from ..tensorrt.qdq_rules import check_qdq_model
-
-    path = _require_file(path, "ONNX model")
-    onnx = require("onnx", "check ONNX models")
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:  # onnx raises several types
-        raise BadInputError(f"The ONNX model '{path}' fails onnx.checker: {exc}") from exc
-    qdq = check_qdq_model(path)
-    if not qdq.passed:
-        raise ModelCheckError(qdq.summary() + "\nTo make a TensorRT-ready model from the float ONNX: "
-                              "resnext-deploy quantize --onnx <fp32.onnx> --activations int8 --out <qdq.onnx>.")
-    checks = ["onnx.checker (full)"] + (["TensorRT Q/DQ rules"] if qdq.has_qdq else [])
-    return {"model": str(path), "passed": True, "checks": checks, "qdq": qdq.to_dict(),
-            "summary": f"{path}: passed onnx.checker (full)\n{qdq.summary()}"}
 
 
 def export_file(
@@ -310,7 +271,8 @@ def quantize_file(
     cal = load_calibration(folder, meta.preprocessing, cal_cfg["count"], cal_cfg["seed"], step_progress(progress, "load calibration images"))
     art = qdq_from_onnx(onnx_path, out, cal.data, activations, cal_cfg,
                         parent=str(onnx_path), progress=step_progress(progress, "calibrate"),
-                        weight_range=weight_range_for(recipe.section("quantize")))
+                        weight_range=weight_range_for(recipe.section("quantize")),
+                        bias_correction=recipe.section("quantize")["bias_correction"])
     write_sidecar(out, art, meta.preprocessing, meta.labels, **meta.sidecar_extra(),
                   calibration={"folder": str(folder), "images": len(cal.paths), "skipped": len(cal.skipped),
                                "skipped_files": skipped_records(cal.skipped)})
@@ -320,6 +282,7 @@ def quantize_file(
 def compile_file(onnx_path: PathLike, backend: str, precision: str, out_dir: PathLike, recipe: Recipe) -> Artifact:
     """Compile an ONNX (FP32, or a Q/DQ model for int8) for one backend."""
     onnx_path = _require_file(onnx_path, "ONNX model")
+    scan_onnx(onnx_path)
     meta = model_meta(onnx_path, recipe, required=False)
     src = Artifact.from_dict(meta.record) if meta.record else Artifact.from_files(
         onnx_path.stem, [onnx_path], None, kind="onnx", backend="onnx", precision=precision)
@@ -348,6 +311,7 @@ def evaluate_files(
     The images stream from the folder a batch at a time; ``scale`` shards the logits over Ray workers and/or
     keeps each shard in a resume directory (latency is measured here either way)."""
     reference = _require_file(reference, "reference ONNX model")
+    scan_onnx(reference)
     ref = model_meta(reference, recipe, input_size, preprocessing)
     spec = ref.preprocessing
     _, folder = data_folders(ref.is_demo, recipe, None, Path(val) if val else None, need=("val",),
@@ -448,7 +412,7 @@ def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = 
         new_manifest = manifest_beside(source) if source.is_dir() or _schema(source) != EVALUATION_SCHEMA else None
         report["baseline"] = compare_with_baseline(report, base, recipe.section("gates")["baseline"], new_manifest)
     if out_dir:
-        from ..accuracy.fallback import markdown_sections
+        from .fallback import markdown_sections
         from ..scale.render import markdown_section as measured_section
 
         extra = markdown_sections(report) + measured_section(report)

@@ -60,7 +60,7 @@ def data_folders(
     for key in ("calib", "val"):
         folder = given[key] or sections[key] or recorded.get(key)
         if folder is None and is_demo:
-            from ..demo import DEMO_CALIB, DEMO_VAL
+            from ..models.demo.digits import DEMO_CALIB, DEMO_VAL
 
             folder = DEMO_CALIB if key == "calib" else DEMO_VAL
         found[key] = Path(folder) if folder else None

@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .. import backends
-from ..artifacts import Artifact
-from ..evaluate import TimingConfig, evaluate_runner
+from ..buildfolder.artifacts import Artifact
+from ..evaluation.evaluate import TimingConfig, evaluate_runner
 from ..recipes import Recipe
 from ..report.gallery import compare_images
 from ..scale import LocalInference, ModelFiles
@@ -37,7 +37,7 @@ def quantized_flavours(recipe: Recipe) -> Dict[str, str]:
 def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Artifact]:
     """check, export, quantize, compile into ``ctx.staging``; returns the artifacts (timings, notes, sections on ``ctx``).
 
-    ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see accuracy/fallback.py).
+    ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see pipeline/fallback.py).
     """
     from .quantize import isa_record, qdq_from_onnx, weight_range_for
 
@@ -58,6 +58,7 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
             fp32_path, onnx_dir / f"model-int8-{flavour}.onnx", ctx.calibration.data, flavour, cal_cfg,
             root=stage_dir, progress=ctx.step(f"calibrate ({flavour} activations)"),
             exclude_nodes=exclude_nodes, weight_range=weight_range,
+            bias_correction=recipe.section("quantize")["bias_correction"],
         )
         artifacts.append(qdq[flavour])
     stages["quantize"] = time.perf_counter() - t

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ...artifacts import Artifact, sha256_file
+from ...buildfolder.artifacts import Artifact, sha256_file
 from ...preprocess import Preprocessing
 
 #: the first bytes of an HDF5 file (legacy Keras .h5)
@@ -62,11 +62,16 @@ class ModelSource:
         """The family recorded in manifests and reports ("torch", "keras", "onnx", "demo")."""
         return self.format.kind
 
+    @property
+    def sha256(self) -> str:
+        """The digest of what the user brought (a file, or a folder such as a SavedModel), by its format."""
+        return self.format.source_sha256(self.path)
+
     def describe(self) -> Dict[str, Any]:
         return {
             "name": self.name,
             "source": str(self.path),
-            "source_sha256": sha256_file(self.path),
+            "source_sha256": self.sha256,
             "kind": self.kind,
             "format": self.format.name,
             "loaded_as": self.source_kind,
@@ -205,6 +210,10 @@ class ModelFormat(abc.ABC):
 
         return all(available(m) for m in self.packages)
 
+    def source_sha256(self, path: Path) -> str:
+        """The digest recorded for the model in manifests (the file's sha256; a folder format overrides it)."""
+        return sha256_file(path)
+
     @abc.abstractmethod
     def detect(self, sniff: Sniff) -> bool:
         """True when the bytes (or the folder) are this format's. Extensions are the registry's last resort."""
@@ -213,6 +222,11 @@ class ModelFormat(abc.ABC):
         """The trust rule, before anything loads: raise BadInputError when loading would run code from the file
         and the user did not opt in (models/trust.py's refuse_code_execution). The one place a format bounds
         what reading it may cost. Default: the format cannot carry code."""
+
+    def check_file(self, path: Path) -> Optional[Dict[str, Any]]:
+        """`resnext-deploy check` of a file this format takes as it is (an ONNX, float or already quantized): the
+        check's record, or None (the default) to load the model and run :meth:`check` on it."""
+        return None
 
     @abc.abstractmethod
     def load(self, path: Path, request: LoadRequest) -> ModelSource:

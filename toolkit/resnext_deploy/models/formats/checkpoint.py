@@ -25,9 +25,11 @@ class CheckpointFormat(TorchModuleFormat):
         return sniff.head[:1] == bytes([PICKLE_PROTO])
 
     def scan(self, path: Path, allow_pickle: bool) -> None:
-        """torch's static scan of the pickle (nothing unpickled): a global the safe loader refuses needs the opt-in."""
+        """The archive bounds, then torch's static scan of the pickle (nothing unpickled): a global the safe loader
+        refuses needs the opt-in."""
         from ..trust import first_unsafe_global, needs_unpickling, refuse_code_execution
 
+        super().scan(path, allow_pickle)
         if allow_pickle or not path.is_file():
             return
         first = first_unsafe_global(path)

@@ -23,7 +23,7 @@ class DemoFormat(TorchModuleFormat):
         return CheckpointFormat().read(path, arch, num_classes, allow_pickle)
 
     def load(self, path: Path, request: LoadRequest) -> ModelSource:
-        from ...demo import DEMO_CHECKPOINT, demo_model_info
+        from ..demo.digits import DEMO_CHECKPOINT, demo_model_info
 
         info = demo_model_info()
         inner = LoadRequest(info["arch"], info["num_classes"], request.overrides)

@@ -51,15 +51,18 @@ class KerasFormat(ModelFormat):
         return {"config.json", "metadata.json"} <= names or sniff.head.startswith(HDF5_MAGIC)
 
     def scan(self, path: Path, allow_pickle: bool) -> None:
-        """The config, read as JSON: a Lambda layer or a class from outside Keras needs safe_mode=False (runs code)."""
+        """The archive bounds (a .keras zip's directory, an .h5's object headers), then the config, read as JSON: a
+        Lambda layer or a class from outside Keras needs safe_mode=False (runs code)."""
+        from ..archive_bounds import check_archive
         from ..keras import scan_keras_file
 
         if path.is_file():
+            check_archive(path)  # before the config is inflated or parsed (keras._config_of checks again for its callers)
             scan_keras_file(path, allow_pickle)
 
     def load(self, path: Path, request: LoadRequest) -> ModelSource:
         from ..keras import load_keras_model
-        from ..keras_demo import KERAS_DEMO
+        from ..demo.keras import KERAS_DEMO
         from . import model_name
 
         option = preprocessing_option(request.preprocessing) if request.preprocessing is not None else None  # before the load
@@ -69,7 +72,7 @@ class KerasFormat(ModelFormat):
                            loaded.source, is_demo=path.resolve() == KERAS_DEMO.resolve())
 
     def check(self, src: ModelSource) -> CheckOutcome:
-        from ...pipeline.check_keras import check_keras_or_raise  # models/check/ once the check engine moves there
+        from ..check import check_keras_or_raise
 
         return outcome(check_keras_or_raise(src.module))
 

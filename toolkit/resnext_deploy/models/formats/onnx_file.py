@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ...artifacts import Artifact
-from ...errors import BadInputError
+from ...buildfolder.artifacts import Artifact
+from ...errors import BadInputError, ModelCheckError
 from .base import CheckOutcome, Exported, ExportSettings, LoadRequest, ModelFormat, ModelSource, Sniff, preprocessing_for
 
 #: the name of the float reference artifact every build compares with (pipeline/steps.py's REFERENCE)
@@ -28,9 +28,12 @@ def onnx_checker(path: Path) -> CheckOutcome:
 
 
 def copied(src: ModelSource, out_path: Path, settings: ExportSettings, note: str) -> Exported:
-    """The ONNX the model already is, copied to ``out_path`` as the FP32 artifact (nothing to compare with)."""
-    shutil.copyfile(src.path, out_path)
-    art = Artifact.from_files(FP32_NAME, [out_path], settings.root, kind="onnx", backend="onnx", precision="fp32",
+    """The ONNX the model already is, copied to ``out_path`` with its external data, if any, as the FP32 artifact
+    (nothing to compare with)."""
+    from ..onnx_inputs import copy_onnx
+
+    files = copy_onnx(src.path, out_path)
+    art = Artifact.from_files(FP32_NAME, files, settings.root, kind="onnx", backend="onnx", precision="fp32",
                               stage="export", settings={"copied_from": str(src.path)})
     return Exported(art, {"copied_from": str(src.path)}, note)
 
@@ -46,6 +49,30 @@ class OnnxFormat(ModelFormat):
 
     def detect(self, sniff: Sniff) -> bool:
         return sniff.onnx_header()
+
+    def scan(self, path: Path, allow_pickle: bool) -> None:
+        """A float source for a build (onnx_inputs.scan_onnx): external data inside the model's folder and within the
+        size limits, finite initializers, not already quantized."""
+        from ..onnx_inputs import scan_onnx
+
+        scan_onnx(path, quantized_ok=False)
+
+    def check_file(self, path: Path) -> Optional[Dict[str, Any]]:
+        """The ONNX as it is (a Q/DQ model too): its inputs scanned, onnx.checker, then every backend's own rules
+        (Backend.check_onnx: TensorRT's Q/DQ rules); a violation is a ModelCheckError listing them all."""
+        from ... import backends
+        from ..onnx_inputs import scan_onnx
+
+        scan_onnx(path)  # external data confined and bounded, no NaN/Inf weights: before the checker reads it
+        onnx_checker(path)
+        rules = backends.check_onnx(path)
+        failed = [r for r in rules if not r.passed]
+        if failed:
+            raise ModelCheckError("\n".join(f"{r.summary}\n{r.remedy}".rstrip() for r in failed))
+        return {"model": str(path), "passed": True,
+                "checks": ["onnx.checker (full)"] + [r.name for r in rules if r.applied],
+                **{r.key: r.record for r in rules},
+                "summary": "\n".join([f"{path}: passed onnx.checker (full)"] + [r.summary for r in rules])}
 
     def load(self, path: Path, request: LoadRequest) -> ModelSource:
         from ..export.torch_onnx import onnx_input_info

@@ -1,4 +1,11 @@
-"""A TensorFlow SavedModel folder: converted by tf2onnx (needs TensorFlow) and rewritten like a Keras export."""
+"""A TensorFlow SavedModel folder: converted by tf2onnx (needs TensorFlow) and rewritten like a Keras export.
+
+The folder is the model: :meth:`ModelFormat.source_sha256` is where a digest over its files belongs. Converting in
+:meth:`load` gives the input size the preprocessing needs; a loader that reads the serving signature in TensorFlow
+can instead keep the loaded model as ``ModelSource.module``, convert in :meth:`export` with its comparison against
+TensorFlow (``compared_with``, ``max_abs_diff_vs_<compared_with>`` in the artifact's settings) and run it as the float
+reference from :meth:`runner` (``runner_row``) - the same interface the Keras plug-in implements.
+"""
 
 from __future__ import annotations
 

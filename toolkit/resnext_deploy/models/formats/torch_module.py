@@ -26,6 +26,13 @@ class TorchModuleFormat(ModelFormat):
     compared_with = "torch"
     runner_row = "pytorch-fp32"
 
+    def scan(self, path: Path, allow_pickle: bool) -> None:
+        """What a torch file unpacks to, from its zip directory, before torch reads it (archive_bounds): a 3 MB
+        ``.pt`` whose pickle inflates to gigabytes is refused unread."""
+        from ..archive_bounds import check_archive
+
+        check_archive(path)
+
     def load(self, path: Path, request: LoadRequest) -> ModelSource:
         from ..resnext import ARCHS
         from . import model_name
@@ -46,7 +53,7 @@ class TorchModuleFormat(ModelFormat):
         return load_torch_model(path, request.arch, request.num_classes, allow_pickle=request.allow_pickle, fmt=self)
 
     def check(self, src: ModelSource) -> CheckOutcome:
-        from ...pipeline.check import check_or_raise  # models/check/ once the check engine moves there
+        from ..check import check_or_raise
 
         return outcome(check_or_raise(src.module, (1,) + src.preprocessing.input_shape))
 
