@@ -85,7 +85,7 @@ def main() -> None:
     from resnext_deploy.evaluation.evaluate import CONFIDENT_MARGIN, TimingConfig, compare_logits, evaluate_runner, topk_accuracy
     from resnext_deploy.evaluation.gate import accuracy_checks
     from resnext_deploy.data.datasets import load_calibration, load_labeled
-    from resnext_deploy.pipeline.export import onnx_from_torch
+    from resnext_deploy.models.export.torch_onnx import onnx_from_torch
     from resnext_deploy.pipeline.quantize import qdq_from_onnx, weight_range_for
     from resnext_deploy.pipeline.source import data_folders, resolve_model
     from resnext_deploy.recipes import load_recipe

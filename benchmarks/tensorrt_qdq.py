@@ -52,7 +52,7 @@ def main() -> None:
     from resnext_deploy.evaluation.evaluate import compare_logits, predict_all, topk_accuracy
     from resnext_deploy.pipeline import quantize
     from resnext_deploy.data.datasets import load_calibration, load_labeled
-    from resnext_deploy.pipeline.export import onnx_from_torch
+    from resnext_deploy.models.export.torch_onnx import onnx_from_torch
     from resnext_deploy.pipeline.source import data_folders, resolve_model
     from resnext_deploy.recipes import load_recipe
     from resnext_deploy.tensorrt import qdq_placement

@@ -28,10 +28,7 @@ LAYERS = (
     ("cli", "__main__"),
 )
 #: Two-way package pairs left in files other branches are rewriting: each entry goes when that branch lands.
-KNOWN_TWO_WAY = {
-    # pipeline/commands.py's ONNX check calls tensorrt.qdq_rules: removed when formats' branch lands
-    ("pipeline", "tensorrt"),
-}
+KNOWN_TWO_WAY: set = set()
 
 
 def _modules() -> dict:

@@ -37,7 +37,7 @@ def data():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """The demo module, its hostile twin (default transformation) and the twin's FP32 ONNX."""
-    from resnext_deploy.pipeline.export import onnx_from_torch
+    from resnext_deploy.models.export.torch_onnx import onnx_from_torch
     from resnext_deploy.models.demo.hostile import make_quantization_hostile
     from resnext_deploy.models.loading import load_torch_model
     from resnext_deploy.models.demo.digits import DEMO_CHECKPOINT

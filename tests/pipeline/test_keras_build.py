@@ -74,7 +74,7 @@ def test_export_is_simplified_and_matches_keras(keras_x86):
 def test_onnx_logits_equal_keras_logits_on_real_images(keras_x86):
     from resnext_deploy.models.keras import keras_predict, load_keras_model
     from resnext_deploy.data.datasets import load_labeled
-    from resnext_deploy.pipeline.export import run_onnx
+    from resnext_deploy.models.export.torch_onnx import run_onnx
 
     batch = np.asarray(load_labeled(DEMO_VAL, DEMO_PREPROCESSING, limit=32).data)
     expected = keras_predict(load_keras_model(KERAS_DEMO).model, batch)

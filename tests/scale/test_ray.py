@@ -72,7 +72,7 @@ def hostile(tmp_path_factory):
     from resnext_deploy.models.demo.digits import DEMO_CHECKPOINT
     from resnext_deploy.models.demo.hostile import make_quantization_hostile
     from resnext_deploy.models.loading import load_torch_model
-    from resnext_deploy.pipeline.export import onnx_from_torch
+    from resnext_deploy.models.export.torch_onnx import onnx_from_torch
 
     module = copy.deepcopy(load_torch_model(DEMO_CHECKPOINT).module.eval())
     make_quantization_hostile(module)

@@ -151,10 +151,10 @@ def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = _trust_opt(fn)
     fn = click.option("--num-classes", type=int, default=None, help="Classes of the model (default: from the checkpoint's fc).")(fn)
     fn = click.option("--arch", default=None, help="Architecture of a state_dict: resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, resnext_demo.")(fn)
+    from .models.formats import help_text
+
     fn = click.option("--model", "model", type=click.Path(path_type=Path), default=None,
-                      help="Checkpoint (state_dict, checkpoint dict), safetensors, TorchScript, Keras (.keras, .h5, SavedModel "
-                           "folder with TensorFlow) or ONNX file; a pickled module or a Keras Lambda layer needs --trust-pickle. "
-                           "Default: the shipped demo.")(fn)
+                      help="The model, its format told from its bytes: " + help_text())(fn)
     return fn
 
 
@@ -207,12 +207,12 @@ def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_cl
           sensitivity: Optional[bool], preprocessing: Optional[str], junit_file: Optional[Path],
           summary_file: Optional[Path], workers: int, ray_address: Optional[str], force: bool) -> None:
     """Run the whole pipeline and gate it; writes one build directory."""
-    from .pipeline.build import build as run_build
+    from .pipeline.build import BuildOptions, build as run_build
     from .report import render_table
 
-    res = run_build(model, _given_target(target) if recipe else target, recipe, out, arch, num_classes, calib, val,
-                    ctx.obj["progress"], sensitivity=sensitivity, scale=_scale(workers, ray_address),
-                    preprocessing=preprocessing, allow_pickle=trust_pickle, force=force)
+    options = BuildOptions(model, _given_target(target) if recipe else target, recipe, out, arch, num_classes, calib, val,
+                           sensitivity, _scale(workers, ray_address), preprocessing, trust_pickle, force)
+    res = run_build(options, ctx.obj["progress"])
     _say(json.dumps(res.report, indent=2) if as_json else render_table(res.report))
     if not as_json and res.report.get("calibration_check"):
         from .pipeline.calibration_check import summary_line
@@ -313,8 +313,8 @@ def export(model: Optional[Path], arch: Optional[str], num_classes: Optional[int
     from .pipeline.commands import export_file
 
     art = export_file(model, out, arch, num_classes, calib, _recipe(target, recipe), preprocessing, trust_pickle)
-    what, diff = ("keras", art.settings["max_abs_diff_vs_keras"]) if "max_abs_diff_vs_keras" in art.settings \
-        else ("torch", art.settings["max_abs_diff_vs_torch"])
+    what = art.settings["compared_with"]  # the format's framework (models/formats/)
+    diff = art.settings[f"max_abs_diff_vs_{what}"]
     _say(f"wrote {art.path} (max |onnx - {what}| = {diff:.3g}, sha256 {art.sha256[:12]})")
 
 

@@ -7,6 +7,7 @@ calibration and evaluation did. Needs only numpy and Pillow (this module runs on
 from __future__ import annotations
 
 import functools
+import json
 import os
 import stat
 import threading
@@ -158,6 +159,38 @@ def preset(name: str, crop: int = 224, resize: Optional[int] = None) -> Preproce
     mean, std, color = PRESETS[key]
     resize = resize if resize is not None else int(round(crop * 256 / 224))
     return Preprocessing(resize=resize, crop=crop, mean=mean, std=std, color=color, preset=key)
+
+
+def preprocessing_option(value: str) -> Dict[str, Any]:
+    """``--preprocessing``, one rule for every command: a preset name (:data:`PRESETS`: its mean, std and color) or a
+    JSON file holding a ``preprocessing`` entry (a build's manifest.json, a sidecar) or the spec itself, which must give
+    mean and std (resize and crop may be left to the model's input size, :func:`sized_preprocessing`).
+    Returns the spec as given (a dict); a BadInputError names the value and what is expected."""
+    key = value.strip().lower()
+    if key in PRESETS:
+        mean, std, color = PRESETS[key]
+        return {"mean": list(mean), "std": list(std), "color": color, "preset": key}
+    p = Path(value)
+    if not p.is_file():
+        raise BadInputError(f"--preprocessing '{value}' is neither a preset ({', '.join(PRESETS)}) nor an existing JSON file.")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"--preprocessing '{p}' is not valid JSON ({exc}).") from exc
+    data = data.get("preprocessing", data) if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not {"mean", "std"} <= set(data):
+        raise BadInputError(
+            f"--preprocessing '{p}' holds no preprocessing: expected a 'preprocessing' entry (a build's manifest.json "
+            "or a sidecar) or a dict with mean and std (resize and crop default from the model's input size)."
+        )
+    return dict(data)
+
+
+def sized_preprocessing(spec: Dict[str, Any], crop: int) -> Preprocessing:
+    """A spec from :func:`preprocessing_option` for a model taking ``crop`` x ``crop`` images: the spec's own crop and
+    resize where it gives them, else ``crop`` and 256/224 of the crop."""
+    crop = int(spec.get("crop") or crop)
+    return Preprocessing.from_dict({"crop": crop, "resize": int(round(crop * 256 / 224)), **spec})
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

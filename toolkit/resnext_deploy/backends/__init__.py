@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..errors import BadInputError
-from .base import Backend, BuildAddition, Runner
+from .base import Backend, BuildAddition, OnnxRules, Runner
 
 _REGISTRY: Dict[str, str] = {
     "onnxruntime": "resnext_deploy.backends.onnxruntime:OnnxRuntimeBackend",
@@ -58,9 +58,15 @@ def place_qdq(path: Path, flavour: str) -> Optional[Dict[str, Any]]:
     return records[0] if records else None
 
 
+def check_onnx(path: Path) -> List[OnnxRules]:
+    """Every backend's own rules checked on an ONNX model (Backend.check_onnx), for those that have any."""
+    return [r for r in (get(n).check_onnx(path) for n in _REGISTRY) if r is not None]
+
+
 def available() -> List[str]:
     """Backends whose package imports on this machine."""
     return [n for n in _REGISTRY if get(n).available()]
 
 
-__all__ = ["Backend", "BuildAddition", "Runner", "available", "by_preference", "for_file", "get", "names", "place_qdq", "register"]
+__all__ = ["Backend", "BuildAddition", "OnnxRules", "Runner", "available", "by_preference", "check_onnx", "for_file", "get",
+           "names", "place_qdq", "register"]

@@ -47,6 +47,19 @@ class BuildAddition:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class OnnxRules:
+    """A backend's own rules checked on an ONNX model (:meth:`Backend.check_onnx`), as `check` records them."""
+
+    name: str  # e.g. "TensorRT Q/DQ rules"
+    key: str  # the key of ``record`` in the check's result, e.g. "qdq"
+    passed: bool
+    applied: bool  # False: the model holds nothing these rules look at (a float model for Q/DQ rules)
+    record: Dict[str, Any]
+    summary: str
+    remedy: str = ""  # how to make a model that passes, appended to the error
+
+
 class Backend(abc.ABC):
     """A deployment backend. Subclasses import their package lazily, through optional.require.
 
@@ -99,6 +112,11 @@ class Backend(abc.ABC):
         """Rewrite the Q/DQ model just quantized at ``path`` (in place, inside the caller's atomic write) for this
         backend's compiler, when its INT8 comes from models of ``flavour``; returns what it did for the artifact's
         settings, or None when it leaves the model alone (the default: the model stays as ONNX Runtime wrote it)."""
+        return None
+
+    def check_onnx(self, path: Path) -> Optional[OnnxRules]:
+        """This backend's compiler rules checked on the ONNX at ``path`` (`resnext-deploy check` of an ONNX file);
+        None when it has none beyond onnx.checker (the default)."""
         return None
 
     #: whether its INT8 runs x86 uint8 x int8 CPU kernels, which saturate without VNNI (host/cpu.py)

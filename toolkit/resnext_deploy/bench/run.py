@@ -252,6 +252,14 @@ def _build_for_arch(req: BenchRequest, inputs: Any, out: Path) -> Dict[str, Any]
     return res
 
 
+def _torch_peer(source: Path) -> bool:
+    """True when the build's model file loads as a torch module (the PyTorch eager peer; bench/worker.py)."""
+    from ..models.formats import detect
+    from ..models.formats.torch_module import TorchModuleFormat
+
+    return source.is_file() and isinstance(detect(source), TorchModuleFormat)
+
+
 def configurations(build_dir: Path, manifest: Dict[str, Any], peers_dir: Path, allow_pickle: bool = False) -> List[BenchConfig]:
     """The peers (what a user would otherwise run) and our build's artifacts. ``allow_pickle`` goes to the worker
     that loads the build's PyTorch model file."""
@@ -260,7 +268,7 @@ def configurations(build_dir: Path, manifest: Dict[str, Any], peers_dir: Path, a
     arts = {a["name"]: a for a in manifest.get("artifacts", [])}
     plain_ov = {"inference_precision": "f32", "performance_hint": "LATENCY", "static_batches": []}
     out: List[BenchConfig] = []
-    if model.get("kind") != "onnx" and model.get("source") and Path(model["source"]).is_file():
+    if model.get("source") and _torch_peer(Path(model["source"])):
         out.append(BenchConfig(PYTORCH, "peer", "pytorch", "fp32", model["source"], "PyTorch eager (inference_mode), the model as trained",
                                {"threads": 0}, model.get("arch"), model.get("num_classes"), allow_pickle=allow_pickle))
     out.append(BenchConfig(ORT_FP32, "peer", "onnxruntime", "fp32", str(fp32_onnx),

@@ -76,6 +76,15 @@ def check_zip(path: PathLike) -> None:
                     for i in infos))
 
 
+def _attr_size(attrs: object, key: str) -> int:
+    """An HDF5 attribute's stored size; an empty one (Keras writes empty weight-name lists) is 0, which h5py reports
+    as a RuntimeError ("H5Aget_storage_size (return value ==0)")."""
+    try:
+        return int(attrs.get_id(key).get_storage_size())  # type: ignore[attr-defined]
+    except RuntimeError:
+        return 0
+
+
 def check_hdf5(path: PathLike) -> None:
     """A legacy Keras .h5: each dataset's size when read, compressed chunks against the ratio, the JSON attributes."""
     from ..optional import require
@@ -87,7 +96,7 @@ def check_hdf5(path: PathLike) -> None:
     def visit(name: str, obj: object) -> None:
         attrs = getattr(obj, "attrs", None)
         for key in attrs or ():  # the attribute's size from its header; a JSON config is parsed whole
-            entries.append((f"{name}@{key}.json", attrs.get_id(key).get_storage_size(), -1))
+            entries.append((f"{name}@{key}.json", _attr_size(attrs, key), -1))
         if isinstance(obj, h5py.Dataset):
             stored = obj.id.get_storage_size() if obj.compression or obj.chunks else -1
             entries.append((name, int(obj.size) * obj.dtype.itemsize, stored))

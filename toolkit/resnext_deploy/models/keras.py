@@ -186,6 +186,19 @@ def read_hints(p: Path) -> Dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def scan_keras_file(p: Path, allow_pickle: bool = False) -> Tuple[Dict[str, Any], List[str]]:
+    """The model's config, read as JSON (nothing from the file runs), and what in it needs ``safe_mode=False``:
+    refused (BadInputError) unless ``allow_pickle``, the one opt-in of models/trust.py (which logs when allowed)."""
+    keras = require_keras("load Keras models")
+    config = _config_of(p)
+    if config is None:
+        raise BadInputError(f"'{p}' holds weights only (no model config). Save the whole model: model.save('model.keras').")
+    unsafe = unsafe_objects(config) if p.suffix.lower() == ".keras" else _legacy_unsafe(config, keras)
+    if unsafe:
+        refuse_code_execution(p, f"holds {', '.join(unsafe)}: loading it needs Keras's safe_mode=False", allow_pickle)
+    return config, unsafe
+
+
 def load_keras_model(path: Union[str, Path], *, allow_pickle: bool = False) -> LoadedKeras:
     """Load a .keras / .h5 file through Keras 3 on the torch backend (see the module docstring).
 
@@ -200,12 +213,7 @@ def load_keras_model(path: Union[str, Path], *, allow_pickle: bool = False) -> L
     if p.is_dir():
         raise BadInputError(f"'{p}' is a folder without {SAVED_MODEL_FILE}: pass a .keras or .h5 file, or a SavedModel folder.")
     keras = require_keras("load Keras models")
-    config = _config_of(p)
-    if config is None:
-        raise BadInputError(f"'{p}' holds weights only (no model config). Save the whole model: model.save('model.keras').")
-    unsafe = unsafe_objects(config) if p.suffix.lower() == ".keras" else _legacy_unsafe(config, keras)
-    if unsafe:  # the one opt-in for files that run code while they load (models/trust.py); logs when allowed
-        refuse_code_execution(p, f"holds {', '.join(unsafe)}: loading it needs Keras's safe_mode=False", allow_pickle)
+    config, unsafe = scan_keras_file(p, allow_pickle)
     bad_convs = conv_config_problems(config)
     if bad_convs:
         from ..errors import ModelCheckError

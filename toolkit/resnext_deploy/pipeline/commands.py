@@ -21,7 +21,7 @@ from ..errors import BadInputError
 from ..evaluation.evaluate import TimingConfig, evaluate_runner
 from ..evaluation.gate import GateResult
 from ..models.onnx_inputs import scan_onnx
-from ..preprocess import Preprocessing
+from ..preprocess import Preprocessing, preprocessing_option, sized_preprocessing
 from ..progress import Progress, step_progress
 from ..recipes import Recipe, load_recipe
 from ..report import make_report, read_report, write_report
@@ -51,14 +51,14 @@ class ModelMeta:
     labels: Optional[List[str]] = None
     origin: str = ""  # where the preprocessing came from, for messages and sidecars
     record: Dict[str, Any] = field(default_factory=dict)  # the artifact record (name, precision, backend, parent)
-    model: Dict[str, Any] = field(default_factory=dict)  # the model description (kind "demo" for the demo)
+    model: Dict[str, Any] = field(default_factory=dict)  # the model description (ModelSource.describe)
     folders: Dict[str, str] = field(default_factory=dict)  # data folders the build recorded ("calib", "val")
     build_dir: Optional[Path] = None
     labels_from: str = ""  # where ``labels`` were read ("sidecar <path>", "build manifest <path>")
 
     @property
     def is_demo(self) -> bool:
-        return self.model.get("kind") == "demo"
+        return bool(self.model.get("demo"))
 
     def sidecar_extra(self) -> Dict[str, Any]:
         """What a stage's output sidecar carries on from this model (so the next stage knows it too)."""
@@ -109,7 +109,7 @@ def _static_size(path: Path) -> Tuple[Optional[int], str]:
     """The square input size an ONNX's static input shape gives (None if dynamic), and that shape as text."""
     if path.suffix.lower() != ".onnx":
         return None, "unknown"
-    from .export import onnx_input_info
+    from ..models.export.torch_onnx import onnx_input_info
 
     shape = onnx_input_info(path)["shape"]
     text = "(" + ", ".join(str(d) if isinstance(d, int) and d > 0 else ("batch" if i == 0 else "?")
@@ -117,31 +117,6 @@ def _static_size(path: Path) -> Tuple[Optional[int], str]:
     if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]) and shape[2] == shape[3]:
         return int(shape[2]), text
     return None, text
-
-
-def _preprocessing_option(value: str) -> Optional[Dict[str, Any]]:
-    """--preprocessing: None for 'imagenet' (the defaults, sized later), else the dict in the JSON file."""
-    if value.strip().lower() == "imagenet":
-        return None
-    from ..preprocess import PRESETS
-
-    if value.strip().lower() in PRESETS:  # the normalization of a preset; the size comes from the model
-        mean, std, color = PRESETS[value.strip().lower()]
-        return {"mean": list(mean), "std": list(std), "color": color, "preset": value.strip().lower()}
-    p = Path(value)
-    if not p.is_file():
-        raise BadInputError(f"--preprocessing '{value}' is neither 'imagenet' nor an existing JSON file.")
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"--preprocessing '{p}' is not valid JSON ({exc}).") from exc
-    data = data.get("preprocessing", data) if isinstance(data, dict) else None
-    if not isinstance(data, dict) or not ({"crop", "mean", "std"} & set(data)):
-        raise BadInputError(
-            f"--preprocessing '{p}' holds no preprocessing: expected a 'preprocessing' entry (a manifest or sidecar) "
-            "or a dict with resize, crop, mean and std."
-        )
-    return data
 
 
 def model_meta(
@@ -170,7 +145,7 @@ def model_meta(
         meta.folders = {k: inputs[name]["folder"] for k, name in (("calib", "calibration"), ("val", "validation"))
                         if inputs.get(name, {}).get("folder")}
     if preprocessing is not None:
-        base = _preprocessing_option(preprocessing)
+        base = preprocessing_option(preprocessing)
         origin = f"--preprocessing {preprocessing}"
     elif side.get("preprocessing"):
         base, origin = side["preprocessing"], f"sidecar {sidecar_path(path)}"
@@ -184,7 +159,7 @@ def model_meta(
         overrides = {**base, **overrides}
         base = None
     if base is not None:
-        meta.preprocessing = Preprocessing.from_dict({**base, **overrides})
+        meta.preprocessing = Preprocessing.from_dict({**sized_preprocessing(base, base["crop"]).to_dict(), **overrides})
         meta.origin = origin
         if input_size and preprocessing is None and input_size != meta.preprocessing.crop:
             log.warning("--input-size %d ignored: the %s gives crop %d", input_size, origin, meta.preprocessing.crop)
@@ -231,59 +206,27 @@ def _require_file(path: PathLike, what: str) -> Path:
 
 def check_file(model: Optional[PathLike], arch: Optional[str] = None, num_classes: Optional[int] = None,
                allow_pickle: bool = False) -> Dict[str, Any]:
-    """Architecture check of a PyTorch or Keras model file (or the demo); ONNX files get onnx.checker and, when they
-    hold Q/DQ nodes, TensorRT's Q/DQ rules (qdq_rules.py: every violation with its node name)."""
-    if model is not None and str(model).lower().endswith(".onnx"):
-        return _check_onnx(Path(model))
+    """Architecture check of a model file (or the demo) by its format plug-in; a file its format checks as it is
+    (an ONNX: onnx.checker and each backend's rules, TensorRT's Q/DQ rules with every violation's node name) is not
+    loaded first."""
+    from ..models import formats
+
+    if model is not None and Path(model).is_file():
+        checked_as_is = formats.detect(model).check_file(Path(model))
+        if checked_as_is is not None:
+            return checked_as_is
     src = resolve_model(model, arch, num_classes, allow_pickle=allow_pickle, need_preprocessing=False)
-    if src.kind == "keras":
-        from .check_keras import check_keras_or_raise
-
-        report = check_keras_or_raise(src.module)
-        return {"model": str(src.path), "passed": True, "summary": report.summary(), **report.to_dict()}
-    if src.module is None:
-        from ..optional import require
-
-        onnx = require("onnx", "check ONNX models")
-        try:
-            onnx.checker.check_model(str(src.path), full_check=True)
-        except Exception as exc:  # onnx raises several types
-            raise BadInputError(f"The ONNX model '{src.path}' fails onnx.checker: {exc}") from exc
-        return {"model": str(src.path), "passed": True, "checks": ["onnx.checker (full)"]}
-    from .check import check_or_raise
-
-    report = check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
-    if not report.complete:
+    checked = src.format.check(src)
+    if not checked.complete:
         from ..errors import CheckIncompleteError
 
+        report = checked.report
         raise CheckIncompleteError(
             f"The architecture check of '{src.path}' did not cover the whole model, so it cannot say the model is "
-            f"sound. Not checked: {'; '.join(report.uncovered)}. Nothing wrong was found in what it did check "
+            f"sound. Not checked: {'; '.join(checked.uncovered)}. Nothing wrong was found in what it did check "
             f"({report.residual_adds} residual adds, {report.convs_checked} convs)."
         )
-    return {"model": str(src.path), "passed": True, "summary": report.summary(), **report.to_dict()}
-
-
-def _check_onnx(path: Path) -> Dict[str, Any]:
-    """onnx.checker, then TensorRT's Q/DQ rules; a violation is a ModelCheckError listing them all."""
-    from ..errors import ModelCheckError
-    from ..optional import require
-    from ..tensorrt.qdq_rules import check_qdq_model
-
-    path = _require_file(path, "ONNX model")
-    onnx = require("onnx", "check ONNX models")
-    scan_onnx(path)  # external data confined and bounded, no NaN/Inf weights: before the checker reads it
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:  # onnx raises several types
-        raise BadInputError(f"The ONNX model '{path}' fails onnx.checker: {exc}") from exc
-    qdq = check_qdq_model(path)
-    if not qdq.passed:
-        raise ModelCheckError(qdq.summary() + "\nTo make a TensorRT-ready model from the float ONNX: "
-                              "resnext-deploy quantize --onnx <fp32.onnx> --activations int8 --out <qdq.onnx>.")
-    checks = ["onnx.checker (full)"] + (["TensorRT Q/DQ rules"] if qdq.has_qdq else [])
-    return {"model": str(path), "passed": True, "checks": checks, "qdq": qdq.to_dict(),
-            "summary": f"{path}: passed onnx.checker (full)\n{qdq.summary()}"}
+    return {"model": str(src.path), "passed": True, "summary": checked.summary, **checked.record}
 
 
 def export_file(
@@ -291,33 +234,23 @@ def export_file(
     calib: Optional[PathLike] = None, recipe: Optional[Recipe] = None, preprocessing: Optional[str] = None,
     allow_pickle: bool = False,
 ) -> Artifact:
-    """Check and export a PyTorch (or Keras) model to ONNX, compared with it on a few real calibration images."""
-    from .check import check_or_raise
-    from .export import onnx_from_torch
+    """Check and export a model (any format with a framework model) to ONNX, compared with it on a few real
+    calibration images."""
+    from ..models.formats import ExportSettings
 
     recipe = recipe or load_recipe(target="x86-cpu")
     src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), preprocessing, allow_pickle)
     if src.module is None:
-        raise BadInputError(f"'{src.path}' is already ONNX: export takes a PyTorch model.")
+        raise BadInputError(f"'{src.path}' is already ONNX: export takes a PyTorch or Keras model.")
     calib_dir, _ = data_folders(src, recipe, Path(calib) if calib else None, need=("calib",),
-                                purpose="Exporting your own model (the comparison with PyTorch runs on real images)")
+                                purpose="Exporting your own model (the comparison with it runs on real images)")
     sample = np.asarray(load_calibration(calib_dir, src.preprocessing, 8, 0).data)
-    exp = recipe.section("export")
-    if src.kind == "keras":
-        from .check_keras import check_keras_or_raise
-        from .keras_export import onnx_from_keras
-
-        check_keras_or_raise(src.module)
-        res = onnx_from_keras(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"])
-        write_sidecar(out, res.artifact, src.preprocessing, src.labels, model=src.describe(), export=res.to_dict(),
-                      preprocessing_from=f"the model ({src.source_kind})", folders={"calib": str(calib_dir)})
-        return res.artifact
-    check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
-    res = onnx_from_torch(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"],
-                          log_path=Path(str(out) + ".export.log"))
-    write_sidecar(out, res.artifact, src.preprocessing, src.labels, model=src.describe(), export=res.to_dict(),
+    src.format.check(src)
+    settings = ExportSettings.from_recipe(recipe.section("export"), log_path=Path(str(out) + ".export.log"))
+    exported = src.format.export(src, Path(out), sample, settings)
+    write_sidecar(out, exported.artifact, src.preprocessing, src.labels, model=src.describe(), export=exported.record,
                   preprocessing_from=f"the model ({src.source_kind})", folders={"calib": str(calib_dir)})
-    return res.artifact
+    return exported.artifact
 
 
 def quantize_file(

@@ -22,7 +22,7 @@ from ..buildfolder.artifacts import Artifact
 from . import cuda_runtime as cuda
 from .engines import engine_from_onnx, features, logger, record_path
 from .machine import is_jetson, l4t_release, machine_record, tensorrt_module  # noqa: F401 (re-exported)
-from ..backends.base import Backend, BuildAddition, Runner
+from ..backends.base import Backend, BuildAddition, OnnxRules, Runner
 from ..errors import BadInputError, InternalError
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,15 @@ class TensorRtBackend(Backend):
         from .qdq_placement import place_file
 
         return place_file(path).to_dict() if flavour == "int8" else None
+
+    def check_onnx(self, path: Path) -> Optional[OnnxRules]:
+        """TensorRT's rules for explicit quantization (qdq_rules.py), every violation with its node name."""
+        from .qdq_rules import check_qdq_model
+
+        qdq = check_qdq_model(path)
+        return OnnxRules("TensorRT Q/DQ rules", "qdq", qdq.passed, qdq.has_qdq, qdq.to_dict(), qdq.summary(),
+                         "To make a TensorRT-ready model from the float ONNX: resnext-deploy quantize --onnx "
+                         "<fp32.onnx> --activations int8 --out <qdq.onnx>.")
 
     # The build hooks (imported when a build runs: stage.py is the workstation half, beside the pipeline).
     def workstation_results(self, ctx: Any, artifacts: List[Artifact]) -> List[Dict[str, Any]]:

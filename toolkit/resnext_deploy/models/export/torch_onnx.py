@@ -18,9 +18,9 @@ from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
-from ..buildfolder.artifacts import Artifact, atomic_file, resource_cause
-from ..errors import BadInputError, DeployError, InternalError
-from ..optional import require
+from ...buildfolder.artifacts import Artifact, atomic_file, resource_cause
+from ...errors import BadInputError, DeployError, InternalError
+from ...optional import require
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def onnx_from_torch(
         diff = float(np.abs(expected - got).max())
         log.info("export: %d -> %d nodes, max |onnx - torch| = %.3g on %d images", nodes_before, nodes_after, diff, len(sample))
         if not np.isfinite(diff):
-            from .check import nonfinite_tensors
+            from ..check import nonfinite_tensors
 
             bad = nonfinite_tensors(model)
             where = (f"the {bad[0][1]} '{bad[0][0]}' holds NaN or Inf ({len(bad)} tensor(s) in all)" if bad else

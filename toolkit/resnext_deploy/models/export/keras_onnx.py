@@ -30,10 +30,10 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from ..buildfolder.artifacts import Artifact, atomic_file
-from ..errors import BadInputError, DeployError
-from ..optional import require, require_keras
-from .export import INPUT_NAME, OUTPUT_NAME, ExportFailedError, ExportResult, run_onnx, simplify_onnx
+from ...buildfolder.artifacts import Artifact, atomic_file
+from ...errors import BadInputError, DeployError
+from ...optional import require, require_keras
+from .torch_onnx import INPUT_NAME, OUTPUT_NAME, ExportFailedError, ExportResult, run_onnx, simplify_onnx
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def onnx_from_keras(
     """
     keras = require_keras("export Keras models")
     onnx = require("onnx", "export to ONNX")
-    from ..models.keras import input_hwc, keras_predict
+    from ..keras import input_hwc, keras_predict
 
     if opset < 17:
         raise BadInputError(f"ONNX opset {opset} is too old: use opset >= 17 (recipe export.opset).")
