@@ -2,7 +2,7 @@
 
 The Keras export (torch backend) takes NHWC. Two ways to deploy it:
   nhwc  keep the NHWC input; the runtime would have to feed NHWC (the graph keeps one Transpose at its entry)
-  nchw  put a Transpose NCHW -> NHWC at the entry (keras_export.nchw_entry); ONNX Runtime's transpose optimizer
+  nchw  put a Transpose NCHW -> NHWC at the entry (models/export/keras_onnx.py: nchw_entry); ONNX Runtime's transpose optimizer
         cancels it against Keras's own, so the graph starts with a Conv (what the toolkit ships)
 Both go through the same simplification; the script measures batch-1 latency (median of --runs after a warm-up)
 of each with ONNX Runtime (ORT_ENABLE_ALL) and OpenVINO (CPU, latency hint), on the shipped Keras demo (32x32) and
@@ -47,7 +47,7 @@ def measure(model, size: int, runs: int, work: Path) -> dict:
     import onnxruntime as ort
     import openvino as ov
 
-    from resnext_deploy.pipeline.keras_export import keras_onnx_from_raw
+    from resnext_deploy.models.export.keras_onnx import keras_onnx_from_raw
 
     x = np.random.default_rng(0).random((1, size, size, 3)).astype(np.float32)
     model(x)
@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--runs", type=int, default=300)
     args = ap.parse_args()
-    from resnext_deploy.models.keras_demo import KERAS_DEMO, keras_resnext
+    from resnext_deploy.models.demo.keras import KERAS_DEMO, keras_resnext
     from resnext_deploy.models.keras import load_keras_model
     from resnext_deploy.optional import require_keras
 

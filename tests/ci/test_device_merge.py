@@ -13,7 +13,7 @@ from resnext_deploy.ci.baseline import load_baseline
 from resnext_deploy.ci.device import read_device_report, seal
 from resnext_deploy.cli import cli
 from resnext_deploy.errors import ArtifactIntegrityError
-from resnext_deploy.manifest import read_manifest
+from resnext_deploy.buildfolder.manifest import read_manifest
 
 BUNDLE = "resnext_demo-jetson-orin-nx-bundle"
 ENGINES = {"tensorrt-fp16", "tensorrt-int8", "tensorrt-dla0-fp16", "tensorrt-dla0-int8"}

@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from resnext_deploy.cli import cli
-from resnext_deploy.demo import DEMO_CALIB, DEMO_PREPROCESSING, DEMO_VAL
-from resnext_deploy.models.keras_demo import KERAS_DEMO
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_PREPROCESSING, DEMO_VAL
+from resnext_deploy.models.demo.keras import KERAS_DEMO
 
 HAVE_TF = all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tf2onnx"))
 pytestmark = [pytest.mark.tensorflow,
@@ -56,7 +56,7 @@ def saved_models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def val_batch():
-    from resnext_deploy.pipeline.datasets import load_labeled
+    from resnext_deploy.data.datasets import load_labeled
 
     data = load_labeled(DEMO_VAL, DEMO_PREPROCESSING)
     return np.asarray(data.data), np.asarray(data.labels)
@@ -84,8 +84,8 @@ def test_onnx_matches_tensorflow_and_keras_on_real_images(saved_models, val_batc
     import onnx
 
     from resnext_deploy.models.savedmodel import load_saved_model, tensorflow_predict
-    from resnext_deploy.pipeline.export import run_onnx
-    from resnext_deploy.pipeline.savedmodel_export import onnx_from_savedmodel
+    from resnext_deploy.models.export.torch_onnx import run_onnx
+    from resnext_deploy.models.export.savedmodel_onnx import onnx_from_savedmodel
 
     loaded = load_saved_model(saved_models[which])
     batch = val_batch[0]
@@ -149,7 +149,7 @@ def test_keras_exported_savedmodel_builds_for_x86_with_the_keras_top1(saved_mode
     assert exp["source"] == "saved_model" and exp["compared_with"] == "tensorflow" and exp["signature"] == "serve"
     assert exp["max_abs_diff"] <= exp["tolerance"]
     model = result.report["model"]
-    assert model["kind"] == "saved_model" and model["labels"] == [str(i) for i in range(10)]
+    assert model["format"] == "saved_model" and model["kind"] == "tensorflow" and model["labels"] == [str(i) for i in range(10)]
     assert len(model["source_sha256"]) == 64
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from resnext_deploy.cli import cli
-from resnext_deploy.pipeline.export import run_onnx
+from resnext_deploy.models.export.torch_onnx import run_onnx
 from resnext_deploy.preprocess import Preprocessing
 from resnext_deploy.recipes import DEFAULTS, list_targets, load_recipe
 

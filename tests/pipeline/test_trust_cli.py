@@ -16,9 +16,9 @@ import torch
 from click.testing import CliRunner
 
 from resnext_deploy.cli import cli
-from resnext_deploy.demo import DEMO_CALIB, DEMO_CHECKPOINT, DEMO_VAL
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_CHECKPOINT, DEMO_VAL
 from resnext_deploy.errors import EXIT_BAD_INPUT, EXIT_OK, BadInputError
-from resnext_deploy.manifest import read_manifest
+from resnext_deploy.buildfolder.manifest import read_manifest
 from resnext_deploy.models.trust import torch_load
 
 SYSTEM = f"{os.system.__module__}.system"
@@ -175,7 +175,7 @@ def test_inf_in_a_buffer_is_named(tmp_path, demo_ckpt):
 def test_export_alone_names_the_nan_weight(tmp_path, demo_ckpt):
     """onnx_from_torch without the check first (the Python API): no 'raise export.tolerance' for a NaN."""
     from resnext_deploy.models.loading import load_torch_model
-    from resnext_deploy.pipeline.export import onnx_from_torch
+    from resnext_deploy.models.export.torch_onnx import onnx_from_torch
 
     module = load_torch_model(_broken(tmp_path, demo_ckpt, "fc.weight", float("nan"))).module
     sample = np.random.RandomState(0).rand(2, 3, 32, 32).astype(np.float32)

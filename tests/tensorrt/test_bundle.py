@@ -19,7 +19,7 @@ from resnext_deploy.tensorrt.bundle import read_bundle, verify_bundle
 from resnext_deploy.tensorrt.calib_cache import read_calibration_cache, scales_from_qdq, tensor_names
 from resnext_deploy.cli import cli
 from resnext_deploy.errors import BadInputError
-from resnext_deploy.manifest import read_manifest, verify_artifacts
+from resnext_deploy.buildfolder.manifest import read_manifest, verify_artifacts
 from resnext_deploy.tensorrt.qdq_rules import check_qdq_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -251,7 +251,7 @@ def test_runtime_loads_the_bundle_before_its_engines_exist(bundle_dir):
 def test_golden_tolerances_with_real_int8_logits(bundle_dir):
     """The device's checks, fed the Q/DQ model's real logits: they pass the recipe's INT8 tolerances and fail
     tolerances tighter than the measured error."""
-    from resnext_deploy.evaluate import compare_logits
+    from resnext_deploy.evaluation.evaluate import compare_logits
     from resnext_deploy.tensorrt.ondevice import golden_checks
 
     b = read_bundle(bundle_dir)

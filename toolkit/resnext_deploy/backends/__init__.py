@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..errors import BadInputError
-from .base import Backend, BuildAddition, Runner
+from .base import Backend, BuildAddition, OnnxRules, Runner
 
 _REGISTRY: Dict[str, str] = {
     "onnxruntime": "resnext_deploy.backends.onnxruntime:OnnxRuntimeBackend",
@@ -51,9 +51,22 @@ def for_file(path: Path) -> str:
     raise BadInputError(f"Cannot tell which backend runs '{path}': expected one of {known}.")
 
 
+def place_qdq(path: Path, flavour: str) -> Optional[Dict[str, Any]]:
+    """Let each backend re-place the Q/DQ of a freshly quantized ``flavour`` model (Backend.place_qdq): the
+    quantizer stays backend-neutral. Returns the first placement record, None when no backend changed the model."""
+    records = [r for r in (get(n).place_qdq(path, flavour) for n in _REGISTRY) if r is not None]
+    return records[0] if records else None
+
+
+def check_onnx(path: Path) -> List[OnnxRules]:
+    """Every backend's own rules checked on an ONNX model (Backend.check_onnx), for those that have any."""
+    return [r for r in (get(n).check_onnx(path) for n in _REGISTRY) if r is not None]
+
+
 def available() -> List[str]:
     """Backends whose package imports on this machine."""
     return [n for n in _REGISTRY if get(n).available()]
 
 
-__all__ = ["Backend", "BuildAddition", "Runner", "available", "by_preference", "for_file", "get", "names", "register"]
+__all__ = ["Backend", "BuildAddition", "OnnxRules", "Runner", "available", "by_preference", "check_onnx", "for_file", "get",
+           "names", "place_qdq", "register"]

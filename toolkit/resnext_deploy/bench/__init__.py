@@ -2,6 +2,6 @@
 each configuration in its own process, interleaved, in one run (run.py); offline weights and images for
 the full-size architectures (arch.py, weights.py, images.py)."""
 
-from .run import BenchOptions, run_bench
+from .run import BenchOptions, BenchRequest, BenchResult, run_bench
 
-__all__ = ["BenchOptions", "run_bench"]
+__all__ = ["BenchOptions", "BenchRequest", "BenchResult", "run_bench"]

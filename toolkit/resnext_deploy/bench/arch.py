@@ -14,11 +14,11 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Union
+from typing import Any, List, Optional, Union
 
 import numpy as np
 
-from ..artifacts import atomic_dir, atomic_file, ensure_writable_dir, sha256_file
+from ..buildfolder.artifacts import atomic_dir, atomic_file, ensure_writable_dir, sha256_file
 from ..errors import BadInputError
 from ..preprocess import Preprocessing, preprocess_paths
 from ..progress import Progress
@@ -75,6 +75,49 @@ def label_by_model(module: Any, images: Path, out: Path, spec: Preprocessing, nu
     return out
 
 
+def _seeded_checkpoint(arch: str, checkpoint: Path, calib: Path, spec: Preprocessing, seed: int, progress: Progress) -> Path:
+    """``checkpoint`` (named after the model, as the build names it) with seeded weights whose BatchNorm
+    statistics are re-estimated on the first 128 calibration images (weights.py); made once, then cached."""
+    if checkpoint.is_file():
+        return checkpoint
+    from ..models.resnext import ARCHS
+    from ..optional import require
+    from .weights import seeded_model
+
+    torch = require("torch", "create the model")
+    if progress:
+        progress("initialise weights, re-estimate BatchNorm", 0, 1)
+    images = preprocess_paths(sorted(calib.glob("*.jpg"))[:128], spec)
+    module = seeded_model(arch, images, seed)
+    with atomic_file(checkpoint) as tmp:
+        torch.save({"state_dict": module.state_dict(), "arch": arch, "num_classes": ARCHS[arch].default_num_classes}, str(tmp))
+    if progress:
+        progress("initialise weights, re-estimate BatchNorm", 1, 1)
+    return checkpoint
+
+
+def _input_notes(arch: str, calib_count: int, val_count: int, seed: int, weights: Optional[Path]) -> List[str]:
+    """What the bench says about where its weights, images and labels came from."""
+    if weights is not None:
+        notes = [f"Weights: the checkpoint '{weights}' (sha256 {sha256_file(weights)[:12]})."]
+    else:
+        notes = [
+            f"Weights: no checkpoint was given, so {arch} was initialised from seed {seed} (each residual branch's last "
+            "BatchNorm scaled to 0.2, as trained ResNets keep their branches small), its BatchNorm statistics "
+            "re-estimated on 128 calibration images and its classifier head centred on their features: activation "
+            "ranges look like a trained network's, so INT8 timing is representative. It is not a trained classifier."
+        ]
+    notes.append(
+        f"Images: {calib_count} calibration and {val_count} held-out validation images are seeded random crops (scale, "
+        "aspect, flip, colour) of scikit-learn's two sample photos (china.jpg, flower.jpg), generated offline."
+    )
+    notes.append(
+        "Labels: there are no real labels, so each validation image is labeled with the float PyTorch model's top-1; "
+        "top-1 in the build report is therefore agreement with the float model (the float model scores 100% by construction)."
+    )
+    return notes
+
+
 def arch_inputs(
     arch: str,
     weights: Union[str, Path, None] = None,
@@ -114,32 +157,11 @@ def arch_inputs(
                          + (sha256_file(weights).encode() if weights else b"seeded")).hexdigest()[:12]
     model_dir = cache / f"{arch}-{key}"
     model_dir.mkdir(exist_ok=True)
-    notes: List[str] = []
     if src is not None:
         checkpoint = Path(weights)  # type: ignore[arg-type]
-        notes.append(f"Weights: the checkpoint '{checkpoint}' (sha256 {sha256_file(checkpoint)[:12]}).")
     else:
-        checkpoint = model_dir / f"{arch}.pth"  # the build names the model after the file
-        if not checkpoint.is_file():
-            from ..optional import require
-            from .weights import seeded_model
-
-            torch = require("torch", "create the model")
-            if progress:
-                progress("initialise weights, re-estimate BatchNorm", 0, 1)
-            images = preprocess_paths(sorted(calib.glob("*.jpg"))[:128], spec)
-            module = seeded_model(arch, images, seed)
-            with atomic_file(checkpoint) as tmp:
-                torch.save({"state_dict": module.state_dict(), "arch": arch, "num_classes": ARCHS[arch].default_num_classes}, str(tmp))
-            if progress:
-                progress("initialise weights, re-estimate BatchNorm", 1, 1)
+        checkpoint = _seeded_checkpoint(arch, model_dir / f"{arch}.pth", calib, spec, seed, progress)
         src = resolve_model(checkpoint, arch, None, overrides, allow_pickle=allow_pickle)
-        notes.append(
-            f"Weights: no checkpoint was given, so {arch} was initialised from seed {seed} (each residual branch's last "
-            "BatchNorm scaled to 0.2, as trained ResNets keep their branches small), its BatchNorm statistics "
-            "re-estimated on 128 calibration images and its classifier head centred on their features: activation "
-            "ranges look like a trained network's, so INT8 timing is representative. It is not a trained classifier."
-        )
     num_classes = int(src.num_classes or ARCHS[arch].default_num_classes)
     val = model_dir / f"val-n{val_count}-s{seed + 1}"
     if not val.is_dir():
@@ -148,12 +170,5 @@ def arch_inputs(
         label_by_model(src.module.eval(), val_flat, val, src.preprocessing, num_classes)
         if progress:
             progress("label validation images", 1, 1)
-    notes.append(
-        f"Images: {calib_count} calibration and {val_count} held-out validation images are seeded random crops (scale, "
-        "aspect, flip, colour) of scikit-learn's two sample photos (china.jpg, flower.jpg), generated offline."
-    )
-    notes.append(
-        "Labels: there are no real labels, so each validation image is labeled with the float PyTorch model's top-1; "
-        "top-1 in the build report is therefore agreement with the float model (the float model scores 100% by construction)."
-    )
+    notes = _input_notes(arch, calib_count, val_count, seed, Path(weights) if weights is not None else None)
     return ArchInputs(checkpoint, calib, val, arch, num_classes, notes)

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..artifacts import atomic_file, sha256_file
+from ..buildfolder.artifacts import atomic_file, sha256_file
 from ..errors import ArtifactIntegrityError, BadInputError
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,8 @@ def verify_same_bundle(device: Dict[str, Any], manifest: Dict[str, Any], build_d
 
 def merge_device_report(build_dir: Union[str, Path], device_report: Union[str, Path], recipe: Any) -> Dict[str, Any]:
     """Merge a verified device report into the build's report, rewrite report.* and the manifest; returns the report."""
-    from ..gate import GateResult
-    from ..manifest import read_manifest
+    from ..evaluation.gate import GateResult
+    from ..buildfolder.manifest import read_manifest
     from ..report import make_report, read_report, write_report
 
     build_dir, source = Path(build_dir), Path(device_report)
@@ -171,7 +171,7 @@ def regate(results: List[Dict[str, Any]], reference: str, gates: Dict[str, Any],
 
     Rows measured on the device (golden images only) are never held to the workstation's accuracy gates.
     """
-    from ..gate import GateResult, apply_gates
+    from ..evaluation.gate import GateResult, apply_gates
 
     ws = apply_gates([r for r in results if r.get("measured_on") != "device"], reference, gates)
     if not device or not device.get("gate"):

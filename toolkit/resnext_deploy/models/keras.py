@@ -28,6 +28,7 @@ import numpy as np
 from ..backends.base import Runner
 from ..errors import BadInputError, MissingDependencyError
 from ..optional import available, require, require_keras
+from .archive_bounds import check_archive
 from .trust import refuse_code_execution
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class LoadedKeras:
 def _config_of(p: Path) -> Optional[Dict[str, Any]]:
     """The model's config as plain JSON, read without Keras: config.json inside a .keras zip, or the
     ``model_config`` attribute of a legacy HDF5 file. None when the file has none (weights only)."""
+    check_archive(p)  # before anything is inflated or parsed
     if p.suffix.lower() == ".keras":
         if not zipfile.is_zipfile(p):
             raise BadInputError(f"'{p}' is not a Keras 3 .keras file (not a zip archive): truncated or another format. "
@@ -189,6 +191,19 @@ def read_hints(p: Path) -> Dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def scan_keras_file(p: Path, allow_pickle: bool = False) -> Tuple[Dict[str, Any], List[str]]:
+    """The model's config, read as JSON (nothing from the file runs), and what in it needs ``safe_mode=False``:
+    refused (BadInputError) unless ``allow_pickle``, the one opt-in of models/trust.py (which logs when allowed)."""
+    keras = require_keras("load Keras models")
+    config = _config_of(p)
+    if config is None:
+        raise BadInputError(f"'{p}' holds weights only (no model config). Save the whole model: model.save('model.keras').")
+    unsafe = unsafe_objects(config, None if p.suffix.lower() == ".keras" else legacy_layer_known(keras))
+    if unsafe:
+        refuse_code_execution(p, f"holds {', '.join(unsafe)}: loading it needs Keras's safe_mode=False", allow_pickle)
+    return config, unsafe
+
+
 def load_keras_model(path: Union[str, Path], *, allow_pickle: bool = False) -> LoadedKeras:
     """Load a .keras / .h5 file through Keras 3 on the torch backend (see the module docstring).
 
@@ -206,12 +221,7 @@ def load_keras_model(path: Union[str, Path], *, allow_pickle: bool = False) -> L
     if p.is_dir():
         raise BadInputError(f"'{p}' is a folder without {SAVED_MODEL_FILE}: pass a .keras or .h5 file, or a SavedModel folder.")
     keras = require_keras("load Keras models")
-    config = _config_of(p)
-    if config is None:
-        raise BadInputError(f"'{p}' holds weights only (no model config). Save the whole model: model.save('model.keras').")
-    unsafe = unsafe_objects(config, None if p.suffix.lower() == ".keras" else legacy_layer_known(keras))
-    if unsafe:  # the one opt-in for files that run code while they load (models/trust.py); logs when allowed
-        refuse_code_execution(p, f"holds {', '.join(unsafe)}: loading it needs Keras's safe_mode=False", allow_pickle)
+    config, unsafe = scan_keras_file(p, allow_pickle)
     bad_convs = conv_config_problems(config)
     if bad_convs:
         from ..errors import ModelCheckError

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from ..errors import BadInputError
 from ..optional import require
 from .resnext import ARCHS, ArchSpec, ResNeXt, create
-from .trust import model_format, safetensors_load, torch_load, torchscript_load
+from .trust import torchscript_load
 
 torch = require("torch", "load PyTorch models")
 nn = torch.nn
@@ -71,12 +71,14 @@ def load_torch_model(
     num_classes: Optional[int] = None,
     *,
     allow_pickle: bool = False,
+    fmt: Any = None,
 ) -> LoadedModel:
     """Load a model file of any supported form; see the module docstring.
 
     ``arch`` / ``num_classes`` override what the checkpoint records. Files that need full (code-executing)
     unpickling, i.e. whole pickled modules and checkpoints with Python objects beyond tensors and plain data,
     are refused (BadInputError naming the first such object) unless ``allow_pickle=True`` (``--trust-pickle``).
+    ``fmt`` is the file's format plug-in (models/formats/) when the caller detected it already.
     """
     p = _check_path(path)
     if arch is not None and arch not in ARCHS:
@@ -87,16 +89,13 @@ def load_torch_model(
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes <= 0):
         raise BadInputError(f"--num-classes must be a positive integer, got {num_classes!r}.")
 
-    fmt = model_format(p)
-    if fmt == "torchscript":
-        return _load_torchscript(p, arch, num_classes)
-    if fmt == "safetensors":
-        tensors, meta = safetensors_load(p)
-        return _from_state_dict(tensors, p, arch, num_classes, meta=meta, source="safetensors")
-    if fmt != "torch":
-        raise BadInputError(f"Model file '{p}' is a {fmt} file, not a PyTorch model; it is not read here.")
-    obj = torch_load(p, allow_pickle)
-    return _from_object(obj, p, arch, num_classes)
+    from .formats import detect
+
+    fmt = fmt or detect(p)
+    read = getattr(fmt, "read", None)  # the formats that read into a torch module (formats/torch_module.py)
+    if read is None:
+        raise BadInputError(f"Model file '{p}' is a {fmt.name} file, not a PyTorch model; it is not read here.")
+    return read(p, arch, num_classes, allow_pickle)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,7 +128,7 @@ def _first_line(text: str) -> str:
 # TorchScript
 
 
-def _load_torchscript(p: Path, arch: Optional[str], num_classes: Optional[int]) -> LoadedModel:
+def load_torchscript(p: Path, arch: Optional[str], num_classes: Optional[int]) -> LoadedModel:
     extra = {TORCHSCRIPT_METADATA_FILE: ""}
     module = torchscript_load(p, extra)
     meta: Dict[str, Any] = {}
@@ -167,7 +166,7 @@ def _load_torchscript(p: Path, arch: Optional[str], num_classes: Optional[int]) 
 # what torch.load returned
 
 
-def _from_object(obj: Any, p: Path, arch: Optional[str], num_classes: Optional[int]) -> LoadedModel:
+def from_object(obj: Any, p: Path, arch: Optional[str], num_classes: Optional[int]) -> LoadedModel:
     if isinstance(obj, nn.Module):
         return _from_module(obj, p, arch, num_classes, meta={}, source="module")
     if not isinstance(obj, Mapping):
@@ -177,7 +176,7 @@ def _from_object(obj: Any, p: Path, arch: Optional[str], num_classes: Optional[i
             "TorchScript. Re-save it as torch.save(model.state_dict(), path)."
         )
     if _is_state_dict(obj):
-        return _from_state_dict(obj, p, arch, num_classes, meta={}, source="state_dict")
+        return from_state_dict(obj, p, arch, num_classes, meta={}, source="state_dict")
 
     meta = dict(obj)
     for key in WEIGHT_KEYS:
@@ -187,7 +186,7 @@ def _from_object(obj: Any, p: Path, arch: Optional[str], num_classes: Optional[i
         if isinstance(weights, nn.Module):
             return _from_module(weights, p, arch, num_classes, meta=meta, source="checkpoint")
         if isinstance(weights, Mapping) and _is_state_dict(weights):
-            return _from_state_dict(weights, p, arch, num_classes, meta=meta, source="checkpoint")
+            return from_state_dict(weights, p, arch, num_classes, meta=meta, source="checkpoint")
         raise BadInputError(
             f"Checkpoint '{p}' has a '{key}' entry, but it is a {type(weights).__name__}, neither a state_dict "
             "(names -> tensors) nor an nn.Module. Re-save with torch.save({'state_dict': model.state_dict()}, path)."
@@ -225,7 +224,7 @@ def _drop_segment(key: str, segment: str) -> str:
     return ".".join(part for part in key.split(".") if part != segment)
 
 
-def _from_state_dict(
+def from_state_dict(
     state_dict: Mapping[str, Any],
     p: Path,
     arch: Optional[str],

@@ -9,7 +9,8 @@ Two kinds of folder are read, both through ``tf.saved_model.load``:
 The signature must take one float image batch (batch, H, W, C) of a fixed size and give one (batch, classes) output.
 :func:`raw_onnx_from_savedmodel` converts that signature with tf2onnx (``tf_loader.from_saved_model`` freezes the
 signature's concrete function, ``convert.from_graph_def`` converts the frozen graph, as tf2onnx's command line does);
-pipeline/savedmodel_export.py makes it deployable and compares it with TensorFlow on real images.
+models/export/savedmodel_onnx.py makes it deployable and compares it with TensorFlow; the saved_model format plug-in
+(models/formats/saved_model.py) detects the folder and calls both.
 
 Trust: loading a SavedModel runs the TensorFlow graph stored in the file, not Python code from it: no opt-in is
 asked. A folder carries no preprocessing; it comes from a sidecar ``<folder>.json`` beside it (``{"preprocessing":
@@ -41,12 +42,6 @@ SERVING_SIGNATURES = ("serve", "serving_default")
 INSTALL = "pip install 'resnext-deploy[tensorflow]' (or: pip install tensorflow tf2onnx)"
 #: a SavedModel folder holding more files than this is not an image classifier we read (bounds the hashing)
 MAX_FILES = 10_000
-
-
-def is_saved_model(path: Union[str, Path]) -> bool:
-    """True for a folder holding ``saved_model.pb`` (a TensorFlow SavedModel)."""
-    p = Path(path)
-    return p.is_dir() and (p / SAVED_MODEL_FILE).is_file()
 
 
 def tensorflow_modules(p: Path) -> Tuple[Any, Any]:
@@ -94,7 +89,8 @@ class LoadedSavedModel:
     files: List[Path] = field(default_factory=list)
 
 
-def _files(p: Path) -> List[Path]:
+def saved_model_files(p: Path) -> List[Path]:
+    """Every file in a SavedModel folder, sorted; BadInputError past MAX_FILES (bounds the hashing)."""
     files = []
     for f in sorted(p.rglob("*")):
         if f.is_file():
@@ -109,7 +105,7 @@ def saved_model_sha256(path: Union[str, Path]) -> str:
     """One digest of a SavedModel folder: every file's relative path and contents, in sorted order."""
     p = Path(path)
     h = hashlib.sha256()
-    for f in _files(p):
+    for f in saved_model_files(p):
         h.update(f.relative_to(p).as_posix().encode("utf-8") + b"\0")
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -155,10 +151,10 @@ def load_saved_model(path: Union[str, Path], signature: Optional[str] = None) ->
     or whose signature is not one image in, one logits out.
     """
     p = Path(path)
-    if not is_saved_model(p):
+    if not (p / SAVED_MODEL_FILE).is_file():
         raise BadInputError(f"'{p}' is not a SavedModel folder (no {SAVED_MODEL_FILE} in it).")
     tf, _ = tensorflow_modules(p)
-    files = _files(p)
+    files = saved_model_files(p)
     try:
         imported = tf.saved_model.load(str(p))
     except Exception as exc:  # TensorFlow raises many types for files it cannot read

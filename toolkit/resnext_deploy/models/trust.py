@@ -24,8 +24,6 @@ import logging
 import os
 import pickle
 import re
-import struct
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -50,9 +48,6 @@ PYTHON_OPT_IN = "allow_pickle=True"
 #: dtype, including ``object``, and need numpy's per-dtype classes): such a checkpoint needs the opt-in, or re-saving
 #: the number as a Python float.
 SAFE_GLOBALS: Tuple[str, ...] = ("argparse.Namespace",)
-
-#: File name endings read as Keras files (models/keras.py loads them; it calls refuse_code_execution).
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 _GLOBAL_IN_REFUSAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
 
@@ -83,50 +78,11 @@ def refuse_code_execution(path: PathLike, why: str, allow_pickle: bool) -> None:
 
 
 def model_format(path: PathLike) -> str:
-    """``"onnx"``, ``"safetensors"``, ``"keras"``, ``"torchscript"`` or ``"torch"`` (a torch.save file), from the
-    name and the first bytes; reads no more of the file than its header (and a zip's directory)."""
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix in KERAS_SUFFIXES:
-        return "keras"
-    if suffix == ".safetensors" or _looks_like_safetensors(p):
-        return "safetensors"
-    if is_torchscript_archive(p):
-        return "torchscript"
-    return "torch"
+    """The registry name of a model file's format (models/formats/): from its first bytes (and a zip's directory),
+    then its name's ending; reads no more of the file than that."""
+    from .formats import detect
 
-
-def _looks_like_safetensors(p: Path) -> bool:
-    """safetensors has no magic number: an 8-byte little-endian header length, then a JSON object."""
-    try:
-        size = p.stat().st_size
-        with p.open("rb") as fh:
-            head = fh.read(9)
-    except OSError:
-        return False
-    if len(head) < 9:
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return 2 <= n <= size - 8 and head[8:9] == b"{"
-
-
-def is_torchscript_archive(p: Path) -> bool:
-    """True for a TorchScript zip (it has ``constants.pkl`` and ``code/`` entries; torch.save files do not)."""
-    with p.open("rb") as fh:
-        head = fh.read(4)
-    if head != b"PK\x03\x04":
-        return False
-    if not zipfile.is_zipfile(p):
-        # A torch.save/jit.save file is a zip: one without an end record was cut short.
-        raise unreadable(p, "zip archive without a central directory", truncated=True)
-    try:
-        with zipfile.ZipFile(p) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise unreadable(p, str(exc), truncated=True) from None
-    return any(n.endswith("/constants.pkl") or n == "constants.pkl" or "/code/" in n for n in names)
+    return detect(path).name
 
 
 def unreadable(p: Path, detail: str, truncated: bool = False) -> BadInputError:
@@ -171,7 +127,7 @@ def torch_load(path: PathLike, allow_pickle: bool = False) -> Any:
 
     first = first_unsafe_global(p, refusal)
     if first is not None:
-        refuse_code_execution(p, _needs_unpickling(first), allow_pickle)
+        refuse_code_execution(p, needs_unpickling(first), allow_pickle)
     elif not allow_pickle:
         # No global named: the safe loader met pickle it does not read (random bytes, another format, or a
         # pickle protocol above torch.save's default 2). Nothing was unpickled.
@@ -198,18 +154,18 @@ def torch_load(path: PathLike, allow_pickle: bool = False) -> Any:
 
 
 def refuse_early(path: PathLike, allow_pickle: bool) -> None:
-    """Refuse now a torch.save file that will need the opt-in, from a static scan of its pickle (nothing unpickled,
-    no tensor read): for a loader that runs later or in another process (a bench worker). Other formats, files the
-    scan cannot read, and ``allow_pickle`` pass; the loader itself still decides."""
+    """Refuse now a file that will need the opt-in, from its format's static scan (nothing unpickled or loaded):
+    for a loader that runs later or in another process (a bench worker). The loader itself still decides."""
+    from .formats import detect
+
     p = Path(path)
-    if allow_pickle or not p.is_file() or model_format(p) != "torch":
+    if allow_pickle or not p.exists():
         return
-    first = first_unsafe_global(p)
-    if first is not None:
-        refuse_code_execution(p, _needs_unpickling(first), False)
+    detect(p).scan(p, allow_pickle)
 
 
-def _needs_unpickling(first: str) -> str:
+def needs_unpickling(first: str) -> str:
+    """Completes "Model file '<path>' ..." for a checkpoint that asks for the global ``first``."""
     return (
         f"needs full unpickling: it asks for the Python global '{first}', which the safe loader (torch.load with "
         "weights_only=True) does not allow (a whole pickled module, or Python objects beside the weights)"

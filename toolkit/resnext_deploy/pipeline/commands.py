@@ -15,17 +15,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .. import backends
-from ..artifacts import Artifact, atomic_file
+from ..buildfolder.artifacts import Artifact, atomic_file
+from ..buildfolder.sidecar import read_sidecar, sidecar_path, write_sidecar
 from ..errors import BadInputError
-from ..evaluate import TimingConfig, evaluate_runner
-from ..gate import GateResult
-from ..preprocess import Preprocessing
+from ..evaluation.evaluate import TimingConfig, evaluate_runner
+from ..evaluation.gate import GateResult
+from ..models.onnx_inputs import scan_onnx
+from ..preprocess import Preprocessing, preprocessing_option, sized_preprocessing
 from ..progress import Progress, step_progress
 from ..recipes import Recipe, load_recipe
 from ..report import make_report, read_report, write_report
-from .datasets import load_calibration, load_labeled, skipped_records
+from ..data.datasets import load_calibration, load_labeled, skipped_records
 from .labels import require_above_chance, validation_labels
-from .source import ModelSource, data_folders, preprocessing_for, resolve_model
+from .source import data_folders, preprocessing_for, resolve_model
 from ..scale import ModelFiles, ScaleOptions, open_inference
 from .steps import REFERENCE
 
@@ -33,29 +35,6 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 EVALUATION_SCHEMA = "resnext-deploy/evaluation"
-
-
-def sidecar_path(path: PathLike) -> Path:
-    return Path(str(path) + ".json")
-
-
-def write_sidecar(path: PathLike, artifact: Artifact, preprocessing: Preprocessing, labels: Optional[List[str]], **extra: Any) -> Path:
-    meta = {"artifact": artifact.to_dict(), "preprocessing": preprocessing.to_dict(), "labels": labels}
-    meta.update(extra)
-    with atomic_file(sidecar_path(path)) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
-    return sidecar_path(path)
-
-
-def read_sidecar(path: PathLike) -> Dict[str, Any]:
-    """The sidecar of an artifact, or {} if it has none (an ONNX from elsewhere)."""
-    p = sidecar_path(path)
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"The sidecar '{p}' is not valid JSON ({exc}); delete it or re-run the stage that wrote it.") from exc
 
 
 @dataclass
@@ -72,14 +51,14 @@ class ModelMeta:
     labels: Optional[List[str]] = None
     origin: str = ""  # where the preprocessing came from, for messages and sidecars
     record: Dict[str, Any] = field(default_factory=dict)  # the artifact record (name, precision, backend, parent)
-    model: Dict[str, Any] = field(default_factory=dict)  # the model description (kind "demo" for the demo)
+    model: Dict[str, Any] = field(default_factory=dict)  # the model description (ModelSource.describe)
     folders: Dict[str, str] = field(default_factory=dict)  # data folders the build recorded ("calib", "val")
     build_dir: Optional[Path] = None
     labels_from: str = ""  # where ``labels`` were read ("sidecar <path>", "build manifest <path>")
 
     @property
     def is_demo(self) -> bool:
-        return self.model.get("kind") == "demo"
+        return bool(self.model.get("demo"))
 
     def sidecar_extra(self) -> Dict[str, Any]:
         """What a stage's output sidecar carries on from this model (so the next stage knows it too)."""
@@ -95,7 +74,7 @@ class ModelMeta:
 
 def _from_build(path: Path) -> Optional[Tuple[Path, Dict[str, Any], Dict[str, Any]]]:
     """(build dir, manifest, artifact record) when ``path`` is an artifact listed in a build's manifest.json."""
-    from ..manifest import read_manifest
+    from ..buildfolder.manifest import read_manifest
 
     resolved = path.resolve()
     for d in list(resolved.parents)[:3]:
@@ -130,7 +109,7 @@ def _static_size(path: Path) -> Tuple[Optional[int], str]:
     """The square input size an ONNX's static input shape gives (None if dynamic), and that shape as text."""
     if path.suffix.lower() != ".onnx":
         return None, "unknown"
-    from .export import onnx_input_info
+    from ..models.export.torch_onnx import onnx_input_info
 
     shape = onnx_input_info(path)["shape"]
     text = "(" + ", ".join(str(d) if isinstance(d, int) and d > 0 else ("batch" if i == 0 else "?")
@@ -138,31 +117,6 @@ def _static_size(path: Path) -> Tuple[Optional[int], str]:
     if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]) and shape[2] == shape[3]:
         return int(shape[2]), text
     return None, text
-
-
-def _preprocessing_option(value: str) -> Optional[Dict[str, Any]]:
-    """--preprocessing: None for 'imagenet' (the defaults, sized later), else the dict in the JSON file."""
-    if value.strip().lower() == "imagenet":
-        return None
-    from ..preprocess import PRESETS
-
-    if value.strip().lower() in PRESETS:  # the normalization of a preset; the size comes from the model
-        mean, std, color = PRESETS[value.strip().lower()]
-        return {"mean": list(mean), "std": list(std), "color": color, "preset": value.strip().lower()}
-    p = Path(value)
-    if not p.is_file():
-        raise BadInputError(f"--preprocessing '{value}' is neither 'imagenet' nor an existing JSON file.")
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"--preprocessing '{p}' is not valid JSON ({exc}).") from exc
-    data = data.get("preprocessing", data) if isinstance(data, dict) else None
-    if not isinstance(data, dict) or not ({"crop", "mean", "std"} & set(data)):
-        raise BadInputError(
-            f"--preprocessing '{p}' holds no preprocessing: expected a 'preprocessing' entry (a manifest or sidecar) "
-            "or a dict with resize, crop, mean and std."
-        )
-    return data
 
 
 def model_meta(
@@ -191,7 +145,7 @@ def model_meta(
         meta.folders = {k: inputs[name]["folder"] for k, name in (("calib", "calibration"), ("val", "validation"))
                         if inputs.get(name, {}).get("folder")}
     if preprocessing is not None:
-        base = _preprocessing_option(preprocessing)
+        base = preprocessing_option(preprocessing)
         origin = f"--preprocessing {preprocessing}"
     elif side.get("preprocessing"):
         base, origin = side["preprocessing"], f"sidecar {sidecar_path(path)}"
@@ -205,7 +159,7 @@ def model_meta(
         overrides = {**base, **overrides}
         base = None
     if base is not None:
-        meta.preprocessing = Preprocessing.from_dict({**base, **overrides})
+        meta.preprocessing = Preprocessing.from_dict({**sized_preprocessing(base, base["crop"]).to_dict(), **overrides})
         meta.origin = origin
         if input_size and preprocessing is None and input_size != meta.preprocessing.crop:
             log.warning("--input-size %d ignored: the %s gives crop %d", input_size, origin, meta.preprocessing.crop)
@@ -252,62 +206,27 @@ def _require_file(path: PathLike, what: str) -> Path:
 
 def check_file(model: Optional[PathLike], arch: Optional[str] = None, num_classes: Optional[int] = None,
                allow_pickle: bool = False) -> Dict[str, Any]:
-    """Architecture check of a PyTorch or Keras model file (or the demo); ONNX files get onnx.checker and, when they
-    hold Q/DQ nodes, TensorRT's Q/DQ rules (qdq_rules.py: every violation with its node name)."""
-    if model is not None and str(model).lower().endswith(".onnx"):
-        return _check_onnx(Path(model))
+    """Architecture check of a model file (or the demo) by its format plug-in; a file its format checks as it is
+    (an ONNX: onnx.checker and each backend's rules, TensorRT's Q/DQ rules with every violation's node name) is not
+    loaded first."""
+    from ..models import formats
+
+    if model is not None and Path(model).is_file():
+        checked_as_is = formats.detect(model).check_file(Path(model))
+        if checked_as_is is not None:
+            return checked_as_is
     src = resolve_model(model, arch, num_classes, allow_pickle=allow_pickle, need_preprocessing=False)
-    if src.kind == "keras":
-        from .check_keras import check_keras_or_raise
-
-        report = check_keras_or_raise(src.module)
-        return {"model": str(src.path), "passed": True, "summary": report.summary(), **report.to_dict()}
-    if src.kind == "saved_model":
-        from .savedmodel_export import check_savedmodel
-
-        return check_savedmodel(src.module, load_recipe(target="x86-cpu").section("export"))
-    if src.module is None:
-        from ..optional import require
-
-        onnx = require("onnx", "check ONNX models")
-        try:
-            onnx.checker.check_model(str(src.path), full_check=True)
-        except Exception as exc:  # onnx raises several types
-            raise BadInputError(f"The ONNX model '{src.path}' fails onnx.checker: {exc}") from exc
-        return {"model": str(src.path), "passed": True, "checks": ["onnx.checker (full)"]}
-    from .check import check_or_raise
-
-    report = check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
-    if not report.complete:
+    checked = src.format.check(src)
+    if not checked.complete:
         from ..errors import CheckIncompleteError
 
+        report = checked.report
         raise CheckIncompleteError(
             f"The architecture check of '{src.path}' did not cover the whole model, so it cannot say the model is "
-            f"sound. Not checked: {'; '.join(report.uncovered)}. Nothing wrong was found in what it did check "
+            f"sound. Not checked: {'; '.join(checked.uncovered)}. Nothing wrong was found in what it did check "
             f"({report.residual_adds} residual adds, {report.convs_checked} convs)."
         )
-    return {"model": str(src.path), "passed": True, "summary": report.summary(), **report.to_dict()}
-
-
-def _check_onnx(path: Path) -> Dict[str, Any]:
-    """onnx.checker, then TensorRT's Q/DQ rules; a violation is a ModelCheckError listing them all."""
-    from ..errors import ModelCheckError
-    from ..optional import require
-    from ..tensorrt.qdq_rules import check_qdq_model
-
-    path = _require_file(path, "ONNX model")
-    onnx = require("onnx", "check ONNX models")
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:  # onnx raises several types
-        raise BadInputError(f"The ONNX model '{path}' fails onnx.checker: {exc}") from exc
-    qdq = check_qdq_model(path)
-    if not qdq.passed:
-        raise ModelCheckError(qdq.summary() + "\nTo make a TensorRT-ready model from the float ONNX: "
-                              "resnext-deploy quantize --onnx <fp32.onnx> --activations int8 --out <qdq.onnx>.")
-    checks = ["onnx.checker (full)"] + (["TensorRT Q/DQ rules"] if qdq.has_qdq else [])
-    return {"model": str(path), "passed": True, "checks": checks, "qdq": qdq.to_dict(),
-            "summary": f"{path}: passed onnx.checker (full)\n{qdq.summary()}"}
+    return {"model": str(src.path), "passed": True, "summary": checked.summary, **checked.record}
 
 
 def export_file(
@@ -315,40 +234,23 @@ def export_file(
     calib: Optional[PathLike] = None, recipe: Optional[Recipe] = None, preprocessing: Optional[str] = None,
     allow_pickle: bool = False,
 ) -> Artifact:
-    """Check and export a PyTorch (or Keras) model to ONNX, compared with it on a few real calibration images."""
-    from .check import check_or_raise
-    from .export import onnx_from_torch
+    """Check and export a model (any format with a framework model) to ONNX, compared with it on a few real
+    calibration images."""
+    from ..models.formats import ExportSettings
 
     recipe = recipe or load_recipe(target="x86-cpu")
     src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), preprocessing, allow_pickle)
     if src.module is None:
-        raise BadInputError(f"'{src.path}' is already ONNX: export takes a PyTorch, Keras or TensorFlow model.")
+        raise BadInputError(f"'{src.path}' is already ONNX: export takes a PyTorch or Keras model.")
     calib_dir, _ = data_folders(src, recipe, Path(calib) if calib else None, need=("calib",),
-                                purpose="Exporting your own model (the comparison with PyTorch runs on real images)")
+                                purpose="Exporting your own model (the comparison with it runs on real images)")
     sample = np.asarray(load_calibration(calib_dir, src.preprocessing, 8, 0).data)
-    exp = recipe.section("export")
-    if src.kind == "keras":
-        from .check_keras import check_keras_or_raise
-        from .keras_export import onnx_from_keras
-
-        check_keras_or_raise(src.module)
-        res = onnx_from_keras(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"])
-        write_sidecar(out, res.artifact, src.preprocessing, src.labels, model=src.describe(), export=res.to_dict(),
-                      preprocessing_from=f"the model ({src.source_kind})", folders={"calib": str(calib_dir)})
-        return res.artifact
-    if src.kind == "saved_model":
-        from .savedmodel_export import onnx_from_savedmodel
-
-        res = onnx_from_savedmodel(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"])
-        write_sidecar(out, res.artifact, src.preprocessing, src.labels, model=src.describe(), export=res.to_dict(),
-                      preprocessing_from=f"the model ({src.source_kind})", folders={"calib": str(calib_dir)})
-        return res.artifact
-    check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
-    res = onnx_from_torch(src.module, out, sample, exp["opset"], exp["tolerance"], exp["simplify"],
-                          log_path=Path(str(out) + ".export.log"))
-    write_sidecar(out, res.artifact, src.preprocessing, src.labels, model=src.describe(), export=res.to_dict(),
+    src.format.check(src)
+    settings = ExportSettings.from_recipe(recipe.section("export"), log_path=Path(str(out) + ".export.log"))
+    exported = src.format.export(src, Path(out), sample, settings)
+    write_sidecar(out, exported.artifact, src.preprocessing, src.labels, model=src.describe(), export=exported.record,
                   preprocessing_from=f"the model ({src.source_kind})", folders={"calib": str(calib_dir)})
-    return res.artifact
+    return exported.artifact
 
 
 def quantize_file(
@@ -369,7 +271,8 @@ def quantize_file(
     cal = load_calibration(folder, meta.preprocessing, cal_cfg["count"], cal_cfg["seed"], step_progress(progress, "load calibration images"))
     art = qdq_from_onnx(onnx_path, out, cal.data, activations, cal_cfg,
                         parent=str(onnx_path), progress=step_progress(progress, "calibrate"),
-                        weight_range=weight_range_for(recipe.section("quantize")))
+                        weight_range=weight_range_for(recipe.section("quantize")),
+                        bias_correction=recipe.section("quantize")["bias_correction"])
     write_sidecar(out, art, meta.preprocessing, meta.labels, **meta.sidecar_extra(),
                   calibration={"folder": str(folder), "images": len(cal.paths), "skipped": len(cal.skipped),
                                "skipped_files": skipped_records(cal.skipped)})
@@ -379,6 +282,7 @@ def quantize_file(
 def compile_file(onnx_path: PathLike, backend: str, precision: str, out_dir: PathLike, recipe: Recipe) -> Artifact:
     """Compile an ONNX (FP32, or a Q/DQ model for int8) for one backend."""
     onnx_path = _require_file(onnx_path, "ONNX model")
+    scan_onnx(onnx_path)
     meta = model_meta(onnx_path, recipe, required=False)
     src = Artifact.from_dict(meta.record) if meta.record else Artifact.from_files(
         onnx_path.stem, [onnx_path], None, kind="onnx", backend="onnx", precision=precision)
@@ -407,6 +311,7 @@ def evaluate_files(
     The images stream from the folder a batch at a time; ``scale`` shards the logits over Ray workers and/or
     keeps each shard in a resume directory (latency is measured here either way)."""
     reference = _require_file(reference, "reference ONNX model")
+    scan_onnx(reference)
     ref = model_meta(reference, recipe, input_size, preprocessing)
     spec = ref.preprocessing
     _, folder = data_folders(ref.is_demo, recipe, None, Path(val) if val else None, need=("val",),
@@ -507,7 +412,7 @@ def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = 
         new_manifest = manifest_beside(source) if source.is_dir() or _schema(source) != EVALUATION_SCHEMA else None
         report["baseline"] = compare_with_baseline(report, base, recipe.section("gates")["baseline"], new_manifest)
     if out_dir:
-        from ..accuracy.fallback import markdown_sections
+        from .fallback import markdown_sections
         from ..scale.render import markdown_section as measured_section
 
         extra = markdown_sections(report) + measured_section(report)

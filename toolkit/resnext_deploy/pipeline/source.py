@@ -1,60 +1,16 @@
-"""Intake: what the user brought (checkpoint, TorchScript, ONNX or nothing = the demo), its preprocessing and data folders."""
+"""Intake: what the user brought (any registered model format, or nothing = the demo) and its data folders."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from ..artifacts import sha256_file
 from ..errors import BadInputError
-from ..preprocess import Preprocessing
+from ..models import formats
+from ..models.formats import LoadRequest, ModelSource, preprocessing_for
 from ..recipes import Recipe
 
-
-@dataclass
-class ModelSource:
-    """What the user brought, resolved: a torch module or an ONNX file, with its metadata."""
-
-    name: str
-    path: Path
-    kind: str  # "demo" | "torch" | "onnx" | "keras" | "saved_model"
-    arch: Optional[str]
-    num_classes: Optional[int]
-    labels: Optional[List[str]]
-    preprocessing: Preprocessing
-    #: torch.nn.Module when kind != "onnx" (a keras.Model on the torch backend for "keras", a LoadedSavedModel
-    #: (models/savedmodel.py) for "saved_model")
-    module: Any = None
-    source_kind: str = ""
-    #: where ``labels`` came from: the model itself, or (a model without labels) what a build recorded or the
-    #: validation folders' sorted names (pipeline/labels.py)
-    labels_from: str = "the model"
-
-    def describe(self) -> Dict[str, Any]:
-        from ..models.savedmodel import saved_model_sha256
-
-        return {
-            "name": self.name,
-            "source": str(self.path),
-            "source_sha256": sha256_file(self.path) if self.path.is_file() else saved_model_sha256(self.path),
-            "kind": self.kind,
-            "loaded_as": self.source_kind,
-            "arch": self.arch,
-            "num_classes": self.num_classes,
-            "labels": self.labels,
-            "labels_from": self.labels_from if self.labels else None,
-        }
-
-
-def preprocessing_for(base: Optional[Dict[str, Any]], input_size: Optional[int], overrides: Dict[str, Any]) -> Preprocessing:
-    """The model's own preprocessing (``base``), else the default scaled to ``input_size``; the recipe's overrides on top."""
-    d: Dict[str, Any] = dict(base or {})
-    if not base and input_size and input_size != 224:
-        d.update(resize=int(round(input_size * 256 / 224)), crop=input_size)
-    d.update(overrides)
-    return Preprocessing.from_dict(d)
+__all__ = ["ModelSource", "data_folders", "preprocessing_for", "resolve_model"]
 
 
 def resolve_model(
@@ -66,124 +22,13 @@ def resolve_model(
     allow_pickle: bool = False,
     need_preprocessing: bool = True,
 ) -> ModelSource:
-    """Turn --model/--arch/--num-classes into a ModelSource (None = the shipped demo).
+    """Turn --model/--arch/--num-classes into a ModelSource (None = the shipped demo), through the format registry.
 
     ``preprocessing`` (--preprocessing: a preset name or a JSON file) and ``allow_pickle`` (--trust-pickle) are
-    used by Keras models, which carry no preprocessing of their own (a sidecar <file>.json may give it).
+    used by formats that carry no preprocessing of their own (Keras; a sidecar <file>.json may give it).
     """
-    overrides = preprocess_overrides or {}
-    if model is None:
-        from ..demo import DEMO_CHECKPOINT, demo_model_info
-
-        info = demo_model_info()
-        src = resolve_model(DEMO_CHECKPOINT, info["arch"], info["num_classes"], overrides)
-        src.kind, src.name = "demo", info["arch"]
-        src.labels = src.labels or list(info["labels"])
-        if not src.preprocessing or src.preprocessing == Preprocessing():
-            src.preprocessing = preprocessing_for(info["preprocessing"], None, overrides)
-        return src
-    path = Path(model)
-    if not path.exists():
-        raise BadInputError(f"The model file '{path}' does not exist. Pass a checkpoint, a TorchScript file or an ONNX file.")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)
-    from ..models.keras import is_keras_source
-    from ..models.trust import model_format
-
-    if is_keras_source(path):
-        return keras_source(path, name, overrides, preprocessing, allow_pickle, need_preprocessing)
-    if model_format(path) == "onnx":
-        from .export import onnx_input_info
-
-        info = onnx_input_info(path)
-        shape = info["shape"]
-        size = shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else 224
-        if len(shape) != 4 or shape[1] != 3:
-            raise BadInputError(f"The ONNX model '{path}' takes input of shape {shape}; expected (batch, 3, H, W) images.")
-        classes = info["output_shape"][-1] if isinstance(info["output_shape"][-1], int) else num_classes
-        return ModelSource(name, path, "onnx", arch, classes, None, preprocessing_for(None, size, overrides), None, "onnx")
-    from ..models.loading import load_torch_model
-    from ..models.resnext import ARCHS
-
-    loaded = load_torch_model(path, arch, num_classes, allow_pickle=allow_pickle)
-    size = ARCHS[loaded.arch].input_size if loaded.arch in ARCHS else 224
-    return ModelSource(
-        name, path, "torch", loaded.arch, loaded.num_classes, loaded.labels,
-        preprocessing_for(loaded.preprocessing, size, overrides), loaded.module, loaded.source,
-    )
-
-
-def preprocessing_option(value: str, crop: int) -> Preprocessing:
-    """--preprocessing for a model of input size ``crop``: a preset (preprocess.PRESETS) or a JSON file holding a
-    ``preprocessing`` entry (a manifest or sidecar) or the spec itself."""
-    import json
-
-    from ..preprocess import PRESETS, preset
-
-    if value.strip().lower() in PRESETS:
-        return preset(value, crop)
-    p = Path(value)
-    if not p.is_file():
-        raise BadInputError(f"--preprocessing '{value}' is neither a preset ({', '.join(PRESETS)}) nor an existing JSON file.")
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"--preprocessing '{p}' is not valid JSON ({exc}).") from exc
-    data = data.get("preprocessing", data) if isinstance(data, dict) else None
-    if not isinstance(data, dict) or not ({"mean", "std"} <= set(data)):
-        raise BadInputError(f"--preprocessing '{p}' holds no preprocessing: expected a 'preprocessing' entry or a dict with "
-                            "resize, crop, mean and std.")
-    return Preprocessing.from_dict({"crop": crop, "resize": int(round(crop * 256 / 224)), **data})
-
-
-def keras_source(path: Path, name: str, overrides: Dict[str, Any], preprocessing: Optional[str], allow_pickle: bool,
-                 need_preprocessing: bool = True) -> ModelSource:
-    """A Keras file (kind "keras", the model on the torch backend) or a SavedModel folder (kind "saved_model",
-    the model in TensorFlow: models/savedmodel.py)."""
-    from ..models.keras import load_keras_model
-    from ..models.savedmodel import is_saved_model, load_saved_model
-
-    if is_saved_model(path):
-        tf_model = load_saved_model(path)
-        spec = _keras_preprocessing(path, tf_model.signature.input_hwc[0], tf_model.preprocessing, preprocessing,
-                                    overrides, need_preprocessing)
-        return ModelSource(name, path, "saved_model", None, tf_model.signature.num_classes, tf_model.labels, spec,
-                           tf_model, "saved_model")
-    loaded = load_keras_model(path, allow_pickle=allow_pickle)
-    spec = _keras_preprocessing(path, loaded.input_shape[0], loaded.preprocessing, preprocessing, overrides,
-                                need_preprocessing)
-    return ModelSource(name, path, "keras", None, loaded.num_classes, loaded.labels, spec, loaded.model, loaded.source)
-
-
-def _keras_preprocessing(path: Path, size: int, own: Optional[Dict[str, Any]], preprocessing: Optional[str],
-                         overrides: Dict[str, Any], need_preprocessing: bool) -> Preprocessing:
-    """--preprocessing, else the sidecar's, else the recipe's mean/std; a model that needs it and has none is refused."""
-    if preprocessing is not None:
-        spec = preprocessing_option(preprocessing, size)
-        return Preprocessing.from_dict({**spec.to_dict(), **overrides})
-    if own:
-        return preprocessing_for(own, None, overrides)
-    if {"mean", "std"} <= set(overrides) or not need_preprocessing:
-        return preprocessing_for(None, size, overrides)
-    raise BadInputError(_no_hint(path, size))
-
-
-def _no_hint(path: Path, size: int) -> str:
-    from ..preprocess import PRESETS
-
-    return (f"The Keras model '{path}' carries no preprocessing (how its training images were scaled and normalized), "
-            f"and guessing would give wrong accuracy without an error. Pass --preprocessing with one of "
-            f"{', '.join(PRESETS)} (Keras applications' preprocess_input modes: keras-caffe = BGR minus the ImageNet mean, "
-            f"keras-tf = [-1, 1], keras-torch = ImageNet mean/std; crop {size} from the model's input) or a JSON file, "
-            f"or put a sidecar {path.name}.json with a 'preprocessing' entry beside the model.")
-
-
-def is_keras_demo(src: ModelSource) -> bool:
-    """The shipped Keras demo (models/keras_demo.py) also defaults to the demo's images."""
-    if src.kind != "keras":
-        return False
-    from ..models.keras_demo import KERAS_DEMO
-
-    return src.path.resolve() == KERAS_DEMO.resolve()
+    request = LoadRequest(arch, num_classes, dict(preprocess_overrides or {}), preprocessing, allow_pickle, need_preprocessing)
+    return formats.resolve(model, request)
 
 
 _FOLDER_OPTIONS = {
@@ -207,7 +52,7 @@ def data_folders(
     model, ``src`` being its ModelSource or True). A folder in ``need`` that none of these gives is a BadInputError
     naming the options that supply it; one not needed may come back None.
     """
-    is_demo = (src.kind == "demo" or is_keras_demo(src)) if isinstance(src, ModelSource) else bool(src)
+    is_demo = src.is_demo if isinstance(src, ModelSource) else bool(src)
     recorded = recorded or {}
     sections = {"calib": recipe.section("calibration")["folder"], "val": recipe.section("evaluation")["folder"]}
     given = {"calib": calib, "val": val}
@@ -215,7 +60,7 @@ def data_folders(
     for key in ("calib", "val"):
         folder = given[key] or sections[key] or recorded.get(key)
         if folder is None and is_demo:
-            from ..demo import DEMO_CALIB, DEMO_VAL
+            from ..models.demo.digits import DEMO_CALIB, DEMO_VAL
 
             folder = DEMO_CALIB if key == "calib" else DEMO_VAL
         found[key] = Path(folder) if folder else None

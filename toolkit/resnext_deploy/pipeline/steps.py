@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
+
 from .. import backends
-from ..artifacts import Artifact
-from ..evaluate import TimingConfig, evaluate_runner
+from ..buildfolder.artifacts import Artifact
+from ..evaluation.evaluate import TimingConfig, evaluate_runner
 from ..recipes import Recipe
 from ..report.gallery import compare_images
 from ..scale import LocalInference, ModelFiles
@@ -35,40 +37,16 @@ def quantized_flavours(recipe: Recipe) -> Dict[str, str]:
 def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Artifact]:
     """check, export, quantize, compile into ``ctx.staging``; returns the artifacts (timings, notes, sections on ``ctx``).
 
-    ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see accuracy/fallback.py).
+    ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see pipeline/fallback.py).
     """
     from .quantize import isa_record, qdq_from_onnx, weight_range_for
 
-    src, recipe, stage_dir, stages = ctx.source, ctx.recipe, ctx.staging, ctx.timings
+    recipe, stage_dir, stages = ctx.recipe, ctx.staging, ctx.timings
     artifacts: List[Artifact] = []
     onnx_dir = stage_dir / "onnx"
     onnx_dir.mkdir()
     fp32_path = onnx_dir / "model-fp32.onnx"
-    t = time.perf_counter()
-    if src.kind == "keras":  # Keras on the torch backend: its own check and export (check_keras.py, keras_export.py)
-        artifacts.append(keras_stages(ctx, fp32_path))
-    elif src.kind == "saved_model":  # TensorFlow: tf2onnx, compared with TensorFlow (savedmodel_export.py)
-        from .savedmodel_export import savedmodel_stage
-
-        artifacts.append(savedmodel_stage(ctx, fp32_path))
-    elif src.module is not None:
-        from .check import check_or_raise
-
-        report = check_or_raise(src.module, (1,) + src.preprocessing.input_shape)
-        stages["check"] = time.perf_counter() - t
-        ctx.extra["check"] = report.to_dict() if hasattr(report, "to_dict") else {"passed": True}
-        from .export import onnx_from_torch
-
-        t = time.perf_counter()
-        exp = recipe.section("export")
-        res = onnx_from_torch(src.module, fp32_path, ctx.calibration.data[:8], exp["opset"], exp["tolerance"], exp["simplify"], root=stage_dir)
-        ctx.extra["export"] = res.to_dict()
-        artifacts.append(res.artifact)
-    else:
-        shutil.copyfile(src.path, fp32_path)
-        artifacts.append(Artifact.from_files(REFERENCE, [fp32_path], stage_dir, kind="onnx", backend="onnx", precision="fp32", stage="export", settings={"copied_from": str(src.path)}))
-        ctx.notes.append("The model was given as ONNX: the architecture check and the PyTorch comparison were skipped.")
-    stages["export"] = time.perf_counter() - t
+    export_model(ctx, fp32_path, artifacts)
 
     t = time.perf_counter()
     cal_cfg = recipe.section("calibration")
@@ -80,6 +58,7 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
             fp32_path, onnx_dir / f"model-int8-{flavour}.onnx", ctx.calibration.data, flavour, cal_cfg,
             root=stage_dir, progress=ctx.step(f"calibrate ({flavour} activations)"),
             exclude_nodes=exclude_nodes, weight_range=weight_range,
+            bias_correction=recipe.section("quantize")["bias_correction"],
         )
         artifacts.append(qdq[flavour])
     stages["quantize"] = time.perf_counter() - t
@@ -106,6 +85,25 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
             artifacts.append(art)
     stages["compile"] = time.perf_counter() - t
     return artifacts
+
+
+def export_model(ctx: BuildContext, fp32_path: Path, artifacts: List[Artifact]) -> None:
+    """check + export through the model's format plug-in (models/formats/): its architecture check, then the FP32
+    ONNX compared with the model; the timings and report sections on ``ctx``."""
+    from ..models.formats import ExportSettings
+
+    fmt, t = ctx.source.format, time.perf_counter()
+    checked = fmt.check(ctx.source)
+    ctx.timings["check"] = time.perf_counter() - t
+    ctx.extra["check"] = checked.record
+    t = time.perf_counter()
+    settings = ExportSettings.from_recipe(ctx.recipe.section("export"), root=ctx.staging)
+    exported = fmt.export(ctx.source, fp32_path, np.asarray(ctx.calibration.data[:8]), settings)
+    ctx.timings["export"] = time.perf_counter() - t
+    ctx.extra["export"] = exported.record
+    if exported.note:
+        ctx.notes.append(exported.note)
+    artifacts.append(exported.artifact)
 
 
 def _sharded_logits(ctx: BuildContext, name: str, backend: str, path: Any, runner: Any, batch_size: int) -> Dict[str, Any]:
@@ -150,23 +148,12 @@ def evaluate_artifact(ctx: BuildContext, art: Artifact, runner_backend: Optional
 
 
 def evaluate_build(ctx: BuildContext, artifacts: List[Artifact]) -> List[Dict[str, Any]]:
-    """The reference, PyTorch eager when we have the module, every compiled artifact, and what backends add."""
+    """The reference, the model itself where its format runs it, every compiled artifact, and what backends add."""
     t = time.perf_counter()
     results = [evaluate_reference(ctx, artifacts)]
-    if ctx.source.kind == "keras":
-        results.append(evaluate_keras(ctx))
-    elif ctx.source.kind == "saved_model":
-        from .savedmodel_export import evaluate_savedmodel
-
-        results.append(evaluate_savedmodel(ctx))
-    elif ctx.source.module is not None:
-        from ..models.runner import TorchRunner
-
-        cfg = TimingConfig.from_recipe(ctx.recipe.section("evaluation"))
-        with TorchRunner(ctx.source.module, threads=ctx.recipe.backend("onnxruntime")["threads"]) as runner:
-            metrics, _ = evaluate_runner("pytorch-fp32", runner, ctx.validation.data, ctx.validation.labels, ctx.reference_logits,
-                                         cfg, "fp32", ctx.source.path.stat().st_size, ctx.step("evaluate pytorch-fp32"))
-            results.append(metrics.to_dict())
+    reference = evaluate_model_itself(ctx)
+    if reference is not None:
+        results.append(reference)
     results += [evaluate_artifact(ctx, art) for art in artifacts if art.backend in backends.names()]
     for name in ctx.recipe.enabled_backends():
         results += backends.get(name).workstation_results(ctx, artifacts)
@@ -193,30 +180,16 @@ def add_end_to_end(ctx: BuildContext, artifacts: List[Artifact], results: List[D
     ctx.timings["end_to_end"] = time.perf_counter() - t
 
 
-def keras_stages(ctx: BuildContext, fp32_path: Any) -> Artifact:
-    """check + export of a Keras model (the timings and report sections as for a PyTorch model)."""
-    from .check_keras import check_keras_or_raise
-    from .keras_export import onnx_from_keras
-
-    t = time.perf_counter()
-    report = check_keras_or_raise(ctx.source.module)
-    ctx.timings["check"] = time.perf_counter() - t
-    ctx.extra["check"] = report.to_dict()
-    exp = ctx.recipe.section("export")
-    res = onnx_from_keras(ctx.source.module, fp32_path, ctx.calibration.data[:8], exp["opset"], exp["tolerance"],
-                          exp["simplify"], root=ctx.staging)
-    ctx.extra["export"] = {**res.to_dict(), "source": "keras", "compared_with": "keras",
-                           "keras_export_seconds": res.artifact.settings["keras_export_seconds"],
-                           "input_layout": res.artifact.settings["input_layout"]}
-    return res.artifact
-
-
-def evaluate_keras(ctx: BuildContext) -> Dict[str, Any]:
-    """The Keras model itself (torch backend), beside the artifacts: the row a PyTorch model's eager run fills."""
-    from ..models.keras import KerasRunner
-
+def evaluate_model_itself(ctx: BuildContext) -> Optional[Dict[str, Any]]:
+    """The model the user brought, run by its own framework beside the artifacts (PyTorch eager, Keras), when its
+    format has a runner."""
+    src = ctx.source
+    runner = src.format.runner(src, threads=ctx.recipe.backend("onnxruntime")["threads"])
+    if runner is None:
+        return None
     cfg = TimingConfig.from_recipe(ctx.recipe.section("evaluation"))
-    with KerasRunner(ctx.source.module, threads=ctx.recipe.backend("onnxruntime")["threads"]) as runner:
-        metrics, _ = evaluate_runner("keras-fp32", runner, ctx.validation.data, ctx.validation.labels, ctx.reference_logits,
-                                     cfg, "fp32", ctx.source.path.stat().st_size, ctx.step("evaluate keras-fp32"))
+    row = src.format.runner_row
+    with runner:
+        metrics, _ = evaluate_runner(row, runner, ctx.validation.data, ctx.validation.labels, ctx.reference_logits,
+                                     cfg, "fp32", src.size_bytes, ctx.step(f"evaluate {row}"))
     return metrics.to_dict()

@@ -14,15 +14,15 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..artifacts import Artifact
+from ..buildfolder.artifacts import Artifact
 from . import cuda_runtime as cuda
 from .engines import engine_from_onnx, features, logger, record_path
 from .machine import is_jetson, l4t_release, machine_record, tensorrt_module  # noqa: F401 (re-exported)
-from ..backends.base import Backend, Runner
+from ..backends.base import Backend, BuildAddition, OnnxRules, Runner
 from ..errors import BadInputError, InternalError
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,6 @@ class TensorRtBackend(Backend):
     preference = 10
     # Engines only run with the GPU and TensorRT that built them, and nothing cross-builds x86 -> Jetson.
     builds_on_device = True
-    # The Q/DQ model's workstation accuracy, then engines here or the device bundle (the workstation half).
-    build_hooks = "resnext_deploy.tensorrt.stage"
     defaults = {
         "workspace_mb": 1024,
         "min_batch": 1,
@@ -189,6 +187,34 @@ class TensorRtBackend(Backend):
     def int8_flavour(self, settings: Dict[str, Any]) -> Optional[str]:
         """Always the int8 (symmetric, zero-point 0) flavour, Q/DQ placed for Conv+Add fusion: the bundle ships that model."""
         return "int8" if settings["precisions"] else None
+
+    def place_qdq(self, path: Path, flavour: str) -> Optional[Dict[str, Any]]:
+        """Q/DQ moved to where TensorRT fuses Conv+Add (qdq_placement.py), on the int8 flavour it compiles."""
+        from .qdq_placement import place_file
+
+        return place_file(path).to_dict() if flavour == "int8" else None
+
+    def check_onnx(self, path: Path) -> Optional[OnnxRules]:
+        """TensorRT's rules for explicit quantization (qdq_rules.py), every violation with its node name."""
+        from .qdq_rules import check_qdq_model
+
+        qdq = check_qdq_model(path)
+        return OnnxRules("TensorRT Q/DQ rules", "qdq", qdq.passed, qdq.has_qdq, qdq.to_dict(), qdq.summary(),
+                         "To make a TensorRT-ready model from the float ONNX: resnext-deploy quantize --onnx "
+                         "<fp32.onnx> --activations int8 --out <qdq.onnx>.")
+
+    # The build hooks (imported when a build runs: stage.py is the workstation half, beside the pipeline).
+    def workstation_results(self, ctx: Any, artifacts: List[Artifact]) -> List[Dict[str, Any]]:
+        """The Q/DQ model TensorRT's INT8 engine comes from, run in ONNX Runtime: a real accuracy even without a GPU."""
+        from .stage import evaluate_qdq
+
+        return [evaluate_qdq(ctx, artifacts)]
+
+    def finish_build(self, ctx: Any, artifacts: List[Artifact], results: List[Dict[str, Any]]) -> Optional[BuildAddition]:
+        """Engines here when TensorRT and the GPU are this machine's, else the bundle that builds them on the device."""
+        from .stage import tensorrt_stage
+
+        return tensorrt_stage(ctx, artifacts, results)
 
     def validate(self, settings: Dict[str, Any], source: str) -> None:
         if "fp32" in settings["precisions"]:

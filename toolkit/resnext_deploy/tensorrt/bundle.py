@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from ..artifacts import Artifact, atomic_file, sha256_file
+from ..buildfolder.artifacts import Artifact, atomic_file, sha256_file
 from ..errors import BadInputError
 
 BUNDLE_VERSION = 1
@@ -31,7 +31,7 @@ FP32_ONNX = "model-fp32.onnx"
 QDQ_ONNX = "model-int8-qdq.onnx"
 FP16_ONNX = "model-fp16.onnx"  # strongly typed TensorRT: FP16 compute, FP32 I/O
 QDQ_FP16_ONNX = "model-int8-qdq-fp16.onnx"  # strongly typed TensorRT: the Q/DQ model, float regions in FP16
-#: engine_plan / engines.source_for keys -> file in the bundle
+#: engine_plan / device_plan.source_for keys -> file in the bundle
 MODEL_FILES = {"fp32": FP32_ONNX, "qdq": QDQ_ONNX, "fp16": FP16_ONNX, "qdq-fp16": QDQ_FP16_ONNX}
 CALIB_CACHE = "calibration.cache"
 RECIPE = "recipe.toml"
@@ -168,7 +168,7 @@ def tar_bundle(root: Path, tar_path: Path) -> Path:
 
 def verify_bundle(root: Union[str, Path], manifest: Optional[Dict[str, Any]] = None) -> List[str]:
     """Files of the bundle that are missing or whose sha256 differs from the manifest: empty when intact."""
-    from ..manifest import read_manifest, verify_artifacts
+    from ..buildfolder.manifest import read_manifest, verify_artifacts
 
     root = Path(root)
     manifest = manifest or read_manifest(root)
@@ -185,7 +185,7 @@ def verify_bundle(root: Union[str, Path], manifest: Optional[Dict[str, Any]] = N
 
 def read_bundle(root: Union[str, Path]) -> Bundle:
     """Read and verify a bundle directory; a missing or altered file is a BadInputError naming it."""
-    from ..manifest import read_manifest
+    from ..buildfolder.manifest import read_manifest
 
     root = Path(root)
     if not root.is_dir():
