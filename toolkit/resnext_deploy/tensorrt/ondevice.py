@@ -33,6 +33,7 @@ from ..evaluate import (
 from ..gate import Check, GateResult
 from ..progress import Progress
 from ..ci.device import seal
+from ..signing import PublicKey, SigningKey, device_key_path, load_or_create_key, pinned_workstation_key
 from ..report import make_report, write_report
 from .bundle import CALIB_CACHE, ENGINES_DIR, MODEL_FILES, Bundle, read_bundle
 from .calib_cache import read_calibration_cache, trt_version_tag
@@ -51,6 +52,11 @@ class DeviceResult:
     engines: List[Path] = field(default_factory=list)
     #: why the engines were not built (no TensorRT or no GPU here); None when they were
     pending: Optional[str] = None
+    #: the device key that signed report.json, and whether compile made it just now (signing.py)
+    signed_by: Optional[PublicKey] = None
+    key_created: bool = False
+    #: the pinned workstation key id that signed the bundle's manifest; None when no key is pinned here
+    bundle_signed_by: Optional[str] = None
 
     @property
     def passed(self) -> bool:
@@ -62,18 +68,23 @@ def _spec(d: Dict[str, Any]) -> EngineSpec:
     return EngineSpec(**{k: v for k, v in d.items() if k in names})
 
 
-def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> DeviceResult:
-    """Build, check and time the bundle's engines on this machine; the gate result is returned, not raised."""
+def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None, key_file: Union[str, Path, None] = None,
+                   workstation_key: Optional[str] = None) -> DeviceResult:
+    """Build, check and time the bundle's engines on this machine; the gate result is returned, not raised.
+
+    The report is signed with the device key (``key_file``, else signing.device_key_path(), made on first use);
+    ``workstation_key`` (else the pinned workstation-key.pub, if any) must have signed the bundle's manifest."""
     from .backend import TensorRtRunner
     from .machine import is_jetson, l4t_release, machine_record, tensorrt_module
     from .engines import build_engines, features, record_path
 
     t_start = time.perf_counter()
-    b = read_bundle(bundle_dir)
+    key, created = load_or_create_key(device_key_path(key_file))
+    b = read_bundle(bundle_dir, pinned_workstation_key(workstation_key))
     identity = bundle_identity(b)
     why = tensorrt_missing()
     if why is not None:
-        return _without_tensorrt(b, why, identity, progress)
+        return _signed(_without_tensorrt(b, why, identity, progress, key), key, created)
     trt = tensorrt_module(f"build the engines of the bundle '{b.root}' on this device")
     if b.recipe.get("device") == "jetson" and not is_jetson():
         raise BadInputError(
@@ -155,9 +166,15 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None) -> D
         extra={"device": here, "bundle": b.info.get("name"), "measured_on": "device", "tensorrt": feats.to_dict(),
                "selection": selection, "workstation_results": b.info.get("workstation_results", [])},
     )
-    _write_sealed(b, report, identity)
+    _write_sealed(b, report, identity, key)
     _record_engines(b, arts, here, gate, selection)
-    return DeviceResult(b.root, report, gate, [b.path(a.path) for a in arts])
+    return _signed(DeviceResult(b.root, report, gate, [b.path(a.path) for a in arts]), key, created)
+
+
+def _signed(res: DeviceResult, key: SigningKey, created: bool) -> DeviceResult:
+    res.signed_by, res.key_created = key.public, created
+    res.bundle_signed_by = res.report.get("device_report", {}).get("bundle_signed_by")
+    return res
 
 
 def tensorrt_missing() -> Optional[str]:
@@ -184,7 +201,7 @@ def bundle_identity(b: Bundle) -> Dict[str, str]:
     return files
 
 
-def _without_tensorrt(b: Bundle, why: str, identity: Dict[str, str], progress: Progress) -> DeviceResult:
+def _without_tensorrt(b: Bundle, why: str, identity: Dict[str, str], progress: Progress, key: SigningKey) -> DeviceResult:
     """Every check that does not need TensorRT (without_tensorrt.py); the report says the engines are pending."""
     from .without_tensorrt import check_without_tensorrt, machine_without_tensorrt
 
@@ -198,7 +215,7 @@ def _without_tensorrt(b: Bundle, why: str, identity: Dict[str, str], progress: P
                "tensorrt": None, "engines_built": False, "engines_pending": done["reason"],
                "workstation_results": b.info.get("workstation_results", [])},
     )
-    _write_sealed(b, report, identity)
+    _write_sealed(b, report, identity, key)
     return DeviceResult(b.root, report, done["gate"], [], pending=why)
 
 
@@ -285,9 +302,10 @@ def _golden_dataset(b: Bundle, throughput_batch: int) -> Dict[str, Any]:
             "throughput_batch": throughput_batch}
 
 
-def _write_sealed(b: Bundle, report: Dict[str, Any], identity: Dict[str, str]) -> None:
-    """Seal the device report with the bundle's identity (ci/device.py) and write it into the bundle.
+def _write_sealed(b: Bundle, report: Dict[str, Any], identity: Dict[str, str], key: SigningKey) -> None:
+    """Seal and sign the device report with the bundle's identity (ci/device.py) and write it into the bundle.
 
     json + md only: the charts would add their time to a report after its seal; the page is drawn at home
     (`report BUILD --device`), from the merged report."""
-    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]]), b.root, html=False)
+    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]], key, b.signed_by),
+                 b.root, html=False)
