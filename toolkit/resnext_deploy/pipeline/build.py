@@ -24,6 +24,7 @@ from ..report import make_report, write_report
 from ..report.gallery import gallery_section
 from ..scale import ScaleOptions, open_inference
 from ..scale.render import markdown_section as measured_section
+from ..signing import load_signing_key
 from .context import BuildContext
 from .commands import recorded_labels
 from .datasets import load_calibration, load_labeled, skipped_records
@@ -62,6 +63,7 @@ def build(
     preprocessing: Optional[str] = None,
     allow_pickle: bool = False,
     force: bool = False,
+    sign_key: Union[str, Path, None] = None,
 ) -> BuildResult:
     """Run the whole pipeline for one model and one target; returns the result (the gate is not raised).
 
@@ -73,9 +75,11 @@ def build(
     file that needs full unpickling (or a Keras file with Lambda layers / custom objects) load (models/trust.py); the
     workers only ever get the ONNX / OpenVINO files. ``preprocessing`` (a preset or JSON file) goes to the intake
     (source.resolve_model). ``out`` may be missing, empty or a previous build; anything else is refused unless
-    ``force`` (artifacts.atomic_dir).
+    ``force`` (artifacts.atomic_dir). ``sign_key``: the workstation's Ed25519 key file (signing.py), read before the
+    work; it signs a TensorRT bundle's manifest for a device that pins its public key.
     """
     t_start = time.perf_counter()
+    signing_key = load_signing_key(sign_key) if sign_key else None
     recipe = load_recipe(recipe_path, target if recipe_path else (target or "x86-cpu"))
     src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), preprocessing, allow_pickle)
     out_dir = Path(out) if out else Path("build") / src.name / recipe.target
@@ -110,7 +114,8 @@ def build(
         )
 
     with open_inference(scale) as inference, atomic_dir(out_dir, force) as stage_dir:
-        ctx = BuildContext(src, recipe, cal, valset, stage_dir, progress, stages, inference=inference)
+        ctx = BuildContext(src, recipe, cal, valset, stage_dir, progress, stages, inference=inference,
+                           signing_key=signing_key)
         artifacts = run_stages(ctx)
         ref_art = next(a for a in artifacts if a.name == REFERENCE)
         results = evaluate_build(ctx, artifacts)

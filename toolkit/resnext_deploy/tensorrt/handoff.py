@@ -32,7 +32,7 @@ def device_steps(bundle: str, archive: str, wheel: str) -> DeviceSteps:
         on_device=[
             f"tar xzf {archive}",
             f"cd {bundle}",
-            f"python3 -m pip install wheels/{wheel}",
+        ] + install_lines() + [
             "resnext-deploy compile --bundle .",
         ],
         report_back=[
@@ -42,11 +42,23 @@ def device_steps(bundle: str, archive: str, wheel: str) -> DeviceSteps:
     )
 
 
+def install_lines() -> List[str]:
+    """Check every file, then install: the wheel by its sha256 only (bundle.write_install_files), its dependencies by name.
+
+    A separate block so the README template can place it; pip's --require-hashes needs every package hash-pinned,
+    dependencies included, so the wheel goes --no-deps and what it requires comes from dependencies.txt.
+    """
+    return ["sha256sum -c SHA256SUMS",
+            "python3 -m pip install -r dependencies.txt",
+            "python3 -m pip install --no-deps --require-hashes -r requirements.txt"]
+
+
 def steps_lines(steps: DeviceSteps) -> List[str]:
     """The steps as shell lines with comments (the README block and the console print the same)."""
     return (["# 1. on the workstation, in the build directory: copy the bundle to the device", steps.copy,
              "# 2. on the device (JetPack's python3, or a venv made with --system-site-packages so JetPack's TensorRT",
-             "#    stays visible): unpack, install resnext-deploy from the bundle's own wheel, build and check",
+             "#    stays visible): unpack, check every file's sha256, install resnext-deploy from the bundle's own wheel",
+             "#    (pinned by its sha256), then build, check and sign the report with the device key",
              "#    (exit 0 all passed, 3 a check failed, 7 no TensorRT here: everything else passed, engines pending)"]
             + steps.on_device
             + ["# 3. on the workstation, in the build directory: bring the device report home and merge it into the build's report and gate"]

@@ -120,7 +120,7 @@ def tensorrt_stage(ctx: BuildContext, artifacts: List[Artifact], results: List[D
                  # a recipe that extends another is not whole by itself: then recipe.toml points at manifest.json
                  recipe_file=Path(recipe.source) if len(recipe.layers) <= 1 else None,
                  golden=golden, manifest=manifest, readme=render_readme(src, recipe, specs, manifest, golden, steps),
-                 typed_models=typed, wheel=wheel)
+                 typed_models=typed, wheel=wheel, signing_key=ctx.signing_key)
     shutil.rmtree(typed_dir)
     shutil.rmtree(wheel.parent)
     tar = tar_bundle(root, stage_dir / f"{bundle_name}.tar.gz")
@@ -128,6 +128,9 @@ def tensorrt_stage(ctx: BuildContext, artifacts: List[Artifact], results: List[D
     out.extra["bundle"] = {"directory": bundle_name, "archive": tar.name, "engines": [s.name for s in specs],
                            "golden_images": int(len(golden.inputs)), "wheel": f"{WHEELS_DIR}/{wheel.name}",
                            "wheel_bytes": (root / WHEELS_DIR / wheel.name).stat().st_size,
+                           # compare on the device (`sha256sum <archive>`) before unpacking it
+                           "archive_sha256": out.artifacts[-1].sha256,
+                           "manifest_signed_by": ctx.signing_key.public.key_id if ctx.signing_key else None,
                            "device_steps": steps_lines(steps)}
     out.notes.append(
         f"TensorRT engines ({', '.join(s.name for s in specs)}) are pending: {why_not}. The bundle {bundle_name}/ "
