@@ -80,16 +80,16 @@ def main() -> None:
 
     from resnext_deploy import backends
     from resnext_deploy.accuracy.peers import nncf_accuracy_control, nncf_advanced_parameters, overflow_fix_for
-    from resnext_deploy.artifacts import Artifact
+    from resnext_deploy.buildfolder.artifacts import Artifact
     from resnext_deploy.bench.peers import nncf_default_int8
-    from resnext_deploy.evaluate import CONFIDENT_MARGIN, TimingConfig, compare_logits, evaluate_runner, topk_accuracy
-    from resnext_deploy.gate import accuracy_checks
-    from resnext_deploy.pipeline.datasets import load_calibration, load_labeled
+    from resnext_deploy.evaluation.evaluate import CONFIDENT_MARGIN, TimingConfig, compare_logits, evaluate_runner, topk_accuracy
+    from resnext_deploy.evaluation.gate import accuracy_checks
+    from resnext_deploy.data.datasets import load_calibration, load_labeled
     from resnext_deploy.pipeline.export import onnx_from_torch
     from resnext_deploy.pipeline.quantize import qdq_from_onnx, weight_range_for
     from resnext_deploy.pipeline.source import data_folders, resolve_model
     from resnext_deploy.recipes import load_recipe
-    from resnext_deploy.standin import STANDIN_CALIB, STANDIN_CHECKPOINT, STANDIN_VAL
+    from resnext_deploy.models.demo.standin import STANDIN_CALIB, STANDIN_CHECKPOINT, STANDIN_VAL
 
     recipe = load_recipe(target=args.target)
     src = resolve_model(args.model)

@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--runs", type=int, default=300)
     args = ap.parse_args()
-    from resnext_deploy.models.keras_demo import KERAS_DEMO, keras_resnext
+    from resnext_deploy.models.demo.keras import KERAS_DEMO, keras_resnext
     from resnext_deploy.models.keras import load_keras_model
     from resnext_deploy.optional import require_keras
 

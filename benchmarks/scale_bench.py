@@ -57,7 +57,7 @@ enabled = false
 
 def prepare(work: Path, images: int) -> Dict[str, Any]:
     """Checkpoint, calibration and validation folders, and the build (cached in ``work``)."""
-    from resnext_deploy.artifacts import atomic_file
+    from resnext_deploy.buildfolder.artifacts import atomic_file
     from resnext_deploy.bench.arch import label_by_model
     from resnext_deploy.bench.images import write_natural_images
     from resnext_deploy.bench.weights import seeded_model
@@ -117,9 +117,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     import ray
 
-    from resnext_deploy.accuracy.sensitivity import VariantQuantizer, analyze_sensitivity, run_onnx_model
-    from resnext_deploy.cpu import host_cpu
-    from resnext_deploy.pipeline.datasets import load_calibration, load_labeled
+    from resnext_deploy.pipeline.sensitivity import VariantQuantizer, analyze_sensitivity, run_onnx_model
+    from resnext_deploy.host.cpu import host_cpu
+    from resnext_deploy.data.datasets import load_calibration, load_labeled
     from resnext_deploy.scale import LocalInference, ModelFiles, ScaleOptions, open_inference
 
     p = prepare(args.work, args.images)

@@ -74,8 +74,8 @@ def main() -> None:
     ap.add_argument("--label", default="this checkout")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    from resnext_deploy.cpu import host_cpu
-    from resnext_deploy.demo import DEMO_PREPROCESSING
+    from resnext_deploy.host.cpu import host_cpu
+    from resnext_deploy.models.demo.digits import DEMO_PREPROCESSING
 
     out_dir = args.work / "demo-build"
     if not (out_dir / "manifest.json").is_file():  # in a child: this process stays small (no torch)

@@ -49,9 +49,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from resnext_deploy import backends
-    from resnext_deploy.evaluate import compare_logits, predict_all, topk_accuracy
+    from resnext_deploy.evaluation.evaluate import compare_logits, predict_all, topk_accuracy
     from resnext_deploy.pipeline import quantize
-    from resnext_deploy.pipeline.datasets import load_calibration, load_labeled
+    from resnext_deploy.data.datasets import load_calibration, load_labeled
     from resnext_deploy.pipeline.export import onnx_from_torch
     from resnext_deploy.pipeline.source import data_folders, resolve_model
     from resnext_deploy.recipes import load_recipe

@@ -31,7 +31,7 @@ def device_key(tmp_path_factory):
 @pytest.fixture(scope="session")
 def device_public_key(device_key):
     """The device key's public key (base64), made now if no compile --bundle made it yet."""
-    from resnext_deploy.signing import load_or_create_key
+    from resnext_deploy.buildfolder.signing import load_or_create_key
 
     return load_or_create_key(device_key)[0].public.text
 
@@ -101,3 +101,27 @@ def jetson_build(tmp_path_factory, jetson_recipe):
 
     out = tmp_path_factory.mktemp("jetson-build") / "jetson-orin-nx"
     return build(model=None, recipe_path=jetson_recipe, out=out)
+
+
+#: /proc/cpuinfo facts of one CPU per ISA class (flags as the kernel spells them) and OpenVINO's BF16 answer there
+ISA_FACTS = {
+    "avx2": ("Intel(R) Core(TM) i7-4770 CPU @ 3.40GHz (Haswell)", "sse4_1 sse4_2 avx avx2 fma", False),
+    "vnni": ("Intel(R) Xeon(R) Gold 6230 CPU @ 2.10GHz (Cascade Lake)",
+             "avx avx2 fma avx512f avx512bw avx512vl avx512_vnni", False),
+    "amx": ("Intel(R) Xeon(R) Platinum 8480+ (Sapphire Rapids)",
+            "avx avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 amx_bf16", True),
+}
+
+
+@pytest.fixture(params=sorted(ISA_FACTS))
+def isa(request):
+    """Run the test as an AVX2, a VNNI and an AMX CPU, on any machine: the host facts (host.cpu.host_cpu, and
+    OpenVINO's BF16 answer host.cpu.bf16_missing) are replaced; kernels still run on the real CPU.
+    Yields the class name ("avx2" | "vnni" | "amx"); ``isa_facts`` has the CpuInfo."""
+    from resnext_deploy.host.cpu import parse_cpuinfo, pretend
+
+    model, flags, bf16 = ISA_FACTS[request.param]
+    cpu = parse_cpuinfo(f"vendor_id\t: GenuineIntel\nmodel name\t: {model}\ncpu MHz\t\t: 2000.000\nflags\t\t: {flags}\n")
+    with pretend(cpu, bf16):
+        assert cpu.isa == request.param
+        yield request.param

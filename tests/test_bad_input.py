@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from resnext_deploy.cli import cli
-from resnext_deploy.demo import DEMO_CHECKPOINT, DEMO_VAL
+from resnext_deploy.models.demo.digits import DEMO_CHECKPOINT, DEMO_VAL
 from resnext_deploy.errors import EXIT_BAD_INPUT
 from resnext_deploy.models.resnext import create
 
@@ -95,7 +95,7 @@ def test_calibration_folder_missing_empty_or_unreadable(tmp_path, small_val):
 
 
 def test_odd_image_modes_are_converted_and_corrupt_files_skipped(tmp_path):
-    from resnext_deploy.pipeline.datasets import load_calibration
+    from resnext_deploy.data.datasets import load_calibration
     from resnext_deploy.preprocess import Preprocessing
 
     calib = tmp_path / "calib"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resnext_deploy.cpu import host_cpu, isa_class, kernels_differ, onednn_isa, parse_cpuinfo, safe_on
+from resnext_deploy.host.cpu import host_cpu, isa_class, kernels_differ, onednn_isa, parse_cpuinfo, safe_on
 
 # Trimmed flag lines of real CPUs (the flags that decide the class, with neighbours).
 ZEN3 = "fpu sse4_1 sse4_2 avx f16c fma avx2 bmi2 sha_ni vaes vpclmulqdq"

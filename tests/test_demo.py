@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnext_deploy import demo
-from resnext_deploy.pipeline import datasets
-from resnext_deploy.demo import DEMO_CALIB, DEMO_CHECKPOINT, DEMO_DIR, DEMO_PREPROCESSING, DEMO_VAL
+from resnext_deploy.models.demo import digits as demo
+from resnext_deploy.data import datasets
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_CHECKPOINT, DEMO_DIR, DEMO_PREPROCESSING, DEMO_VAL
 
 LABELS = [str(i) for i in range(10)]
 

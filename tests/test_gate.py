@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnext_deploy.evaluate import CONFIDENT_MARGIN, compare_logits, softmax_margin
-from resnext_deploy.gate import accuracy_checks, apply_gates, gate_description
+from resnext_deploy.evaluation.evaluate import CONFIDENT_MARGIN, compare_logits, softmax_margin
+from resnext_deploy.evaluation.gate import accuracy_checks, apply_gates, gate_description
 from resnext_deploy.recipes import DEFAULTS
 
 GATES = DEFAULTS["gates"]

@@ -54,8 +54,8 @@ def test_a_demo_build_attempts_no_connection_and_writes_nothing_in_home(tmp_path
     # What the libraries take as "in CI, keep quiet" is removed too: the test must hold on a user's machine.
     quiet = ("CI", "TF_BUILD", "JENKINS_URL", "GITHUB_ACTIONS", "ORT_RUNNING_UNIT_TESTS")
     env = {k: v for k, v in os.environ.items() if k not in NO_TELEMETRY_ENV and k not in quiet}
-    env.update(HOME=str(home), PYTHONPATH=os.pathsep.join([str(TOOLKIT), os.environ.get("PYTHONPATH", "")]),
-               MPLCONFIGDIR=str(tmp_path / "mpl"))  # matplotlib's font cache: a cache, not a report; kept out of ~
+    env.pop("MPLCONFIGDIR", None)  # the toolkit itself keeps matplotlib's config and cache out of ~ (optional.py)
+    env.update(HOME=str(home), PYTHONPATH=os.pathsep.join([str(TOOLKIT), os.environ.get("PYTHONPATH", "")]))
     attempts = tmp_path / "attempts.jsonl"
     attempts.write_text("")
     proc = subprocess.run([sys.executable, "-c", BUILD, str(out), str(result), str(attempts)], env=env,
@@ -68,3 +68,19 @@ def test_a_demo_build_attempts_no_connection_and_writes_nothing_in_home(tmp_path
     # no ~/intel/openvino_ga_cid, ~/intel/stats (OpenVINO), no ~/.cache/Microsoft/DeveloperTools/.onnxruntime (ORT)
     assert files_under(home) == []
     assert (out / "manifest.json").is_file() and not (out / "notes.txt").exists()  # force replaced the user's folder
+
+
+def test_matplotlib_config_and_cache_stay_out_of_home(tmp_path):
+    """A chart drawn with HOME set and no MPLCONFIGDIR: nothing under ~ (before: ~/.cache/matplotlib, ~/.config)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")}
+    env.update(HOME=str(home), PYTHONPATH=str(TOOLKIT))
+    code = ("from resnext_deploy.optional import require\nrequire('matplotlib')\nimport matplotlib, os\n"
+            "from matplotlib.figure import Figure\nfrom matplotlib.backends.backend_agg import FigureCanvasAgg\n"
+            "f = Figure(); FigureCanvasAgg(f); f.add_subplot().plot([1, 2]); f.canvas.draw()\n"
+            "print(matplotlib.get_cachedir())")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not proc.stdout.strip().startswith(str(home))
+    assert files_under(home) == []

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from resnext_deploy.artifacts import atomic_dir, atomic_file, foreign, host_tag, remove_stale, staging_prefix
+from resnext_deploy.buildfolder.artifacts import atomic_dir, atomic_file, foreign, host_tag, remove_stale, staging_prefix
 from resnext_deploy.cli import cli
 from resnext_deploy.errors import (EXIT_BAD_INPUT, EXIT_RESOURCE, EXIT_TERMINATED, BadInputError, ResourceError)
-from resnext_deploy.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION
+from resnext_deploy.buildfolder.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION
 
 TOOLKIT = Path(__file__).resolve().parents[1] / "toolkit"
 
@@ -222,8 +222,8 @@ READER = textwrap.dedent("""
 WRITER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from resnext_deploy.artifacts import atomic_dir
-    from resnext_deploy.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION
+    from resnext_deploy.buildfolder.artifacts import atomic_dir
+    from resnext_deploy.buildfolder.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION
     out, n, tag = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     for i in range(n):
         with atomic_dir(out) as d:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from resnext_deploy import resources
-from resnext_deploy.distribution import wheel_for_device
+from resnext_deploy.data import resources
+from resnext_deploy.tensorrt.distribution import wheel_for_device
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,9 +73,9 @@ def test_a_wheel_install_repacks_itself_and_refuses_an_altered_install(wheel, tm
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target),
                     str(wheel)], check=True, capture_output=True, timeout=300)
-    script = ("import json, sys; from pathlib import Path; from resnext_deploy.distribution import wheel_for_device\n"
+    script = ("import json, sys; from pathlib import Path; from resnext_deploy.tensorrt.distribution import wheel_for_device\n"
               "from resnext_deploy.errors import DeployError\n"
-              "from resnext_deploy import resources, demo\n"
+              "from resnext_deploy.data import resources\nfrom resnext_deploy.models.demo import digits as demo\n"
               "try:\n    w = wheel_for_device(Path(sys.argv[1]))\n"
               "    print(json.dumps({'wheel': str(w), 'checkout': resources.in_checkout(), 'demo': str(demo.DEMO_DIR)}))\n"
               "except DeployError as e:\n    print(json.dumps({'error': str(e), 'code': e.exit_code}))\n")
@@ -90,9 +90,9 @@ def test_a_wheel_install_repacks_itself_and_refuses_an_altered_install(wheel, tm
     pkg = [n for n in original.namelist() if n.startswith("resnext_deploy/")]
     assert sorted(n for n in repacked.namelist() if n.startswith("resnext_deploy/")) == sorted(pkg)
     assert all(repacked.read(n) == original.read(n) for n in pkg)
-    (target / "resnext_deploy" / "gate.py").write_text("# edited after installation\n")
+    (target / "resnext_deploy" / "evaluation" / "gate.py").write_text("# edited after installation\n")
     got = run(tmp_path / "out2")
-    assert got["code"] == 2 and "resnext_deploy/gate.py" in got["error"] and "RECORD" in got["error"]
+    assert got["code"] == 2 and "resnext_deploy/evaluation/gate.py" in got["error"] and "RECORD" in got["error"]
 
 
 def test_demo_data_location(monkeypatch, tmp_path):

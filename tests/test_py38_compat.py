@@ -17,10 +17,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "toolkit" / "resnext_deploy"
 PY38 = (3, 8)
 
-#: The on-device boundary is the layout: the package root, backends/, runtime/, tensorrt/ and ci/ (compile --bundle
+#: The on-device boundary is the layout: the package root, host/, buildfolder/, data/, evaluation/, backends/, runtime/,
+#: tensorrt/ and ci/ (compile --bundle
 #: writes JUnit there) run on JetPack's Python (3.8 on JetPack 5) with numpy and one backend; pipeline/, accuracy/,
 #: bench/ and models/ are the workstation's. tensorrt/stage.py is the workstation half of the TensorRT package.
-ON_DEVICE_FOLDERS = ("", "backends", "runtime", "tensorrt", "ci")
+ON_DEVICE_FOLDERS = ("", "host", "buildfolder", "data", "evaluation", "backends", "runtime", "tensorrt", "ci")
 WORKSTATION_ONLY = {"tensorrt/stage.py"}
 WORKSTATION_PACKAGES = ("pipeline", "accuracy", "bench", "models")
 

@@ -78,10 +78,10 @@ def test_bad_recipes_are_named(tmp_path, text, match):
     ("gates.min_agreement_confident", "nan", "0 <= min_agreement_confident <= 1"),
     ("gates.max_latency_ms", "-3.0", "max_latency_ms >= 0"),
     ("gates.baseline.max_size_increase_pct", "-10.0", "max_size_increase_pct >= 0"),
-    ("evaluation.batch_size", "0", "batch_size >= 1"),
-    ("evaluation.iterations", "0", "iterations >= 1"),
+    ("evaluation.batch_size", "0", "1 <= batch_size <= 256"),
+    ("evaluation.iterations", "0", "1 <= iterations <= 10000"),
     ("evaluation.limit", "-1", "limit >= 0"),
-    ("fallback.subset", "0", "subset >= 1"),
+    ("fallback.subset", "0", "1 <= subset <= 100000"),
 ])
 def test_thresholds_out_of_range_are_refused_up_front_naming_file_key_value_and_range(tmp_path, key, value, allowed):
     bad = _write(tmp_path / "bad.toml", f'extends = "x86-cpu"\n{key} = {value}\n')

@@ -1,4 +1,4 @@
-"""signing.py: one key format (raw Ed25519 public key, base64 or hex; key id = sha256[:16]), private keys 0600 and never
+"""buildfolder/signing.py: one key format (raw Ed25519 public key, base64 or hex; key id = sha256[:16]), private keys 0600 and never
 overwritten, signature records refused naming why, and the `device-key` command."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from resnext_deploy.cli import cli
 from resnext_deploy.errors import ArtifactIntegrityError, BadInputError
-from resnext_deploy.signing import (
+from resnext_deploy.buildfolder.signing import (
     canonical_json,
     create_key,
     load_or_create_key,

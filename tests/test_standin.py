@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnext_deploy import standin
-from resnext_deploy.pipeline import datasets
-from resnext_deploy.standin import (
+from resnext_deploy.models.demo import standin
+from resnext_deploy.data import datasets
+from resnext_deploy.models.demo.standin import (
     STANDIN_CALIB, STANDIN_CHECKPOINT, STANDIN_DIR, STANDIN_LABELS, STANDIN_PREPROCESSING, STANDIN_VAL,
 )
 

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from resnext_deploy.cli import cli
-from resnext_deploy.demo import DEMO_CALIB, DEMO_VAL
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_VAL
 from resnext_deploy.errors import EXIT_GATE_FAILED, EXIT_OK
 
 pytest.importorskip("torch")
@@ -105,7 +105,7 @@ def test_hostile_report_shows_the_ranking_table_and_plot(hostile_build):
     assert "![layer sensitivity](sensitivity.png)" in md
     png = out / "sensitivity.png"
     assert png.is_file() and report["sensitivity"]["plot"]["path"] == "sensitivity.png"
-    from resnext_deploy.artifacts import sha256_file
+    from resnext_deploy.buildfolder.artifacts import sha256_file
 
     assert report["sensitivity"]["plot"]["sha256"] == sha256_file(png)
     assert set(report["sensitivity"]["layers"][i]["node"] for i in range(4)) == set(HOSTILE)

@@ -7,13 +7,13 @@ import copy
 import numpy as np
 import pytest
 
-from resnext_deploy.pipeline.datasets import load_calibration, load_labeled
-from resnext_deploy.demo import DEMO_CALIB, DEMO_PREPROCESSING, DEMO_VAL
+from resnext_deploy.data.datasets import load_calibration, load_labeled
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_PREPROCESSING, DEMO_VAL
 from resnext_deploy.errors import BadInputError
-from resnext_deploy.accuracy.fallback import quick_check, search_exclusions
+from resnext_deploy.pipeline.fallback import quick_check, search_exclusions
 from resnext_deploy.pipeline.quantize import qdq_from_onnx
-from resnext_deploy.sampling import evenly_spaced
-from resnext_deploy.accuracy.sensitivity import (
+from resnext_deploy.data.sampling import evenly_spaced
+from resnext_deploy.pipeline.sensitivity import (
     VariantQuantizer, analyze_sensitivity, attach_plot, markdown_section, quantizable_layers, run_onnx_model,
 )
 
@@ -38,9 +38,9 @@ def data():
 def models(tmp_path_factory):
     """The demo module, its hostile twin (default transformation) and the twin's FP32 ONNX."""
     from resnext_deploy.pipeline.export import onnx_from_torch
-    from resnext_deploy.models.hostile import make_quantization_hostile
+    from resnext_deploy.models.demo.hostile import make_quantization_hostile
     from resnext_deploy.models.loading import load_torch_model
-    from resnext_deploy.demo import DEMO_CHECKPOINT
+    from resnext_deploy.models.demo.digits import DEMO_CHECKPOINT
 
     plain = load_torch_model(DEMO_CHECKPOINT).module.eval()
     hostile = copy.deepcopy(plain)
@@ -79,7 +79,7 @@ def test_hostile_transformation_keeps_the_float_function(models, data):
 
 
 def test_hostile_transformation_rejects_what_it_cannot_do(models):
-    from resnext_deploy.models.hostile import make_quantization_hostile
+    from resnext_deploy.models.demo.hostile import make_quantization_hostile
 
     module = copy.deepcopy(models[0])
     with pytest.raises(BadInputError, match="no block 'layer9.0'"):

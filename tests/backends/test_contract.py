@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from resnext_deploy import backends
-from resnext_deploy.artifacts import Artifact
+from resnext_deploy.buildfolder.artifacts import Artifact
 from resnext_deploy.recipes import defaults
 
 
@@ -56,7 +56,7 @@ def test_compile_load_infer(name, precision, demo_build, tmp_path):
     reason = be.cannot_build(precision)
     if reason:
         pytest.skip(f"{name} {precision}: {reason}")
-    from resnext_deploy.pipeline.datasets import load_labeled
+    from resnext_deploy.data.datasets import load_labeled
     from resnext_deploy.preprocess import Preprocessing
 
     spec = Preprocessing.from_dict(demo_build.manifest["preprocessing"])

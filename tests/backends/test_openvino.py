@@ -13,8 +13,8 @@ pytestmark = pytest.mark.skipif(not backends.get("openvino").available(), reason
 
 @pytest.fixture(scope="module")
 def images(demo_build):
-    from resnext_deploy.pipeline.datasets import load_labeled
-    from resnext_deploy.demo import DEMO_VAL
+    from resnext_deploy.data.datasets import load_labeled
+    from resnext_deploy.models.demo.digits import DEMO_VAL
     from resnext_deploy.preprocess import Preprocessing
 
     return load_labeled(DEMO_VAL, Preprocessing.from_dict(demo_build.manifest["preprocessing"]), 20).data

@@ -14,8 +14,8 @@ from resnext_deploy.ci.baseline import load_baseline
 from resnext_deploy.ci.device import read_device_report, seal
 from resnext_deploy.cli import cli
 from resnext_deploy.errors import ArtifactIntegrityError
-from resnext_deploy.manifest import read_manifest
-from resnext_deploy.signing import create_key, load_signing_key, parse_public_key
+from resnext_deploy.buildfolder.manifest import read_manifest
+from resnext_deploy.buildfolder.signing import create_key, load_signing_key, parse_public_key
 
 BUNDLE = "resnext_demo-jetson-orin-nx-bundle"
 ENGINES = {"tensorrt-fp16", "tensorrt-int8", "tensorrt-dla0-fp16", "tensorrt-dla0-int8"}

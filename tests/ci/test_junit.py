@@ -11,7 +11,7 @@ from resnext_deploy.ci.junit import junit_from_report, report_checks
 from resnext_deploy.ci.summary import summary_markdown
 from resnext_deploy.cli import cli
 from resnext_deploy.errors import EXIT_GATE_FAILED, EXIT_OK
-from resnext_deploy.gate import Check
+from resnext_deploy.evaluation.gate import Check
 
 
 def _cases(xml_text):

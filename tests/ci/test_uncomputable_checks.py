@@ -7,7 +7,7 @@ import json
 import xml.etree.ElementTree as ET
 
 from resnext_deploy.ci.junit import junit_from_report
-from resnext_deploy.gate import apply_gates
+from resnext_deploy.evaluation.gate import apply_gates
 from resnext_deploy.recipes import DEFAULTS
 from resnext_deploy.report import make_report, write_report
 

@@ -2,7 +2,7 @@
 
     python tests/device/rehearse.py BUILD_DIR [--python 3.8 --python 3.10 ...] [--work DIR] [--json OUT]
 
-BUILD_DIR is a `resnext-deploy build --target jetson-*` directory (made on this machine, without TensorRT). For each
+BUILD_DIR is a `resnext-deploy build --target jetson` (or jetson-*) directory (made on this machine, without TensorRT). For each
 Python (found under pyenv: ~/.pyenv/versions/<x.y>.*/bin/python, or $REHEARSE_PYTHON_<x>_<y>), in a clean virtualenv
 holding only numpy and onnxruntime at versions that support that Python (no torch, no openvino):
 
@@ -10,7 +10,11 @@ holding only numpy and onnxruntime at versions that support that Python (no torc
    two copies (scp) become local `cp`, the only change: tar, cd, pip install of the bundle's own wheel (resnext-deploy
    comes from nowhere else: `sha256sum -c SHA256SUMS`, then pip installs the wheel pinned by its sha256
    (requirements.txt, --require-hashes) and its dependencies from the index),
-   `resnext-deploy compile --bundle .` (exit 7: no TensorRT here, every other check passed);
+   `resnext-deploy compile --bundle .` (exit 7: no TensorRT here, every other check passed), with the device facts of
+   this Python's first Jetson module injected (a fake device tree, /etc/nv_tegra_release and dpkg status under
+   $RESNEXT_DEPLOY_DEVICE_ROOT); its device report must carry that module's engine plan;
+1b. a `--target jetson` bundle: the engine plan of every module of the table on this Python's JetPack rows (3.8:
+   JetPack 5, 3.10: JetPack 6, 3.12: JetPack 7), each module's facts injected the same way, in one process;
 2. `runtime.load` and `resnext-deploy predict` on the bundle: top-1 of the golden images equals the workstation
    report's for the same artifact (the Q/DQ model), image by image;
 3. back on the workstation (this Python): `resnext-deploy report BUILD --device device-report.json` on a copy of the
@@ -90,6 +94,49 @@ def device_lines(build_dir: Path) -> List[str]:
     return lines
 
 
+def fake_roots(version: str, work: Path) -> Dict[str, str]:
+    """A fake device root per (module, row) of the table whose JetPack runs Python ``version``: "module@row" -> root.
+
+    The device tree model, /etc/nv_tegra_release and dpkg's status as the module on that row writes them (the first
+    L4T release of the row, the row's TensorRT as the libnvinfer<major> package); nothing else is faked.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "toolkit"))
+    from resnext_deploy.tensorrt.device_plan import MODULES, example_facts
+    from resnext_deploy.tensorrt.platforms import PLATFORMS
+
+    roots: Dict[str, str] = {}
+    for module in MODULES:
+        for key in module.rows:
+            row = PLATFORMS[key]
+            if row.python != version:
+                continue
+            facts = example_facts(module, row)
+            root = work / "roots" / f"{module.key}@{key}"
+            (root / "proc/device-tree").mkdir(parents=True, exist_ok=True)
+            (root / "proc/device-tree/model").write_bytes(facts.model.encode() + b"\0")
+            (root / "etc").mkdir(exist_ok=True)
+            major, minor, patch = facts.l4t.split(".")
+            (root / "etc/nv_tegra_release").write_text(
+                f"# R{major} (release), REVISION: {minor}.{patch}, GCID: 0, BOARD: generic, EABI: aarch64, DATE: -\n")
+            (root / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
+            trt = facts.tensorrt_version
+            (root / "var/lib/dpkg/status").write_text(f"Package: libnvinfer{trt.split('.')[0]}\nStatus: install ok "
+                                                      f"installed\nVersion: {trt}-1+cuda\n")
+            roots[f"{module.key}@{key}"] = str(root)
+    return roots
+
+
+PLAN_PROBE = (
+    "import json, sys\n"
+    "from resnext_deploy.tensorrt.bundle import read_bundle\n"
+    "from resnext_deploy.tensorrt.device_facts import detect\n"
+    "from resnext_deploy.tensorrt.device_plan import plan_for_bundle\n"
+    "b = read_bundle('.')\n"
+    "plans = {k: plan_for_bundle(b, detect(root)) for k, root in json.loads(sys.argv[1]).items()}\n"
+    "print(json.dumps({k: p.to_dict() if p is not None else None for k, p in plans.items()}))\n"
+)
+
+
 def rehearse_one(version: str, python: str, build_dir: Path, work: Path, workstation_cli: str) -> Dict[str, Any]:
     t0 = time.perf_counter()
     b = _bundle(build_dir)
@@ -122,7 +169,17 @@ def rehearse_one(version: str, python: str, build_dir: Path, work: Path, worksta
     # 2. on the device, verbatim: tar, cd, pip install, compile (one shell: `cd` carries over)
     device = _run(" && ".join([tar, cd, install]), home, env, shell=True)
     bundle_dir = home / b["directory"]
-    compiled = _run(f"{cd} && {compile_}", home, env, expect=EXIT_PENDING_ON_DEVICE, shell=True)
+    roots = fake_roots(version, work / f"facts-{version}")
+    first = next(iter(roots), None)
+    device_env = dict(env, RESNEXT_DEPLOY_DEVICE_ROOT=roots[first]) if first else env
+    compiled = _run(f"{cd} && {compile_}", home, device_env, expect=EXIT_PENDING_ON_DEVICE, shell=True)
+    device_report = json.loads((bundle_dir / "report.json").read_text())
+    plans = {}
+    if b.get("directory", "").endswith("-jetson-bundle"):  # the generic bundle: every module of this JetPack
+        plans = json.loads(_run(["python", "-c", PLAN_PROBE, json.dumps(roots)], bundle_dir, env).stdout.splitlines()[-1])
+        got = device_report.get("engine_plan") or {}
+        if first and (got.get("module"), got.get("row")) != tuple(first.split("@")):
+            raise RehearsalError(f"Python {version}: compile --bundle with {first}'s facts recorded the plan {got}")
     # toolkit only from the bundle's wheel
     shown = _run(["python", "-m", "pip", "show", "-f", "resnext-deploy"], home, env).stdout
     location = next((ln.split(":", 1)[1].strip() for ln in shown.splitlines() if ln.startswith("Location:")), "")
@@ -188,7 +245,8 @@ def rehearse_one(version: str, python: str, build_dir: Path, work: Path, worksta
         "venv_and_pins": round(t_setup - t0, 1), "device_steps": round(t_device - t_setup, 1),
         "report_back": round(time.perf_counter() - t_device, 1), "total": round(time.perf_counter() - t0, 1)},
         "compile_exit": EXIT_PENDING_ON_DEVICE, "merge_exit": EXIT_PENDING_ON_DEVICE, "tampered_exit": EXIT_BAD_INPUT,
-        "artifact": probed["artifact"], "golden_top1_equal": True, "predict_top1": device_top1,
+        "artifact": probed["artifact"], "golden_top1_equal": True, "compiled_as": first,
+        "engine_plans": {k: {"engines": [e["name"] for e in p["engines"]], "lines": p["lines"]} for k, p in plans.items()}, "predict_top1": device_top1,
         "predict_images": len(images), "installed": device.returncode == 0,
         "compile_tail": compiled.stdout.strip().splitlines()[-3:], "merge_tail": merged.stdout.strip().splitlines()[-1:]}
 

@@ -57,7 +57,7 @@ def test_a_bf16_ir_carries_its_hint_and_runs_anywhere(tmp_path):
     CPU; OpenVINO executes bf16 where the CPU has it and f32 elsewhere, and the runner's details say which."""
     import numpy as np
 
-    from resnext_deploy.artifacts import Artifact
+    from resnext_deploy.buildfolder.artifacts import Artifact
     from resnext_deploy.recipes import defaults
 
     torch = pytest.importorskip("torch")

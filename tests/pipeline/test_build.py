@@ -7,10 +7,10 @@ import json
 from click.testing import CliRunner
 from PIL import Image
 
-from resnext_deploy.artifacts import sha256_file
+from resnext_deploy.buildfolder.artifacts import sha256_file
 from resnext_deploy.cli import cli
 from resnext_deploy.errors import EXIT_GATE_FAILED, EXIT_OK
-from resnext_deploy.manifest import read_manifest, verify_artifacts
+from resnext_deploy.buildfolder.manifest import read_manifest, verify_artifacts
 from resnext_deploy.report import read_report
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnext_deploy.demo import DEMO_CALIB, DEMO_PREPROCESSING
-from resnext_deploy.pipeline.datasets import load_calibration
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_PREPROCESSING
+from resnext_deploy.data.datasets import load_calibration
 from resnext_deploy.pipeline.quantize import ENTROPY_QUANTIZED_BINS, HISTOGRAM_BINS, qdq_from_onnx
 
 METHODS = ("minmax", "percentile", "entropy")

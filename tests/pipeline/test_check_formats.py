@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from resnext_deploy.cli import cli
-from resnext_deploy.demo import DEMO_CALIB
+from resnext_deploy.models.demo.digits import DEMO_CALIB
 from resnext_deploy.models.resnext import ArchSpec, ResNeXt, create
 from resnext_deploy.pipeline.check import check_model
 
@@ -211,7 +211,7 @@ def test_build_refuses_the_broken_torchscript_before_exporting(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "bad.pt"
     torch.jit.script(widen_block(create("resnext_demo", 10).eval(), 3, 0)).save(str(path))
-    from resnext_deploy.demo import DEMO_VAL
+    from resnext_deploy.models.demo.digits import DEMO_VAL
 
     res = run("build", "--model", str(path), "--calib", str(DEMO_CALIB), "--val", str(DEMO_VAL), "--out", str(tmp_path / "b"))
     assert_refused(res, "Residual add in block 'layer3.0' (Bottleneck)", "(1, 512, 8, 8)", "(1, 256, 8, 8)")

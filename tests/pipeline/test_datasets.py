@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from resnext_deploy.cli import cli
-from resnext_deploy.demo import DEMO_CALIB, DEMO_PREPROCESSING
-from resnext_deploy.pipeline.datasets import describe_skipped, load_calibration, load_labeled
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_PREPROCESSING
+from resnext_deploy.data.datasets import describe_skipped, load_calibration, load_labeled
 from resnext_deploy.report import render_markdown
 
 
@@ -102,7 +102,7 @@ def test_a_20000_pixel_square_png_is_skipped_as_too_large_with_memory_bounded(tm
     import subprocess
     import sys
 
-    from resnext_deploy.pipeline.datasets import max_image_pixels, skip_reason
+    from resnext_deploy.data.datasets import max_image_pixels, skip_reason
 
     big = _huge_png(tmp_path / "huge.png")
     with monkeypatch.context() as m:
@@ -117,7 +117,7 @@ def test_a_20000_pixel_square_png_is_skipped_as_too_large_with_memory_bounded(tm
     # memory: the probe reads the header only (decoding 400 M pixels would take 400 MB); measured in a fresh process
     code = (
         "import resource, sys\n"
-        "from resnext_deploy.pipeline.datasets import skip_reason\n"
+        "from resnext_deploy.data.datasets import skip_reason\n"
         "from pathlib import Path\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "why = skip_reason(Path(sys.argv[1]))\n"

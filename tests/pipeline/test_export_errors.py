@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from resnext_deploy.cli import cli
-from resnext_deploy.demo import DEMO_CALIB
+from resnext_deploy.models.demo.digits import DEMO_CALIB
 from resnext_deploy.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, DeployError
 from resnext_deploy.models.resnext import create
 from resnext_deploy.pipeline import export

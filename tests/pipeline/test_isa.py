@@ -21,10 +21,10 @@ import pytest
 from onnx import numpy_helper
 
 from resnext_deploy import backends, runtime
-from resnext_deploy.cpu import host_cpu, parse_cpuinfo
-from resnext_deploy.evaluate import compare_logits, predict_all, topk_accuracy
-from resnext_deploy.gate import accuracy_checks
-from resnext_deploy.pipeline.datasets import load_labeled
+from resnext_deploy.host.cpu import host_cpu, parse_cpuinfo
+from resnext_deploy.evaluation.evaluate import compare_logits, predict_all, topk_accuracy
+from resnext_deploy.evaluation.gate import accuracy_checks
+from resnext_deploy.data.datasets import load_labeled
 from resnext_deploy.preprocess import Preprocessing
 from resnext_deploy.recipes import load_recipe
 

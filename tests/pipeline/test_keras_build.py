@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from resnext_deploy.demo import DEMO_PREPROCESSING, DEMO_VAL
-from resnext_deploy.models.keras_demo import KERAS_DEMO
+from resnext_deploy.models.demo.digits import DEMO_PREPROCESSING, DEMO_VAL
+from resnext_deploy.models.demo.keras import KERAS_DEMO
 from resnext_deploy.optional import require_keras
 
 keras = require_keras("test the Keras demo")
@@ -73,7 +73,7 @@ def test_export_is_simplified_and_matches_keras(keras_x86):
 
 def test_onnx_logits_equal_keras_logits_on_real_images(keras_x86):
     from resnext_deploy.models.keras import keras_predict, load_keras_model
-    from resnext_deploy.pipeline.datasets import load_labeled
+    from resnext_deploy.data.datasets import load_labeled
     from resnext_deploy.pipeline.export import run_onnx
 
     batch = np.asarray(load_labeled(DEMO_VAL, DEMO_PREPROCESSING, limit=32).data)

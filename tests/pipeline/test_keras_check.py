@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from resnext_deploy.cli import cli
 from resnext_deploy.errors import ModelCheckError
-from resnext_deploy.models.keras_demo import keras_resnext
+from resnext_deploy.models.demo.keras import keras_resnext
 from resnext_deploy.optional import require_keras
 from resnext_deploy.pipeline.check_keras import check_keras_model, check_keras_or_raise
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from resnext_deploy.accuracy.sensitivity import run_onnx_model
+from resnext_deploy.pipeline.sensitivity import run_onnx_model
 from resnext_deploy.cli import cli
-from resnext_deploy.demo import DEMO_CALIB, DEMO_CHECKPOINT, DEMO_LABELS, DEMO_PREPROCESSING, DEMO_VAL
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_CHECKPOINT, DEMO_LABELS, DEMO_PREPROCESSING, DEMO_VAL
 from resnext_deploy.errors import EXIT_BAD_INPUT, EXIT_OK, BadInputError
 from resnext_deploy.pipeline.commands import evaluate_files, report_from
-from resnext_deploy.pipeline.datasets import load_labeled
+from resnext_deploy.data.datasets import load_labeled
 from resnext_deploy.pipeline.labels import FROM_FOLDERS, chance_top1, require_above_chance, validation_labels
 from resnext_deploy.recipes import load_recipe
 
@@ -186,7 +186,7 @@ def test_a_float_model_at_chance_is_an_error_not_a_passed_gate(bare_build, tmp_p
 
 
 def test_an_earlier_build_counts_only_when_it_is_ours_and_of_the_same_file(tmp_path):
-    from resnext_deploy.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION
+    from resnext_deploy.buildfolder.manifest import MANIFEST_SCHEMA, MANIFEST_SCHEMA_VERSION
     from resnext_deploy.pipeline.labels import previous_build_labels
 
     def manifest(d, sha, labels, schema=MANIFEST_SCHEMA):

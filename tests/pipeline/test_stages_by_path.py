@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from resnext_deploy.cli import cli
-from resnext_deploy.demo import DEMO_CALIB, DEMO_VAL
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_VAL
 from resnext_deploy.errors import BadInputError
 from resnext_deploy.pipeline.commands import evaluate_files, model_meta
 from resnext_deploy.pipeline.source import data_folders

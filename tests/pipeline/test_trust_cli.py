@@ -16,9 +16,9 @@ import torch
 from click.testing import CliRunner
 
 from resnext_deploy.cli import cli
-from resnext_deploy.demo import DEMO_CALIB, DEMO_CHECKPOINT, DEMO_VAL
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_CHECKPOINT, DEMO_VAL
 from resnext_deploy.errors import EXIT_BAD_INPUT, EXIT_OK, BadInputError
-from resnext_deploy.manifest import read_manifest
+from resnext_deploy.buildfolder.manifest import read_manifest
 from resnext_deploy.models.trust import torch_load
 
 SYSTEM = f"{os.system.__module__}.system"

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from resnext_deploy.cli import cli
-from resnext_deploy.demo import DEMO_CALIB, DEMO_VAL
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_VAL
 
 #: small enough that the gallery's cap (not the number of disagreeing images) decides its length
 GALLERY_CAP = 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnext_deploy.evaluate import softmax_margin
+from resnext_deploy.evaluation.evaluate import softmax_margin
 from resnext_deploy.report.gallery import compare_images, disagreements, thumbnail_png
 
 #: evaluation.gallery in conftest.py's hostile recipe
@@ -53,7 +53,7 @@ def test_hostile_build_gallery_lists_the_disagreeing_files(hostile_report):
     """Fallback off: the gallery is non-empty, capped by the recipe, and every listed file really gets another
     class from the INT8 artifact than from the float reference (recomputed here from the files)."""
     from resnext_deploy import backends
-    from resnext_deploy.manifest import read_manifest
+    from resnext_deploy.buildfolder.manifest import read_manifest
     from resnext_deploy.preprocess import Preprocessing, preprocess_paths
 
     res, out, report = hostile_report

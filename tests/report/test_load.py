@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from resnext_deploy.cli import cli
-from resnext_deploy.machine_load import MAX_TAIL_RATIO, cores, load_reasons, snapshot, timing_verdict
+from resnext_deploy.host.load import MAX_TAIL_RATIO, cores, load_reasons, snapshot, timing_verdict
 
 
 def _row(p50=1.0, p99=1.2, before=None, after=None):

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from resnext_deploy.gate import GateResult, skipped_check
-from resnext_deploy.machine_load import timing_verdict
+from resnext_deploy.evaluation.gate import GateResult, skipped_check
+from resnext_deploy.host.load import timing_verdict
 from resnext_deploy.report import make_report, md_table, render_markdown, render_table
-from resnext_deploy.report.markdown import md_cell
+from resnext_deploy.report.gfm import md_cell
 
 markdown_it = pytest.importorskip("markdown_it")
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from resnext_deploy import backends, runtime
 from resnext_deploy.cli import cli
-from resnext_deploy.pipeline.datasets import load_labeled
+from resnext_deploy.data.datasets import load_labeled
 from resnext_deploy.errors import (
     EXIT_BAD_INPUT,
     EXIT_MISSING_DEPENDENCY,
@@ -28,7 +28,7 @@ from resnext_deploy.errors import (
     DeployError,
     MissingDependencyError,
 )
-from resnext_deploy.evaluate import predict_all, topk_accuracy
+from resnext_deploy.evaluation.evaluate import predict_all, topk_accuracy
 from resnext_deploy.preprocess import Preprocessing, preprocess_paths
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,8 +15,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from resnext_deploy.demo import DEMO_CALIB, DEMO_PREPROCESSING, DEMO_VAL  # noqa: E402
-from resnext_deploy.pipeline.datasets import load_calibration, load_labeled  # noqa: E402
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_PREPROCESSING, DEMO_VAL  # noqa: E402
+from resnext_deploy.data.datasets import load_calibration, load_labeled  # noqa: E402
 from resnext_deploy.recipes import load_recipe  # noqa: E402
 from resnext_deploy.scale import LocalInference, ModelFiles, ScaleOptions, open_inference  # noqa: E402
 from resnext_deploy.scale import actors  # noqa: E402
@@ -69,8 +69,8 @@ def test_logits_are_bit_identical_in_the_same_order(cluster, demo_build):
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     torch = pytest.importorskip("torch")  # noqa: F841
-    from resnext_deploy.demo import DEMO_CHECKPOINT
-    from resnext_deploy.models.hostile import make_quantization_hostile
+    from resnext_deploy.models.demo.digits import DEMO_CHECKPOINT
+    from resnext_deploy.models.demo.hostile import make_quantization_hostile
     from resnext_deploy.models.loading import load_torch_model
     from resnext_deploy.pipeline.export import onnx_from_torch
 
@@ -82,8 +82,8 @@ def hostile(tmp_path_factory):
 
 
 def test_sensitivity_ranking_and_candidate_checks_by_layer_and_by_image(cluster, hostile):
-    from resnext_deploy.accuracy.fallback import quick_check
-    from resnext_deploy.accuracy.sensitivity import VariantQuantizer, analyze_sensitivity, run_onnx_model
+    from resnext_deploy.pipeline.fallback import quick_check
+    from resnext_deploy.pipeline.sensitivity import VariantQuantizer, analyze_sensitivity, run_onnx_model
 
     cal = np.asarray(load_calibration(DEMO_CALIB, DEMO_PREPROCESSING, 64, 0).data)
     val = load_labeled(DEMO_VAL, DEMO_PREPROCESSING, 120)

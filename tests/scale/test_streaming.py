@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from resnext_deploy.demo import DEMO_CALIB, DEMO_PREPROCESSING, DEMO_VAL
-from resnext_deploy.evaluate import predict_all
-from resnext_deploy.pipeline import datasets
-from resnext_deploy.pipeline.datasets import ImageList, load_calibration, load_labeled
+from resnext_deploy.models.demo.digits import DEMO_CALIB, DEMO_PREPROCESSING, DEMO_VAL
+from resnext_deploy.evaluation.evaluate import predict_all
+from resnext_deploy.data import datasets
+from resnext_deploy.data.datasets import ImageList, load_calibration, load_labeled
 from resnext_deploy.preprocess import preprocess_paths
 from resnext_deploy.progress import Rate, format_eta
 from resnext_deploy.scale import LocalInference, ModelFiles, ScaleOptions

@@ -20,7 +20,7 @@ from resnext_deploy.tensorrt.bundle import read_bundle, verify_bundle
 from resnext_deploy.tensorrt.calib_cache import read_calibration_cache, scales_from_qdq, tensor_names
 from resnext_deploy.cli import cli
 from resnext_deploy.errors import BadInputError
-from resnext_deploy.manifest import read_manifest, verify_artifacts
+from resnext_deploy.buildfolder.manifest import read_manifest, verify_artifacts
 from resnext_deploy.tensorrt.qdq_rules import check_qdq_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,7 +252,7 @@ def test_runtime_loads_the_bundle_before_its_engines_exist(bundle_dir):
 def test_golden_tolerances_with_real_int8_logits(bundle_dir):
     """The device's checks, fed the Q/DQ model's real logits: they pass the recipe's INT8 tolerances and fail
     tolerances tighter than the measured error."""
-    from resnext_deploy.evaluate import compare_logits
+    from resnext_deploy.evaluation.evaluate import compare_logits
     from resnext_deploy.tensorrt.ondevice import golden_checks
 
     b = read_bundle(bundle_dir)
@@ -406,8 +406,29 @@ def test_sha256sums_and_the_hash_pinned_wheel(bundle_dir, tmp_path):
     assert order == sorted(order)
 
 
+def test_the_readme_install_section_comes_from_the_manifest(bundle_dir):
+    """The README's install block and its words are the template's, from manifest.json's bundle.install alone."""
+    from resnext_deploy.tensorrt.handoff import device_steps
+    from resnext_deploy.tensorrt.readme import render_readme
+
+    readme = (bundle_dir / "README.md").read_text()
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    install = manifest["bundle"]["install"]
+    wheel = bundle_dir / install["wheel"]
+    assert install["wheel_sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert f"{install['wheel']} --hash=sha256:{install['wheel_sha256']}" in (bundle_dir / "requirements.txt").read_text()
+    assert (bundle_dir / "dependencies.txt").read_text().splitlines()[2:] == install["requires"]
+    section = readme.split("## Install\n", 1)[1].split("\n## ", 1)[0]
+    assert "```bash\nsha256sum -c SHA256SUMS\npython3 -m pip install -r dependencies.txt\n" \
+           "python3 -m pip install --no-deps --require-hashes -r requirements.txt\n```" in section
+    assert f"`{install['wheel']}`" in section and install["wheel_sha256"] in section
+    assert all(r in section for r in install["requires"])
+    # any past bundle's README can be rebuilt from its manifest
+    assert render_readme(manifest, device_steps(bundle_dir.name, f"{bundle_dir.name}.tar.gz")) == readme
+
+
 def test_a_workstation_signed_bundle_is_verified_where_the_device_pins_its_key(jetson_recipe, tmp_path):
-    from resnext_deploy.signing import create_key
+    from resnext_deploy.buildfolder.signing import create_key
 
     ws = create_key(tmp_path / "workstation-key")
     res = CliRunner().invoke(cli, ["-q", "build", "--recipe", str(jetson_recipe), "--out", str(tmp_path / "b"),
@@ -438,7 +459,7 @@ def test_a_workstation_signed_bundle_is_verified_where_the_device_pins_its_key(j
 
 
 def test_an_unsigned_bundle_is_refused_where_a_workstation_key_is_pinned(bundle_dir, tmp_path, device_key):
-    from resnext_deploy.signing import create_key
+    from resnext_deploy.buildfolder.signing import create_key
 
     ws = create_key(tmp_path / "ws")
     pin = device_key.parent / "config" / "resnext-deploy" / "workstation-key.pub"  # the device's pinned key file

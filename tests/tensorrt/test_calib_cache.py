@@ -115,8 +115,8 @@ def test_amax_is_the_calibration_range_of_each_tensor(demo_models, jetson_build)
     ONNX Runtime gives a tensor read only by a Relu the Relu's output range (its negatives are clipped anyway),
     which is also the range TensorRT uses when it fuses Conv + ReLU.
     """
-    from resnext_deploy.pipeline.datasets import load_calibration
-    from resnext_deploy.demo import DEMO_CALIB
+    from resnext_deploy.data.datasets import load_calibration
+    from resnext_deploy.models.demo.digits import DEMO_CALIB
     from resnext_deploy.preprocess import Preprocessing
 
     fp32, qdq = demo_models
@@ -142,8 +142,8 @@ def test_amax_is_the_calibration_range_of_each_tensor(demo_models, jetson_build)
 
 
 def test_scales_from_an_asymmetric_model_are_refused(tmp_path, demo_models):
-    from resnext_deploy.pipeline.datasets import load_calibration
-    from resnext_deploy.demo import DEMO_CALIB
+    from resnext_deploy.data.datasets import load_calibration
+    from resnext_deploy.models.demo.digits import DEMO_CALIB
     from resnext_deploy.preprocess import Preprocessing
     from resnext_deploy.pipeline.quantize import qdq_from_onnx
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from resnext_deploy.errors import InternalError
-from resnext_deploy.gate import Check
+from resnext_deploy.evaluation.gate import Check
 from resnext_deploy.tensorrt import engines
 from resnext_deploy.tensorrt.engine_plan import EngineSpec, plan_engines, trtexec_command
 from resnext_deploy.tensorrt.ondevice import platform_note, select_engine

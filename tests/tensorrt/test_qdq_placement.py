@@ -195,8 +195,8 @@ def test_orin_nano_bundle_qdq_model_is_placed_for_fusion(nano_build):
 def test_demo_accuracy_no_worse_than_ort_placement(nano_build, tmp_path):
     """Same calibration ranges, ORT's placement vs ours, on the demo's validation images (ONNX Runtime CPU)."""
     from resnext_deploy import backends
-    from resnext_deploy.evaluate import compare_logits, predict_all, topk_accuracy
-    from resnext_deploy.pipeline.datasets import load_calibration, load_labeled
+    from resnext_deploy.evaluation.evaluate import compare_logits, predict_all, topk_accuracy
+    from resnext_deploy.data.datasets import load_calibration, load_labeled
     from resnext_deploy.pipeline.source import data_folders, resolve_model
     from resnext_deploy.recipes import load_recipe
 

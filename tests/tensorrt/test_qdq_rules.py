@@ -139,8 +139,8 @@ def test_demo_flavours(jetson_build):
 
 
 def test_uint8_flavour_of_the_demo_fails(tmp_path, jetson_build):
-    from resnext_deploy.pipeline.datasets import load_calibration
-    from resnext_deploy.demo import DEMO_CALIB
+    from resnext_deploy.data.datasets import load_calibration
+    from resnext_deploy.models.demo.digits import DEMO_CALIB
     from resnext_deploy.preprocess import Preprocessing
     from resnext_deploy.pipeline.quantize import qdq_from_onnx
 

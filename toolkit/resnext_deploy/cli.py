@@ -19,35 +19,24 @@ from typing import Any, Callable, Dict, Iterator, Optional
 import click
 
 from . import backends
+from .names import shown
 from .errors import (EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING_ON_DEVICE, EXIT_TERMINATED,
                      DeployError, Terminated)
 
 log = logging.getLogger("resnext_deploy")
 
 
-class _Progress:
-    """Draws `stage: done/total` on one stderr line; library code calls it, only the CLI draws."""
+def _say(text: Any = "", **kwargs: Any) -> None:
+    """click.echo with every control character of the text escaped but line breaks and tabs (names.shown): a folder
+    name holding an OSC 52 (clipboard) or cursor escape is printed as text, never sent to the terminal raw."""
+    click.echo("\n".join("\t".join(shown(cell) for cell in line.split("\t")) for line in str(text).split("\n")), **kwargs)
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._last = ""
-        self._rates: Dict[str, Any] = {}
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        from .progress import Rate, format_eta
+class _ShownFormatter(logging.Formatter):
+    """Log lines on the console with names escaped like :func:`_say`'s."""
 
-        rate, left = self._rates.setdefault(stage, Rate()).update(done, total)
-        width = 24
-        if done < total and (done * 20 // max(total, 1)) == ((done - 1) * 20 // max(total, 1)):
-            return  # redraw every 5%
-        filled = int(width * done / max(total, 1))
-        unit = "img/s" if any(w in stage for w in ("evaluate", "image", "calibrat")) else "/s"
-        speed = f" {rate:7.1f} {unit} ETA {format_eta(left)}" if rate else ""
-        click.echo(f"\r  {stage:<36} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{speed}", nl=False, err=True)
-        if done >= total:
-            click.echo("", err=True)
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(shown(line) for line in super().format(record).split("\n"))
 
 
 def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -59,31 +48,31 @@ def _run(fn: Callable[..., Any]) -> Callable[..., Any]:
             with _sigterm_raises():
                 return fn(*args, **kwargs)
         except DeployError as exc:
-            click.echo(f"error: {exc}", err=True)
+            _say(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except click.exceptions.Exit:
             raise
         except (click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            _say("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except Terminated:
-            click.echo("terminated (SIGTERM)", err=True)
+            _say("terminated (SIGTERM)", err=True)
             sys.exit(EXIT_TERMINATED)
         except BrokenPipeError:  # `resnext-deploy ... | head`: the reader left; not an error of ours
             # Python's own advice: point stdout at devnull so the flush at exit does not raise again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(EXIT_OK)
         except Exception as exc:  # a bug: say so, keep the traceback for --verbose
-            from .artifacts import is_resource_error, resource_error
+            from .buildfolder.artifacts import is_resource_error, resource_error
 
             if is_resource_error(exc):  # disk full / quota / read-only outside an atomic writer: not a bug
                 err = resource_error(exc, None)  # type: ignore[arg-type]
-                click.echo(f"error: {err}", err=True)
+                _say(f"error: {err}", err=True)
                 sys.exit(err.exit_code)
             log.debug("internal error", exc_info=True)
-            click.echo(
+            _say(
                 f"internal error: {type(exc).__name__}: {exc}. This is a bug in resnext-deploy or a backend; "
                 "rerun with --verbose for the traceback and report it.",
                 err=True,
@@ -126,8 +115,13 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     Exit codes: 0 ok, 2 bad input or usage, 3 a gate failed, 4 internal error, 5 missing package, 6 disk full/quota/
     read-only, 7 pending on device, 130 SIGINT, 143 SIGTERM.
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = {"progress": _Progress(not quiet and sys.stderr.isatty())}
+    console = logging.StreamHandler()
+    console.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[console])
+    from .progress import ProgressDisplay
+
+    # Bars on a terminal; on a CI log or a file, a line per stage and per 10 % (never silent for minutes).
+    ctx.obj = {"progress": ProgressDisplay(enabled=not quiet)}
 
 
 def _scale_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -186,7 +180,7 @@ def _write_ci(report: Any, junit_file: Optional[Path], summary_file: Optional[Pa
     step = os.environ.get("GITHUB_STEP_SUMMARY") or None
     for path in write_ci_outputs(report, junit_file, summary_file, step):
         if step is None or str(path) != step:
-            click.echo(f"wrote {path}", err=True)  # stderr: --json keeps stdout to the JSON
+            _say(f"wrote {path}", err=True)  # stderr: --json keeps stdout to the JSON
 
 
 @cli.command()
@@ -222,20 +216,24 @@ def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_cl
     res = run_build(model, _given_target(target) if recipe else target, recipe, out, arch, num_classes, calib, val,
                     ctx.obj["progress"], sensitivity=sensitivity, scale=_scale(workers, ray_address),
                     preprocessing=preprocessing, allow_pickle=trust_pickle, force=force, sign_key=sign_key)
-    click.echo(json.dumps(res.report, indent=2) if as_json else render_table(res.report))
+    _say(json.dumps(res.report, indent=2) if as_json else render_table(res.report))
+    if not as_json and res.report.get("calibration_check"):
+        from .pipeline.calibration_check import summary_line
+
+        _say(summary_line(res.report["calibration_check"]))
     fb = res.report.get("fallback")
     if fb and not as_json:
-        click.echo(f"fallback: {len(fb['excluded'])} layers left in float: {', '.join(fb['excluded'])}" if fb["passed"]
+        _say(f"fallback: {len(fb['excluded'])} layers left in float: {', '.join(fb['excluded'])}" if fb["passed"]
                    else f"fallback: no list of up to {fb['max_excluded_layers']} layers in float passed (see report.md)")
-    click.echo(f"\nbuild directory: {res.out_dir}")
+    _say(f"\nbuild directory: {res.out_dir}")
     steps = (res.report.get("bundle") or {}).get("device_steps")
     if steps and not as_json:  # a Jetson (or GPU) build without TensorRT here: the hand-off (tensorrt/handoff.py)
         b = res.report["bundle"]
         signed = f"; manifest signed by workstation key {b['manifest_signed_by']}" if b.get("manifest_signed_by") else ""
-        click.echo(f"bundle: {Path(res.out_dir) / b['directory']}/ (wheel {b['wheel']}{signed})\ntarball: {Path(res.out_dir) / b['archive']}"
-                   f"\ntarball sha256: {b['archive_sha256']} (on the device, `sha256sum {b['archive']}` must print it)"
-                   f"\nnext steps (also at the top of the bundle's README.md):\n  cd {res.out_dir}\n"
-                   + "\n".join(f"  {line}" for line in steps))
+        _say(f"bundle: {Path(res.out_dir) / b['directory']}/ (wheel {b['wheel']}{signed})\ntarball: {Path(res.out_dir) / b['archive']}"
+             f"\ntarball sha256: {b['archive_sha256']} (on the device, `sha256sum {b['archive']}` must print it)"
+             f"\nnext steps (also at the top of the bundle's README.md):\n  cd {res.out_dir}\n"
+             + "\n".join(f"  {line}" for line in steps))
     _write_ci(res.report, junit_file, summary_file)
     sys.exit(EXIT_OK if res.passed else EXIT_GATE_FAILED)
 
@@ -249,10 +247,10 @@ def targets() -> None:
     for name, path in list_targets().items():
         r = load_recipe(path)
         builds = ", ".join(f"{b}:{'+'.join(r.backend(b)['precisions'])}" for b in r.enabled_backends())
-        click.echo(f"{name:<18} {builds:<44} {r.data['description']}")
+        _say(f"{name:<18} {builds:<44} {r.data['description']}")
         for row in target_summary(name):  # JetPack / TensorRT / CUDA / Python / DLA the target can meet
-            click.echo(f"{'':<18} {row}")
-        click.echo(f"{'':<18} recipe: {path}")
+            _say(f"{'':<18} {row}")
+        _say(f"{'':<18} recipe: {path}")
 
 
 def _given_target(target: Optional[str]) -> Optional[str]:
@@ -303,7 +301,7 @@ def check(model: Optional[Path], arch: Optional[str], num_classes: Optional[int]
     from .pipeline.commands import check_file
 
     res = check_file(model, arch, num_classes, allow_pickle=trust_pickle)
-    click.echo(json.dumps(res, indent=2) if as_json else res.get("summary", f"{res['model']}: passed {', '.join(res.get('checks', []))}"))
+    _say(json.dumps(res, indent=2) if as_json else res.get("summary", f"{res['model']}: passed {', '.join(res.get('checks', []))}"))
 
 
 @cli.command()
@@ -322,7 +320,7 @@ def export(model: Optional[Path], arch: Optional[str], num_classes: Optional[int
     art = export_file(model, out, arch, num_classes, calib, _recipe(target, recipe), preprocessing, trust_pickle)
     what, diff = ("keras", art.settings["max_abs_diff_vs_keras"]) if "max_abs_diff_vs_keras" in art.settings \
         else ("torch", art.settings["max_abs_diff_vs_torch"])
-    click.echo(f"wrote {art.path} (max |onnx - {what}| = {diff:.3g}, sha256 {art.sha256[:12]})")
+    _say(f"wrote {art.path} (max |onnx - {what}| = {diff:.3g}, sha256 {art.sha256[:12]})")
 
 
 @cli.command()
@@ -348,7 +346,7 @@ def quantize(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Pat
 
     art = quantize_file(onnx_path, out, calib, _recipe(target, recipe), activations, input_size, ctx.obj["progress"],
                         preprocessing=preprocessing)
-    click.echo(f"wrote {art.path} ({art.settings['calibration_method']}, {art.settings['calibration_images']} images, {activations} activations)")
+    _say(f"wrote {art.path} ({art.settings['calibration_method']}, {art.settings['calibration_images']} images, {activations} activations)")
 
 
 @cli.command(name="compile")
@@ -385,13 +383,15 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
         from .report import render_table
         from .tensorrt.ondevice import compile_bundle
 
-        res = compile_bundle(bundle, ctx.obj["progress"], key_file, workstation_key)
-        click.echo(render_table(res.report))
-        click.echo(_device_signature_lines(res))
+        res = compile_bundle(bundle, ctx.obj["progress"], key_file=key_file, workstation_key=workstation_key)
+        _say(render_table(res.report))
+        for line in (res.report.get("engine_plan") or {}).get("lines", []):  # --target jetson: what this device builds
+            _say(line)
+        _say(_device_signature_lines(res))
         if res.pending:
-            click.echo(f"\nTensorRT engines NOT built: {res.pending}. Checked without TensorRT: the bundle's hashes and "
+            _say(f"\nTensorRT engines NOT built: {res.pending}. Checked without TensorRT: the bundle's hashes and "
                        "its ONNX models on the golden inputs (ONNX Runtime).")
-        click.echo(f"\nengines: {', '.join(str(p) for p in res.engines) or 'none'}\nreport: {res.bundle / 'report.md'}")
+        _say(f"\nengines: {', '.join(str(p) for p in res.engines) or 'none'}\nreport: {res.bundle / 'report.md'}")
         _write_ci(res.report, junit_file, summary_file)
         sys.exit(EXIT_GATE_FAILED if not res.passed else EXIT_PENDING_ON_DEVICE if res.pending else EXIT_OK)
     if key_file or workstation_key:
@@ -407,7 +407,7 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
     from .pipeline.commands import compile_file
 
     art = compile_file(onnx_path, backend, precision, out, _recipe(target, recipe))
-    click.echo(f"wrote {art.path} ({art.backend} {art.precision})")
+    _say(f"wrote {art.path} ({art.backend} {art.precision})")
 
 
 @cli.command()
@@ -437,9 +437,9 @@ def evaluate(ctx: click.Context, artifacts: tuple, reference: Path, val: Optiona
 
     ev = evaluate_files(reference, artifacts, val, _recipe(target, recipe), input_size, out, ctx.obj["progress"],
                         preprocessing=preprocessing, scale=_scale(workers, ray_address, resume))
-    click.echo(render_table(ev, with_gate=False))
+    _say(render_table(ev, with_gate=False))
     if out:
-        click.echo(f"wrote {out}")
+        _say(f"wrote {out}")
 
 
 @cli.command()
@@ -471,7 +471,7 @@ def report(source: Path, out: Optional[Path], as_json: bool, baseline: Optional[
 
     if device_report is not None:
         from .ci.device import engines_pending, merge_device_report
-        from .manifest import read_manifest
+        from .buildfolder.manifest import read_manifest
 
         if baseline is not None or out is not None:
             raise click.UsageError("--device merges into the build directory itself: no --out or --baseline with it.")
@@ -479,17 +479,17 @@ def report(source: Path, out: Optional[Path], as_json: bool, baseline: Optional[
         # the build's own recipe (resolved in its manifest) unless the user names one
         rec = _recipe(target, recipe) if (recipe or _given_target(target)) else _build_recipe(manifest, target)
         rep = merge_device_report(source, device_report, rec, device_key)
-        click.echo(json.dumps(rep, indent=2) if as_json else render_table(rep))
-        click.echo(f"\nmerged {device_report} (signed by device key {rep['device']['signed_by']}) into {source}: "
-                   "report.json, report.md, manifest.json, device-report.json", err=as_json)
+        _say(json.dumps(rep, indent=2) if as_json else render_table(rep))
+        _say(f"\nmerged {device_report} (signed by device key {rep['device']['signed_by']}) into {source}: "
+             "report.json, report.md, manifest.json, device-report.json", err=as_json)
         _write_ci(rep, junit_file, summary_file)
         sys.exit(EXIT_GATE_FAILED if not rep["gate"]["passed"] else EXIT_PENDING_ON_DEVICE if engines_pending(rep) else EXIT_OK)
     if device_key is not None:
         raise click.UsageError("--device-key goes with --device (the key that must have signed the device report).")
     rep = report_from(source, _recipe(target, recipe), out, baseline)
-    click.echo(json.dumps(rep, indent=2) if as_json else render_table(rep))
+    _say(json.dumps(rep, indent=2) if as_json else render_table(rep))
     if rep.get("baseline") and not as_json:
-        click.echo(baseline_summary(rep["baseline"]))
+        _say(baseline_summary(rep["baseline"]))
     _write_ci(rep, junit_file, summary_file)
     sys.exit(EXIT_OK if rep["gate"]["passed"] and baseline_passed(rep) else EXIT_GATE_FAILED)
 
@@ -517,11 +517,11 @@ def device_key(key_file: Optional[Path]) -> None:
     On the device it signs compile --bundle's reports: pin the printed public key on the workstation
     (`report --device ... --device-key KEY` or [signing] device_key). With --key FILE on the workstation it makes the
     key `build --sign-key FILE` signs bundles with; the device pins that public key (compile --bundle --workstation-key)."""
-    from .signing import device_key_path, load_or_create_key
+    from .buildfolder.signing import device_key_path, load_or_create_key
 
     key, created = load_or_create_key(device_key_path(key_file))
-    click.echo(f"{'made' if created else 'key'}: {key.path} (private, mode 0600)\nkey id: {key.public.key_id}\n"
-               f"public key: {key.public.text}")
+    _say(f"{'made' if created else 'key'}: {key.path} (private, mode 0600)\nkey id: {key.public.key_id}\n"
+         f"public key: {key.public.text}")
 
 
 @cli.group()
@@ -536,13 +536,13 @@ def demo() -> None:
 @_run
 def demo_train(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
     """Regenerate the demo images and retrain the demo checkpoint (offline, a few minutes)."""
-    from .demo import DEMO_DIR, train_demo, write_digits_dataset
+    from .models.demo.digits import DEMO_DIR, train_demo, write_digits_dataset
 
     out = out or DEMO_DIR
     write_digits_dataset(out, seed)
     kwargs = {"epochs": epochs} if epochs else {}
     res = train_demo(out, out / "resnext_demo.pt", seed=seed, **kwargs)
-    click.echo(f"trained {res['checkpoint']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
+    _say(f"trained {res['checkpoint']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
 
 
 @demo.command("keras")
@@ -553,10 +553,10 @@ def demo_train(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
 @_run
 def demo_keras(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
     """Retrain the Keras demo (the seeds' Keras ResNeXt block, on the digits; Keras on the torch backend)."""
-    from .models.keras_demo import DEFAULT_EPOCHS, train_keras_demo
+    from .models.demo.keras import DEFAULT_EPOCHS, train_keras_demo
 
     res = train_keras_demo(out, epochs or DEFAULT_EPOCHS, seed)
-    click.echo(f"trained {res['path']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
+    _say(f"trained {res['path']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
 
 
 @demo.command("standin")
@@ -566,12 +566,12 @@ def demo_keras(out: Optional[Path], epochs: Optional[int], seed: int) -> None:
 @_run
 def demo_standin(out: Optional[Path], steps: Optional[int], seed: int) -> None:
     """Regenerate the stand-in's images and retrain it: ResNeXt-50 32x4d on 48x48 shapes (offline, ~5-30 min on 2 cores)."""
-    from .standin import DEFAULT_STEPS, STANDIN_DIR, train_standin, write_standin_dataset
+    from .models.demo.standin import DEFAULT_STEPS, STANDIN_DIR, train_standin, write_standin_dataset
 
     out = out or STANDIN_DIR
     write_standin_dataset(out, seed)
     res = train_standin(out, out / "resnext50_standin.pt", steps=steps or DEFAULT_STEPS, seed=seed)
-    click.echo(f"trained {res['checkpoint']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
+    _say(f"trained {res['checkpoint']}: validation top-1 {res['val_top1'] * 100:.2f}% in {res['seconds']:.0f} s")
 
 
 @cli.command()
@@ -594,18 +594,18 @@ def predict(images: tuple, build_dir: Path, backend: str, precision: str, top_k:
 
         note = engines_pending_note(clf.manifest, f"{clf.artifact.name} ({clf.backend}, {clf.precision})")
         if note:
-            click.echo(f"note: {note}", err=True)
+            _say(f"note: {note}", err=True)
         if as_json:
             out = {"build": str(build_dir), "artifact": clf.artifact.name, "backend": clf.backend,
                    "precision": clf.precision, "predictions": [p.to_dict() for p in preds]}
-            click.echo(json.dumps(out, indent=2))
+            _say(json.dumps(out, indent=2))
             return
-        click.echo(f"using {clf.artifact.name} ({clf.backend}, {clf.precision})", err=True)
+        _say(f"using {clf.artifact.name} ({clf.backend}, {clf.precision})", err=True)
         for p in preds:
-            click.echo(f"{p.source}: {p.label} ({p.probability:.2%})")
+            _say(f"{p.source}: {p.label} ({p.probability:.2%})")
             if top_k > 1:
                 for _, label, prob in p.top_k:
-                    click.echo(f"    {label:<20} {prob:8.2%}")
+                    _say(f"    {label:<20} {prob:8.2%}")
 
 
 @cli.command()
@@ -637,29 +637,29 @@ def sensitivity(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[
     """Rank the layers by how much INT8 error each brings, find the layers to leave in float, compare with NNCF.
 
     With --workers / --ray-address the layers are shared out to Ray workers and the candidate checks sharded by image."""
-    from .accuracy.sensitivity import markdown_table
+    from .pipeline.sensitivity import markdown_table
     from .accuracy.study import comparison_rows, study_file
 
     doc = study_file(onnx_path, out, _recipe(target, recipe), calib, val, input_size, activations, measure, subset,
                      max_excluded, not no_search, compare_nncf, ctx.obj["progress"], preprocessing=preprocessing,
                      scale=_scale(workers, ray_address), force=force)
     if as_json:
-        click.echo(json.dumps(doc, indent=2))
+        _say(json.dumps(doc, indent=2))
         return
     sens = doc["sensitivity"]
-    click.echo(f"{len(sens['layers'])} layers on {sens['images']} images in {sens['seconds']['total']:.1f} s; ranked by {sens['ranked_by']}\n")
-    click.echo("\n".join(markdown_table(sens, 10)))
+    _say(f"{len(sens['layers'])} layers on {sens['images']} images in {sens['seconds']['total']:.1f} s; ranked by {sens['ranked_by']}\n")
+    _say("\n".join(markdown_table(sens, 10)))
     if "search" in doc:
         s = doc["search"]
-        click.echo("\nfallback: " + (f"{len(s['excluded'])} layers in float pass the gate: {', '.join(s['excluded']) or '(plain INT8 passes)'}"
+        _say("\nfallback: " + (f"{len(s['excluded'])} layers in float pass the gate: {', '.join(s['excluded']) or '(plain INT8 passes)'}"
                                      if s["passed"] else f"no list of up to {doc['max_excluded_layers']} layers passes the gate"))
     if "comparison" in doc:
         rows = comparison_rows(doc)
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        click.echo("")
+        _say("")
         for r in rows:
-            click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    click.echo(f"\nwrote {Path(out) / 'sensitivity.md'}")
+            _say("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    _say(f"\nwrote {Path(out) / 'sensitivity.md'}")
 
 
 @demo.command("hostile")
@@ -669,14 +669,14 @@ def sensitivity(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[
 @click.option("--channel", type=int, default=0, show_default=True)
 @_run
 def demo_hostile(out: Path, blocks: str, factor: float, channel: int) -> None:
-    """Write the demo model with a few layers made INT8-hostile; its float function is unchanged (see models/hostile.py)."""
-    from .demo import DEMO_CALIB, DEMO_VAL
-    from .models.hostile import write_hostile_demo
+    """Write the demo model with a few layers made INT8-hostile; its float function is unchanged (see models/demo/hostile.py)."""
+    from .models.demo.digits import DEMO_CALIB, DEMO_VAL
+    from .models.demo.hostile import write_hostile_demo
 
     res = write_hostile_demo(out, [b.strip() for b in blocks.split(",") if b.strip()], factor, channel)
     layers = [n for r in res["hostile"] for n in r["onnx_nodes"]]
-    click.echo(f"wrote {res['checkpoint']}: hostile layers {', '.join(layers)}")
-    click.echo(f"build it: resnext-deploy build --model {out} --arch resnext_demo --calib {DEMO_CALIB} --val {DEMO_VAL}")
+    _say(f"wrote {res['checkpoint']}: hostile layers {', '.join(layers)}")
+    _say(f"build it: resnext-deploy build --model {out} --arch resnext_demo --calib {DEMO_CALIB} --val {DEMO_VAL}")
 
 
 @cli.command()
@@ -714,8 +714,8 @@ def bench(ctx: click.Context, build_dir: Optional[Path], arch: Optional[str], we
                         end_to_end_images=e2e_images)
     res = run_bench(build_dir, arch, weights, out, cache, opts, calib_count=calib_count, val_count=val_count,
                     progress=ctx.obj["progress"], force=force)
-    click.echo(json.dumps(res, indent=2, default=str) if as_json else render_table(res))
-    click.echo(f"\nwrote {', '.join(res['outputs'])}")
+    _say(json.dumps(res, indent=2, default=str) if as_json else render_table(res))
+    _say(f"\nwrote {', '.join(res['outputs'])}")
 
 
 def main() -> None:

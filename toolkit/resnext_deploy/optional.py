@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import stat
 import sys
+import tempfile
 from types import ModuleType
 from typing import Dict, Optional
 
@@ -68,10 +70,29 @@ def no_telemetry() -> None:
     imported it before us, which is logged."""
     for key, value in NO_TELEMETRY_ENV.items():
         os.environ[key] = value
+    if "MPLCONFIGDIR" not in os.environ:  # matplotlib's config and font cache: a temporary folder, never ~
+        os.environ["MPLCONFIGDIR"] = matplotlib_dir()
     if _TELEMETRY_PACKAGE not in sys.modules:
         sys.modules[_TELEMETRY_PACKAGE] = None  # type: ignore[assignment]
     elif sys.modules[_TELEMETRY_PACKAGE] is not None:
         log.warning("%s was imported before resnext-deploy could switch it off; OpenVINO may report usage", _TELEMETRY_PACKAGE)
+
+
+def matplotlib_dir() -> str:
+    """This user's folder for matplotlib's config and font cache under the system's temporary folder (kept across
+    runs, so the font cache is built once), made 0700; one that is not ours (a link, another user's) is not used:
+    a fresh private folder is made instead."""
+    path = os.path.join(tempfile.gettempdir(), f"resnext-deploy-matplotlib-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return tempfile.mkdtemp(prefix="resnext-deploy-matplotlib-")
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & 0o077:
+        return tempfile.mkdtemp(prefix="resnext-deploy-matplotlib-")
+    return path
 
 
 def require(module: str, purpose: Optional[str] = None) -> ModuleType:

@@ -7,16 +7,19 @@ calibration and evaluation did. Needs only numpy and Pillow (this module runs on
 from __future__ import annotations
 
 import functools
+import os
+import stat
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import BadInputError
+from .names import shown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,6 +35,9 @@ _INTERPOLATION = {
 #: images are reduced by an integer factor first (resize's reducing_gap=3), and only the crop box is resized.
 #: Approximate: the pixels differ by the filter's rounding (README "Runtime": agreement measured in the report).
 SHORTCUTS = ("none", "draft")
+#: the largest whole-image resize (24 MB as RGB): past it only the crop box is resized. Photos stay far below
+#: (a 4:3 image at resize 512 is 0.35 Mpx; the bound is reached at an aspect ratio of 32:1 at resize 512)
+MAX_RESIZED_PIXELS = 8_000_000
 #: Pillow's reducing_gap for the "draft" shortcut: reduce() while the image is 3x the target or more (Pillow's
 #: documentation: 3.0 is "indistinguishable from fair resampling in most cases")
 _REDUCING_GAP = 3.0
@@ -174,12 +180,33 @@ def _resized_size(w: int, h: int, spec: Preprocessing) -> Tuple[int, int]:
     return max(spec.crop, round(w * scale)), max(spec.crop, round(h * scale))
 
 
+def is_regular_file(path: Union[str, Path]) -> bool:
+    """True for a regular file (or a link to one); a FIFO, socket or device is not one (opening a FIFO blocks)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _open_regular(path: Union[str, Path]) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file, else BadInputError at once. O_NONBLOCK: a FIFO put in
+    its place after a check still does not block the open; fstat then tells what was opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise BadInputError(f"Cannot open image '{shown(str(path))}': {exc.strerror or exc}.") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInputError(f"'{shown(str(path))}' is not a regular file (a FIFO, socket or device); pass image files.")
+    return os.fdopen(fd, "rb")
+
+
 def load_image(path: Union[str, Path], spec: Optional[Preprocessing] = None) -> Image.Image:
-    """Open and fully decode an image as RGB. Raises BadInputError for unreadable files.
+    """Open and fully decode an image as RGB. Raises BadInputError for unreadable files and non-regular ones.
 
     With ``spec`` whose shortcut is "draft", a JPEG is decoded DCT-scaled to no less than ``spec``'s resize size."""
     try:
-        with Image.open(path) as img:
+        with _open_regular(path) as fh, Image.open(fh) as img:
             if spec is not None and spec.shortcut == "draft" and img.format == "JPEG":
                 w, h = img.size
                 if min(w, h) > spec.resize:
@@ -187,7 +214,7 @@ def load_image(path: Union[str, Path], spec: Optional[Preprocessing] = None) -> 
             img.load()
             return to_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadInputError(f"Cannot read image '{path}': {exc}. Is it a complete image file?") from exc
+        raise BadInputError(f"Cannot read image '{shown(str(path))}': {exc}. Is it a complete image file?") from exc
 
 
 @functools.lru_cache(maxsize=16)
@@ -211,17 +238,24 @@ def normalise(img: Image.Image, spec: Preprocessing) -> np.ndarray:
 
 
 def resize_and_crop(img: Image.Image, spec: Preprocessing) -> Image.Image:
-    """Resize the shorter side to ``spec.resize`` and center-crop ``spec.crop`` (RGB in, RGB out)."""
+    """Resize the shorter side to ``spec.resize`` and center-crop ``spec.crop`` (RGB in, RGB out).
+
+    An image whose resized size would exceed :data:`MAX_RESIZED_PIXELS` (a 1 x 1,000,000 strip: 32 x 32,000,000)
+    has only its crop box resized, as the draft path does: memory bounded by the crop, pixels close to (not
+    bit-identical with) the whole-image resize. Every other image is resized whole, exactly as before."""
     w, h = img.size
+    if w <= 0 or h <= 0:
+        raise BadInputError(f"An image of {w}x{h} pixels is empty; pass an image with pixels.")
     scale = spec.resize / min(w, h)
     nw, nh = _resized_size(w, h, spec)
     resample = _INTERPOLATION[spec.interpolation]
     left, top = (nw - spec.crop) // 2, (nh - spec.crop) // 2
-    if spec.shortcut == "draft" and (nw, nh) != (w, h):
+    if (spec.shortcut == "draft" and (nw, nh) != (w, h)) or nw * nh > MAX_RESIZED_PIXELS:
         # Resize only the crop box: the same filter centres up to float rounding (a pixel may differ by 1).
         sx, sy = w / nw, h / nh
         box = (left * sx, top * sy, (left + spec.crop) * sx, (top + spec.crop) * sy)
-        return img.resize((spec.crop, spec.crop), resample, box=box, reducing_gap=_REDUCING_GAP)
+        return img.resize((spec.crop, spec.crop), resample, box=box,
+                          reducing_gap=_REDUCING_GAP if spec.shortcut == "draft" else None)
     if (w, h) != (spec.resize, spec.resize) or scale != 1.0:
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), resample)

@@ -1,1 +1,2 @@
-"""Accuracy tools: per-layer sensitivity, the accuracy fallback, the study command and peer quantizers (NNCF)."""
+"""Accuracy studies: the study command (calibration methods, weight ranges) and peer quantizers (NNCF); the build's
+fallback and per-layer sensitivity are pipeline/fallback.py and pipeline/sensitivity.py."""

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from .. import backends
-from ..evaluate import TimingConfig, evaluate_runner
+from ..evaluation.evaluate import TimingConfig, evaluate_runner
 from ..optional import require
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def overflow_fix_for(isa: Optional[str] = None) -> str:
     Without VNNI (AVX2, AVX-512) NNCF recommends FIRST_LAYER, its default: half the weight range on the first
     convolution only. With VNNI or AMX nothing saturates, so the fair peer keeps the full range: DISABLE.
     """
-    from ..cpu import exact_u8s8, onednn_isa
+    from ..host.cpu import exact_u8s8, onednn_isa
 
     return "disable" if exact_u8s8(isa or onednn_isa()) else "first_layer_only"
 

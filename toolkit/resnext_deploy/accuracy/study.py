@@ -25,18 +25,18 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from .. import backends
-from ..artifacts import Artifact, atomic_dir, atomic_file, check_replaceable
+from ..buildfolder.artifacts import Artifact, atomic_dir, atomic_file, check_replaceable
 from ..errors import BadInputError
-from ..evaluate import TimingConfig, evaluate_runner
-from ..gate import accuracy_checks, gate_description
-from ..pipeline.datasets import load_calibration, load_labeled
+from ..evaluation.evaluate import TimingConfig, evaluate_runner
+from ..evaluation.gate import accuracy_checks, gate_description
+from ..data.datasets import load_calibration, load_labeled
 from ..pipeline.labels import require_above_chance, validation_labels
 from ..pipeline.quantize import weight_range_for
-from ..sampling import evenly_spaced
+from ..data.sampling import evenly_spaced
 from ..progress import Progress
 from ..recipes import Recipe
-from .fallback import quick_check, search_exclusions
-from .sensitivity import (
+from ..pipeline.fallback import quick_check, search_exclusions
+from ..pipeline.sensitivity import (
     MEASURES,
     VariantQuantizer,
     analyze_sensitivity,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..errors import BadInputError
 from .base import Backend, BuildAddition, Runner
@@ -51,9 +51,16 @@ def for_file(path: Path) -> str:
     raise BadInputError(f"Cannot tell which backend runs '{path}': expected one of {known}.")
 
 
+def place_qdq(path: Path, flavour: str) -> Optional[Dict[str, Any]]:
+    """Let each backend re-place the Q/DQ of a freshly quantized ``flavour`` model (Backend.place_qdq): the
+    quantizer stays backend-neutral. Returns the first placement record, None when no backend changed the model."""
+    records = [r for r in (get(n).place_qdq(path, flavour) for n in _REGISTRY) if r is not None]
+    return records[0] if records else None
+
+
 def available() -> List[str]:
     """Backends whose package imports on this machine."""
     return [n for n in _REGISTRY if get(n).available()]
 
 
-__all__ = ["Backend", "BuildAddition", "Runner", "available", "by_preference", "for_file", "get", "names", "register"]
+__all__ = ["Backend", "BuildAddition", "Runner", "available", "by_preference", "for_file", "get", "names", "place_qdq", "register"]

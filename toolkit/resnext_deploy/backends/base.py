@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import abc
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..artifacts import Artifact
+from ..buildfolder.artifacts import Artifact
 from ..errors import BadInputError
 
 
@@ -88,24 +87,21 @@ class Backend(abc.ABC):
         if act is not None and act not in ("uint8", "int8"):
             raise BadInputError(f"backends.{self.name}.activations in {source} must be 'uint8' or 'int8', got '{act}'.")
 
-    #: module (by name, imported only when a build runs) whose ``workstation_results(ctx, artifacts)`` and
-    #: ``finish_build(ctx, artifacts, results)`` extend the workstation build; "" = none. A name, not an
-    #: import: the hooks live on the workstation side of the device boundary.
-    build_hooks: str = ""
-
     def workstation_results(self, ctx: Any, artifacts: List[Artifact]) -> List[Dict[str, Any]]:
         """Extra evaluation rows the build measures on the workstation for this backend (``ctx``: a BuildContext)."""
-        hooks = self._hooks()
-        return list(hooks.workstation_results(ctx, artifacts)) if hooks else []
+        return []
 
     def finish_build(self, ctx: Any, artifacts: List[Artifact], results: List[Dict[str, Any]]) -> Optional[BuildAddition]:
         """What this backend adds after evaluation and any accuracy fallback (None: nothing)."""
-        hooks = self._hooks()
-        return hooks.finish_build(ctx, artifacts, results) if hooks else None
+        return None
 
-    def _hooks(self) -> Any:
-        return importlib.import_module(self.build_hooks) if self.build_hooks else None
-    #: whether its INT8 runs x86 uint8 x int8 CPU kernels, which saturate without VNNI (cpu.py)
+    def place_qdq(self, path: Path, flavour: str) -> Optional[Dict[str, Any]]:
+        """Rewrite the Q/DQ model just quantized at ``path`` (in place, inside the caller's atomic write) for this
+        backend's compiler, when its INT8 comes from models of ``flavour``; returns what it did for the artifact's
+        settings, or None when it leaves the model alone (the default: the model stays as ONNX Runtime wrote it)."""
+        return None
+
+    #: whether its INT8 runs x86 uint8 x int8 CPU kernels, which saturate without VNNI (host/cpu.py)
     cpu_u8s8: bool = False
     #: what saturation_guard turns on, for messages
     saturation_guard_name: str = ""

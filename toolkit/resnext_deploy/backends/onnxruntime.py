@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ..artifacts import Artifact, atomic_file
+from ..buildfolder.artifacts import Artifact, atomic_file
 from ..errors import BadInputError
 from ..optional import require
 from .base import Backend, Runner
@@ -36,11 +36,11 @@ def x64quantprecision(settings: Dict[str, Any]) -> bool:
 
     With it ORT rewrites int8 weights outside [-64, 64] to uint8 so that U8U8 kernels, which cannot saturate,
     run them: exact (on a VNNI CPU the logits stay bit-identical) and slower (full-range demo ~1.5x). 7-bit
-    weights are left alone, so they keep the fast kernels. "auto" = on where the CPU has no VNNI (cpu.py).
+    weights are left alone, so they keep the fast kernels. "auto" = on where the CPU has no VNNI (host/cpu.py).
     """
     mode = settings.get("x64quantprecision", "auto")
     if mode == "auto":
-        from ..cpu import host_cpu
+        from ..host.cpu import host_cpu
 
         return host_cpu().exact_u8s8 is False
     return mode in ("on", True)

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..artifacts import Artifact, disk_errors
+from ..buildfolder.artifacts import Artifact, disk_errors
 from ..errors import BadInputError
 from ..optional import require
 from .base import Backend, Runner
@@ -51,19 +51,10 @@ def ir_precision_hint(model: Any) -> Optional[str]:
 
 
 def bf16_support() -> Optional[str]:
-    """None when this machine's OpenVINO CPU plugin runs bf16 natively, else why not."""
-    try:
-        ov = require("openvino", "ask OpenVINO for the CPU's capabilities")
-        caps = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    except Exception as exc:  # no plugin, no CPU device
-        return f"OpenVINO's CPU plugin cannot say whether this CPU has BF16 ({type(exc).__name__}: {exc})"
-    if "BF16" in caps:
-        return None
-    from ..cpu import host_cpu
+    """None when this machine's OpenVINO CPU plugin runs bf16 natively, else why not (host.cpu.bf16_missing)."""
+    from ..host.cpu import bf16_missing
 
-    host = host_cpu()
-    return (f"this CPU ({host.model}, ISA {host.isa}) has no BF16 arithmetic (no AMX-BF16 or AVX512-BF16; OpenVINO's "
-            f"CPU capabilities are {', '.join(caps)}): OpenVINO would run the bf16 rung in f32, so it would measure nothing")
+    return bf16_missing()
 
 
 def static_batches(settings: Dict[str, Any]) -> List[int]:

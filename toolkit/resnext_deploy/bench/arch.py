@@ -18,7 +18,7 @@ from typing import Any, List, Union
 
 import numpy as np
 
-from ..artifacts import atomic_dir, atomic_file, ensure_writable_dir, sha256_file
+from ..buildfolder.artifacts import atomic_dir, atomic_file, ensure_writable_dir, sha256_file
 from ..errors import BadInputError
 from ..preprocess import Preprocessing, preprocess_paths
 from ..progress import Progress

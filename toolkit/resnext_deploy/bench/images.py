@@ -15,7 +15,7 @@ from typing import List, Optional, Union
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from ..artifacts import atomic_dir
+from ..buildfolder.artifacts import atomic_dir
 from ..errors import BadInputError
 from ..optional import require
 

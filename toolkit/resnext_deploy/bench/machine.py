@@ -1,4 +1,4 @@
-"""What the benchmark ran on: CPU model, ISA flags, clock, cores, load, library versions; and the model's
+"""What the benchmark ran on: CPU model, ISA flags, clock, cores, load (facts from host/), library versions; and the model's
 multiply-accumulates, for the fraction of the machine's INT8 (and FP32) peak a run reaches."""
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
+
+from ..host.cpu import host_cpu
+from ..host.load import cores, load_average
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +87,6 @@ int main(void) {
 """
 
 
-def _cpuinfo() -> Dict[str, str]:
-    info: Dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if ":" in line:
-                k, v = (s.strip() for s in line.split(":", 1))
-                info.setdefault(k, v)
-    except OSError:
-        pass
-    return info
-
-
 def measure_clock_mhz(repeats: int = 7) -> Optional[float]:
     """The core clock under load, in MHz, from a timed chain of dependent IMULs (cycles = chain length x IMUL
     latency; needs a C compiler and x86-64; None otherwise). The best of ``repeats`` runs: another process can
@@ -118,28 +109,26 @@ def measure_clock_mhz(repeats: int = 7) -> Optional[float]:
 
 def machine_info(measure_clock: bool = True) -> Dict[str, Any]:
     """CPU model, flags of interest, cores, nominal and measured clock, load average, memory."""
-    info = _cpuinfo()
-    flags = set(info.get("flags", "").split())
+    host = host_cpu()
+    info, flags = host.fields, host.flags
     nominal = float(info["cpu MHz"]) if info.get("cpu MHz") else None
     measured = measure_clock_mhz() if measure_clock else None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     out: Dict[str, Any] = {
-        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu": host.model,
         "cpu_family": info.get("cpu family"),
         "cpu_model": info.get("model"),
         "vendor": info.get("vendor_id"),
         "flags": sorted(f for f in FLAGS_OF_INTEREST if f in flags),
-        "cores": cores,
+        "cores": cores(),
         "clock_mhz_nominal": nominal,
         "clock_mhz_measured": measured,
         "hypervisor": "hypervisor" in flags,
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
-    try:
-        out["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
+    load = load_average()
+    if load is not None:
+        out["load_average"] = load
     try:
         out["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
@@ -231,10 +220,3 @@ def _attr(node: Any, name: str) -> Any:
         if a.name == name:
             return a.i
     return 0
-
-
-def load_average() -> Optional[List[float]]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None

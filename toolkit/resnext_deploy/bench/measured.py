@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import runpy
 import sys
 
 
@@ -18,10 +19,9 @@ def main() -> None:
             json.dump({"peak_rss_mb": peak_rss_mb()}, f)
 
     atexit.register(record)
-    from ..cli import main as cli_main
-
+    # run the CLI as `python -m resnext_deploy` would (a program, not a module bench/ builds on: cli.py sits above it)
     sys.argv = ["resnext-deploy", *args]
-    cli_main()
+    runpy.run_module("resnext_deploy", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Union
 
 import numpy as np
 
-from ..artifacts import atomic_file
+from ..buildfolder.artifacts import atomic_file
 from ..optional import require
 
 log = logging.getLogger(__name__)

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..artifacts import atomic_file
-from ..machine_load import UNDER_LOAD_WARNING, timing_verdict
-from ..optional import require
-from ..report.markdown import md_table
+from ..buildfolder.artifacts import atomic_file
+from ..host.load import UNDER_LOAD_WARNING, timing_verdict
+from ..report.gfm import md_table
 from ..report.tables import console_table
 
 #: the targets (bench/run.py) are set for this architecture; on any other they are not printed as met or missed
@@ -55,8 +54,10 @@ def e2e_rows(bench: Dict[str, Any]) -> List[List[str]]:
         modes = ([("", r["end_to_end"])] if r.get("end_to_end") else []) + list((r.get("end_to_end_variants") or {}).items())
         for mode, e in modes:
             label = mode or ("typical" if "pipeline" in e else "runtime")
+            if mode == "decode":
+                label = "decode floor (no model)"
             model = r.get("throughput_ips")
-            extra = f" (agrees {e['agreement_with_exact'] * 100:.0f}% with exact, min cos {e['min_cosine_to_exact']:.4f})" if "agreement_with_exact" in e else ""
+            extra = f" (agrees {e['agreement_with_exact'] * 100:.0f}% with exact, min cos {e['min_cosine_to_exact']:.5f})" if "agreement_with_exact" in e else ""
             rows.append([r["name"], label + extra, _f(e.get("p50_ms"), ".1f"), _f(e.get("p99_ms"), ".1f"), _f(e.get("images_per_s"), ".1f"),
                          _f(e["images_per_s"] / model, ".2f") + "x" if model else "",
                          _f(e["top1_vs_float"] * 100, ".1f") + "%" if "top1_vs_float" in e else "",
@@ -86,7 +87,7 @@ def targets_apply(bench: Dict[str, Any]) -> bool:
 
 
 def bench_timing(bench: Dict[str, Any]) -> Dict[str, Any]:
-    """machine_load.timing_verdict over the bench's configurations and its load average around the timing."""
+    """host.load.timing_verdict over the bench's configurations and its load average around the timing."""
     mach = bench.get("machine") or {}
     during = mach.get("load_average_during") or {}
     snap = lambda la: {"load_1m": la[0], "cores": mach.get("cores")} if la else {}  # noqa: E731
@@ -98,10 +99,26 @@ def _mark(met: Optional[bool]) -> str:
     return "n/a" if met is None else ("met" if met else "MISSED")
 
 
+def decisive(value: float, threshold: float, least: int = 3, most: int = 6) -> str:
+    """``value`` with at least ``least`` decimals and as many more (up to ``most``) as it takes for the printed
+    figure to differ from the threshold, so that a miss is visible: 0.99962 against 0.9999, never "1.000"."""
+    for d in range(least, most + 1):
+        text = f"{value:.{d}f}"
+        if float(text) != threshold and (float(text) < threshold) == (value < threshold):
+            return text
+    return f"{value:.{most}f}"
+
+
 def _value(t: Dict[str, Any]) -> str:
     if t["value"] is None:
         return "not measured in this run"
-    return f"{t['value']:.3f} ({t['op']} {t['threshold']:g})"
+    least = 5 if "cosine" in str(t.get("metric", "")) else 3  # cosines to 5 digits: 0.9999 vs 0.99962 matters
+    return f"{decisive(t['value'], t['threshold'], least)} ({t['op']} {t['threshold']:g})"
+
+
+def target_figure(t: Dict[str, Any]) -> str:
+    """A target as the console prints it: its value with the digits that decide it, the threshold, met or MISSED."""
+    return f"{_value(t)} {_mark(t['met'])}"
 
 
 def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png") -> str:
@@ -181,35 +198,13 @@ def render_markdown(bench: Dict[str, Any], plot_name: Optional[str] = "bench.png
 
 
 def write_plot(bench: Dict[str, Any], path: Path) -> Path:
-    """Two bar charts: batch-1 p50 latency (p90 as a whisker) and batch-N throughput, ours in a second colour."""
-    matplotlib = require("matplotlib", "plot the benchmark")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """bench.png: the latency chart of bench.html (report/charts.py's latency bars), as a PNG."""
+    from ..report.charts import write_chart
 
-    rows = [r for r in bench["configurations"] if "latency_ms" in r]
-    names = [r["name"] for r in rows]
-    colors = [{"ours": "#d62728", "variant": "#f2a0a0"}.get(r["role"], "#7f7f7f") for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.8))
-    p50 = [r["latency_ms"]["p50"] for r in rows]
-    err = [r["latency_ms"]["p90"] - r["latency_ms"]["p50"] for r in rows]
-    ax1.barh(names, p50, xerr=[[0] * len(rows), err], color=colors)
-    ax1.set_xscale("log")  # PyTorch eager and INT8 differ by an order of magnitude
-    ax1.set_xlabel("batch-1 latency p50 (ms, log scale), whisker to p90; lower is better")
-    ax1.invert_yaxis()
-    ax2.barh(names, [r["throughput_ips"] for r in rows], color=colors)
-    ax2.set_xlabel(f"batch-{bench['options']['batch_size']} throughput (images/s); higher is better")
-    ax2.invert_yaxis()
-    ax2.set_yticklabels([])
-    for ax, vals, fmt in ((ax1, p50, "{:.1f}"), (ax2, [r["throughput_ips"] for r in rows], "{:.0f}")):
-        for i, v in enumerate(vals):
-            ax.text(v, i, " " + fmt.format(v), va="center", fontsize=8)
-    fig.suptitle(f"{bench['model'].get('arch') or bench['model'].get('name')} on {bench['machine']['cpu']} "
-                 f"({bench['machine']['cores']} cores); red: our build (light: a variant), grey: peers", fontsize=10)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    chart = latency_chart(bench)
+    if chart is None:
+        raise ValueError("no configuration was timed: nothing to plot")
+    return write_chart(chart, path)
 
 
 def write_outputs(bench: Dict[str, Any], out: Path) -> List[Path]:
@@ -238,8 +233,9 @@ def latency_chart(bench: Dict[str, Any]) -> Any:
     rows = [r for r in bench["configurations"] if "latency_ms" in r]
     bars = [Bar(r["name"], r["latency_ms"]["p50"], r["latency_ms"].get("p90", r["latency_ms"]["p50"]), r["latency_ms"]["p99"],
                 r.get("throughput_ips") or 0.0, {"ours": "#d62728", "variant": "#f2a0a0"}.get(r["role"], "#7f7f7f")) for r in rows]
-    return latency_bars(bars, bench["options"]["batch_size"], "red: our build (light: a variant), grey: peers",
-                        name="bench-latency.svg") if bars else None
+    title = (f"{bench['model'].get('arch') or bench['model'].get('name')} on {bench['machine']['cpu']} "
+             f"({bench['machine']['cores']} cores); red: our build (light: a variant), grey: peers")
+    return latency_bars(bars, bench["options"]["batch_size"], title, name="bench-latency.svg") if bars else None
 
 
 def render_html(bench: Dict[str, Any], md: str) -> str:

@@ -117,12 +117,17 @@ class Session:
 
     def end_to_end(self, files: List[str], mode: str, preprocessing: Dict[str, Any], batch: int, out: str) -> Dict[str, Any]:
         """Image files to labels with this configuration's model (bench/typical.py): mode "runtime" (our runtime's
-        path), "draft" (the same with the draft shortcut), "before" (our path before issue 22) or "typical"
-        (PIL + torchvision transforms). Logits go to ``out`` (.npy)."""
+        path), "draft" (the same with the draft shortcut), "before" (our path before issue 22), "typical"
+        (PIL + torchvision transforms) or "decode" (the decode floor: preprocessing alone, no model, no logits).
+        Logits go to ``out`` (.npy)."""
         from ..preprocess import Preprocessing
         from .typical import before_end_to_end, typical_end_to_end
 
         spec = Preprocessing.from_dict(preprocessing)
+        if mode == "decode":  # the decode floor: no model, so no logits
+            from ..runtime.endtoend import measure_decode_floor
+
+            return {"result": measure_decode_floor(files, spec, batch)}
         if mode in ("runtime", "draft"):
             from ..runtime.endtoend import measure_end_to_end
 

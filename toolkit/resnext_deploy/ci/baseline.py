@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..artifacts import sha256_file
+from ..buildfolder.artifacts import sha256_file
 from ..errors import ArtifactIntegrityError, BadInputError
-from ..gate import Check, GateResult, skipped_check
-from ..manifest import read_manifest
+from ..evaluation.gate import Check, GateResult, skipped_check
+from ..buildfolder.manifest import read_manifest
 from ..report import read_report
 
 log = logging.getLogger(__name__)

@@ -2,10 +2,10 @@
 
 `compile --bundle` on the device writes report.json with a ``device_report`` section: the sha256 of every bundle
 file it verified (the bundle's identity), the sha256 of the report's own canonical JSON, and the device key's Ed25519
-signature over that same canonical JSON (signing.py). Merging checks the sha256 and the signature against the device
-key the workstation pinned (``[signing] device_key`` or ``--device-key``): an unsigned, edited, or otherwise-signed
-report is refused naming why. Then it checks the bundle hashes against the bundle this build
-made (a report from another bundle is refused by name), then puts the device's rows into the build's report:
+signature over that same canonical JSON (buildfolder/signing.py). Merging checks the sha256 and the signature against
+the device key the workstation pinned (``[signing] device_key`` or ``--device-key``): an unsigned, edited, or
+otherwise-signed report is refused naming why. Then it checks the bundle hashes against the bundle this build made
+(a report from another bundle is refused by name), then puts the device's rows into the build's report:
 engine rows with the device's golden checks and latency, or rows "pending on device" with the device's reason.
 The gate is the workstation's (recomputed on the workstation rows) plus the device's own checks, so JUnit and
 the job summary list both. The device report is copied into the build as device-report.json and the build's
@@ -23,9 +23,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..artifacts import atomic_file, sha256_file
+from ..buildfolder.artifacts import atomic_file, sha256_file
 from ..errors import ArtifactIntegrityError, BadInputError
-from ..signing import PublicKey, SigningKey, canonical_json, verify_record
+from ..buildfolder.signing import PublicKey, SigningKey, canonical_json, parse_public_key, verify_record
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +125,8 @@ def merge_device_report(build_dir: Union[str, Path], device_report: Union[str, P
     """Merge a verified device report into the build's report, rewrite report.* and the manifest; returns the report.
 
     ``device_key``: the device's public key (text or file), else the recipe's ``[signing] device_key``."""
-    from ..signing import parse_public_key
-
-    from ..gate import GateResult
-    from ..manifest import read_manifest
+    from ..evaluation.gate import GateResult
+    from ..buildfolder.manifest import read_manifest
     from ..report import make_report, read_report, write_report
 
     build_dir, source = Path(build_dir), Path(device_report)
@@ -195,7 +193,7 @@ def regate(results: List[Dict[str, Any]], reference: str, gates: Dict[str, Any],
 
     Rows measured on the device (golden images only) are never held to the workstation's accuracy gates.
     """
-    from ..gate import GateResult, apply_gates
+    from ..evaluation.gate import GateResult, apply_gates
 
     ws = apply_gates([r for r in results if r.get("measured_on") != "device"], reference, gates)
     if not device or not device.get("gate"):

@@ -11,7 +11,7 @@ import datetime
 import xml.etree.ElementTree as ET
 from typing import Any, Dict, List
 
-from ..gate import Check
+from ..evaluation.gate import Check
 
 
 def report_checks(report: Dict[str, Any]) -> List[Check]:

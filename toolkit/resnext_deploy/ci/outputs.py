@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..artifacts import atomic_file
+from ..buildfolder.artifacts import atomic_file
 from ..errors import BadInputError
 from .junit import junit_from_report
 from .summary import summary_markdown

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from ..gate import GateResult
-from ..machine_load import UNDER_LOAD_WARNING
+from ..evaluation.gate import GateResult
+from ..host.load import UNDER_LOAD_WARNING
 from ..report import COLUMNS, md_table, table_rows
 from ..report.tables import timing_of
 from .baseline import baseline_passed, comparison_table

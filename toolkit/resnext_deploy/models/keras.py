@@ -28,6 +28,7 @@ import numpy as np
 from ..backends.base import Runner
 from ..errors import BadInputError, MissingDependencyError
 from ..optional import require, require_keras
+from .archive_bounds import check_archive
 from .trust import refuse_code_execution
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class LoadedKeras:
 def _config_of(p: Path) -> Optional[Dict[str, Any]]:
     """The model's config as plain JSON, read without Keras: config.json inside a .keras zip, or the
     ``model_config`` attribute of a legacy HDF5 file. None when the file has none (weights only)."""
+    check_archive(p)  # before anything is inflated or parsed
     if p.suffix.lower() == ".keras":
         if not zipfile.is_zipfile(p):
             raise BadInputError(f"'{p}' is not a Keras 3 .keras file (not a zip archive): truncated or another format. "

@@ -48,7 +48,7 @@ def save_checkpoint(checkpoint: Dict[str, Any], out_path: Path, info_name: str, 
     it is returned.
     """
     torch = require("torch", "save the checkpoint")
-    from ..artifacts import sha256_file
+    from ..buildfolder.artifacts import sha256_file
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".tmp")

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..errors import BadInputError
 from ..optional import require
+from .archive_bounds import check_archive
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +85,10 @@ def refuse_code_execution(path: PathLike, why: str, allow_pickle: bool) -> None:
 
 def model_format(path: PathLike) -> str:
     """``"onnx"``, ``"safetensors"``, ``"keras"``, ``"torchscript"`` or ``"torch"`` (a torch.save file), from the
-    name and the first bytes; reads no more of the file than its header (and a zip's directory)."""
+    name and the first bytes; reads no more of the file than its header (and a zip's directory). An archive that
+    would unpack past the limits of archive_bounds is refused here, before any loader."""
     p = Path(path)
+    check_archive(p)
     suffix = p.suffix.lower()
     if suffix == ".onnx":
         return "onnx"

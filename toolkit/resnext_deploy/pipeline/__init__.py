@@ -1,1 +1,1 @@
-"""The workstation pipeline: intake, check, export, datasets, quantize, the build and the by-path stage commands."""
+"""The workstation pipeline: intake, check, export, quantize, the accuracy fallback, the build and the by-path stage commands."""

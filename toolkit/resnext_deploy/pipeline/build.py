@@ -13,22 +13,24 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from .. import backends
-from ..accuracy.fallback import accuracy_fallback, markdown_sections
-from ..artifacts import Artifact, atomic_dir, check_replaceable, ensure_writable_dir, sha256_file
+from .fallback import accuracy_fallback, markdown_sections
+from ..buildfolder.artifacts import Artifact, atomic_dir, sha256_file
 from ..errors import BadInputError
-from ..gate import GateResult, apply_gates
-from ..manifest import folder_digest, make_manifest, write_manifest
+from ..evaluation.gate import GateResult, apply_gates
+from ..buildfolder.manifest import folder_digest, make_manifest, write_manifest
+from ..buildfolder.signing import load_signing_key
 from ..progress import Progress, step_progress
 from ..recipes import load_recipe
 from ..report import make_report, write_report
 from ..report.gallery import gallery_section
 from ..scale import ScaleOptions, open_inference
 from ..scale.render import markdown_section as measured_section
-from ..signing import load_signing_key
+from .calibration_check import check_build, leakage_gate
 from .context import BuildContext
 from .commands import recorded_labels
-from .datasets import load_calibration, load_labeled, skipped_records
+from ..data.datasets import load_calibration, load_labeled, skipped_records
 from .labels import previous_build_labels, validation_labels
+from .preflight import check_output
 from .source import data_folders, resolve_model
 from .steps import REFERENCE, add_end_to_end, evaluate_build, run_stages
 
@@ -75,17 +77,19 @@ def build(
     file that needs full unpickling (or a Keras file with Lambda layers / custom objects) load (models/trust.py); the
     workers only ever get the ONNX / OpenVINO files. ``preprocessing`` (a preset or JSON file) goes to the intake
     (source.resolve_model). ``out`` may be missing, empty or a previous build; anything else is refused unless
-    ``force`` (artifacts.atomic_dir). ``sign_key``: the workstation's Ed25519 key file (signing.py), read before the
+    ``force`` (artifacts.atomic_dir). ``sign_key``: the workstation's Ed25519 key file (buildfolder/signing.py), read before the
     work; it signs a TensorRT bundle's manifest for a device that pins its public key.
     """
     t_start = time.perf_counter()
     signing_key = load_signing_key(sign_key) if sign_key else None
     recipe = load_recipe(recipe_path, target if recipe_path else (target or "x86-cpu"))
+    inputs = (model, calib, val, recipe_path, recipe.section("calibration")["folder"], recipe.section("evaluation")["folder"])
+    if out is not None:
+        check_output(out, force, inputs)  # before the work (the model's check is one): atomic_dir checks again at the swap
     src = resolve_model(model, arch, num_classes, recipe.section("preprocess"), preprocessing, allow_pickle)
-    out_dir = Path(out) if out else Path("build") / src.name / recipe.target
-    ensure_writable_dir(out_dir.parent)
-    check_replaceable(out_dir, force)  # before the work: atomic_dir checks again at the swap
+    out_dir = Path(out) if out is not None else check_output(Path("build") / src.name / recipe.target, force, inputs)
     calib_dir, val_dir = data_folders(src, recipe, Path(calib) if calib else None, Path(val) if val else None)
+    check_output(out_dir, force, (calib_dir, val_dir))  # the folders the data came from, defaults included
     for name in recipe.enabled_backends():
         be = backends.get(name)
         # A backend whose artifacts are built on the device (TensorRT) ends in a bundle here: not needed now.
@@ -117,6 +121,7 @@ def build(
         ctx = BuildContext(src, recipe, cal, valset, stage_dir, progress, stages, inference=inference,
                            signing_key=signing_key)
         artifacts = run_stages(ctx)
+        calibration = check_build(ctx, artifacts)  # clip rates, convergence, overlap, coverage
         ref_art = next(a for a in artifacts if a.name == REFERENCE)
         results = evaluate_build(ctx, artifacts)
         gate = apply_gates(results, REFERENCE, recipe.section("gates"))
@@ -132,6 +137,7 @@ def build(
             ctx.extra.update(added.extra)
             stages[name] = time.perf_counter() - t
             gate = apply_gates(results, REFERENCE, recipe.section("gates"))  # what it built here is gated too
+        gate = leakage_gate(gate, calibration)  # calibration.leakage = "refuse": shared images fail the gate
         add_end_to_end(ctx, artifacts, results)  # file to label, after any fallback: the artifacts that ship
         notes, report_extra = ctx.notes, ctx.extra
         report_extra["gallery"] = gallery_section(results, valset.data, valset.paths, spec.mean, spec.std, src.labels)

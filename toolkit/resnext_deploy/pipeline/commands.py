@@ -15,17 +15,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .. import backends
-from ..artifacts import Artifact, atomic_file
+from ..buildfolder.artifacts import Artifact, atomic_file
+from ..buildfolder.sidecar import read_sidecar, sidecar_path, write_sidecar
 from ..errors import BadInputError
-from ..evaluate import TimingConfig, evaluate_runner
-from ..gate import GateResult
+from ..evaluation.evaluate import TimingConfig, evaluate_runner
+from ..evaluation.gate import GateResult
+from ..models.onnx_inputs import scan_onnx
 from ..preprocess import Preprocessing
 from ..progress import Progress, step_progress
 from ..recipes import Recipe, load_recipe
 from ..report import make_report, read_report, write_report
-from .datasets import load_calibration, load_labeled, skipped_records
+from ..data.datasets import load_calibration, load_labeled, skipped_records
 from .labels import require_above_chance, validation_labels
-from .source import ModelSource, data_folders, preprocessing_for, resolve_model
+from .source import data_folders, preprocessing_for, resolve_model
 from ..scale import ModelFiles, ScaleOptions, open_inference
 from .steps import REFERENCE
 
@@ -33,29 +35,6 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 EVALUATION_SCHEMA = "resnext-deploy/evaluation"
-
-
-def sidecar_path(path: PathLike) -> Path:
-    return Path(str(path) + ".json")
-
-
-def write_sidecar(path: PathLike, artifact: Artifact, preprocessing: Preprocessing, labels: Optional[List[str]], **extra: Any) -> Path:
-    meta = {"artifact": artifact.to_dict(), "preprocessing": preprocessing.to_dict(), "labels": labels}
-    meta.update(extra)
-    with atomic_file(sidecar_path(path)) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
-    return sidecar_path(path)
-
-
-def read_sidecar(path: PathLike) -> Dict[str, Any]:
-    """The sidecar of an artifact, or {} if it has none (an ONNX from elsewhere)."""
-    p = sidecar_path(path)
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"The sidecar '{p}' is not valid JSON ({exc}); delete it or re-run the stage that wrote it.") from exc
 
 
 @dataclass
@@ -95,7 +74,7 @@ class ModelMeta:
 
 def _from_build(path: Path) -> Optional[Tuple[Path, Dict[str, Any], Dict[str, Any]]]:
     """(build dir, manifest, artifact record) when ``path`` is an artifact listed in a build's manifest.json."""
-    from ..manifest import read_manifest
+    from ..buildfolder.manifest import read_manifest
 
     resolved = path.resolve()
     for d in list(resolved.parents)[:3]:
@@ -293,6 +272,7 @@ def _check_onnx(path: Path) -> Dict[str, Any]:
 
     path = _require_file(path, "ONNX model")
     onnx = require("onnx", "check ONNX models")
+    scan_onnx(path)  # external data confined and bounded, no NaN/Inf weights: before the checker reads it
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # onnx raises several types
@@ -358,7 +338,8 @@ def quantize_file(
     cal = load_calibration(folder, meta.preprocessing, cal_cfg["count"], cal_cfg["seed"], step_progress(progress, "load calibration images"))
     art = qdq_from_onnx(onnx_path, out, cal.data, activations, cal_cfg,
                         parent=str(onnx_path), progress=step_progress(progress, "calibrate"),
-                        weight_range=weight_range_for(recipe.section("quantize")))
+                        weight_range=weight_range_for(recipe.section("quantize")),
+                        bias_correction=recipe.section("quantize")["bias_correction"])
     write_sidecar(out, art, meta.preprocessing, meta.labels, **meta.sidecar_extra(),
                   calibration={"folder": str(folder), "images": len(cal.paths), "skipped": len(cal.skipped),
                                "skipped_files": skipped_records(cal.skipped)})
@@ -368,6 +349,7 @@ def quantize_file(
 def compile_file(onnx_path: PathLike, backend: str, precision: str, out_dir: PathLike, recipe: Recipe) -> Artifact:
     """Compile an ONNX (FP32, or a Q/DQ model for int8) for one backend."""
     onnx_path = _require_file(onnx_path, "ONNX model")
+    scan_onnx(onnx_path)
     meta = model_meta(onnx_path, recipe, required=False)
     src = Artifact.from_dict(meta.record) if meta.record else Artifact.from_files(
         onnx_path.stem, [onnx_path], None, kind="onnx", backend="onnx", precision=precision)
@@ -396,6 +378,7 @@ def evaluate_files(
     The images stream from the folder a batch at a time; ``scale`` shards the logits over Ray workers and/or
     keeps each shard in a resume directory (latency is measured here either way)."""
     reference = _require_file(reference, "reference ONNX model")
+    scan_onnx(reference)
     ref = model_meta(reference, recipe, input_size, preprocessing)
     spec = ref.preprocessing
     _, folder = data_folders(ref.is_demo, recipe, None, Path(val) if val else None, need=("val",),
@@ -496,7 +479,7 @@ def report_from(source: PathLike, recipe: Recipe, out_dir: Optional[PathLike] = 
         new_manifest = manifest_beside(source) if source.is_dir() or _schema(source) != EVALUATION_SCHEMA else None
         report["baseline"] = compare_with_baseline(report, base, recipe.section("gates")["baseline"], new_manifest)
     if out_dir:
-        from ..accuracy.fallback import markdown_sections
+        from .fallback import markdown_sections
         from ..scale.render import markdown_section as measured_section
 
         extra = markdown_sections(report) + measured_section(report)

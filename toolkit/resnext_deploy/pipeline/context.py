@@ -15,7 +15,7 @@ import numpy as np
 
 from ..progress import Progress, StepProgress, step_progress
 from ..recipes import Recipe
-from .datasets import LoadedImages
+from ..data.datasets import LoadedImages
 from .source import ModelSource
 
 

@@ -14,11 +14,11 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
-from ..artifacts import Artifact, atomic_file, resource_cause
+from ..buildfolder.artifacts import Artifact, atomic_file, resource_cause
 from ..errors import BadInputError, DeployError, InternalError
 from ..optional import require
 

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from ..artifacts import Artifact, atomic_file
+from ..buildfolder.artifacts import Artifact, atomic_file
 from ..errors import BadInputError, DeployError
 from ..optional import require, require_keras
 from .export import INPUT_NAME, OUTPUT_NAME, ExportFailedError, ExportResult, run_onnx, simplify_onnx

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import BadInputError
-from .datasets import SHOWN_LABELS, list_classes
+from ..data.datasets import SHOWN_LABELS, list_classes
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def labels_in_manifest(manifest: Dict[str, Any]) -> Optional[List[str]]:
 def previous_build_labels(out_dir: Union[str, Path], model_sha256: str) -> Optional[Tuple[List[str], str]]:
     """(labels, where) recorded by an earlier build of the same model file (same sha256) in ``out_dir`` or a sibling
     of it (build/<model>/<target>/ holds one build per target), or None."""
-    from ..manifest import read_manifest
+    from ..buildfolder.manifest import read_manifest
 
     out_dir = Path(out_dir)
     try:

@@ -4,7 +4,7 @@ Two activation flavours from the same weights rule (symmetric int8, per output c
   - "uint8": asymmetric uint8 activations, what ONNX Runtime's CPU kernels run fastest (u8s8);
   - "int8":  symmetric int8 activations with zero-point 0, float biases and no Q/DQ on graph outputs:
              TensorRT's rules for explicit quantization (see qdq_rules.py); OpenVINO reads it as fast.
-             Its Q/DQ are then placed where TensorRT fuses Conv+Add (tensorrt/qdq_placement.py).
+             Each backend may then re-place its Q/DQ (Backend.place_qdq: TensorRT's Conv+Add fusion).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from ..artifacts import Artifact, atomic_file
+from .. import backends
+from ..buildfolder.artifacts import Artifact, atomic_file
 from ..errors import BadInputError, InternalError
 from ..optional import require
 from ..recipes import calibration_settings
-from ..tensorrt import qdq_placement
+from .bias_correction import correct_biases
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def weight_range_for(section: Dict[str, Any]) -> str:
 
     "auto" follows ``isa_class``: INT8 for any x86-64 CPU ("x86-64") gets 7-bit weights, because without
     VNNI the u8s8 kernels of ONNX Runtime and OpenVINO sum pairs of products in saturating int16 and
-    255 * 64 * 2 fits where 255 * 127 * 2 does not (see cpu.py); VNNI/AMX CPUs ("vnni") and GPUs ("none")
+    255 * 64 * 2 fits where 255 * 127 * 2 does not (see host/cpu.py); VNNI/AMX CPUs ("vnni") and GPUs ("none")
     keep the full int8 range.
     """
     wr = section.get("weight_range", "auto")
@@ -53,7 +54,7 @@ _CALIB_MEMORY_FACTOR = 2.7
 
 def isa_record(section: Dict[str, Any], weight_range: str) -> Tuple[Dict[str, Any], List[str]]:
     """The report's ``isa`` entry (build machine's CPU, target class, weight range) and the notes it calls for."""
-    from ..cpu import exact_u8s8, host_cpu, kernels_differ
+    from ..host.cpu import exact_u8s8, host_cpu, kernels_differ
 
     host, target = host_cpu(), section.get("isa_class", "x86-64")
     record = {"build": host.to_dict(), "target": target, "weight_range": weight_range,
@@ -206,6 +207,7 @@ def qdq_from_onnx(
     calibration_cache: Union[str, Path, None] = None,
     quantize_nodes: Sequence[str] = (),
     weight_range: Optional[str] = None,
+    bias_correction: bool = False,
 ) -> Artifact:
     """Quantize ``fp32_path`` with ORT's static QDQ quantizer, calibrated on ``images`` (NCHW float32).
 
@@ -220,6 +222,8 @@ def qdq_from_onnx(
     quantized from the cache is byte-identical to one calibrated afresh.
     ``weight_range`` is "7bit" (ORT's reduce_range: weights in [-64, 64], safe on CPUs without VNNI) or
     "full"; None = the recipe default (recipes.DEFAULTS, see weight_range_for).
+    ``bias_correction`` folds each quantized conv's mean output shift on the calibration images into its bias
+    (bias_correction.py), before TensorRT's placement, so every backend gets it.
     """
     quant = require("onnxruntime.quantization", "quantize to INT8")
     onnx = require("onnx", "quantize to INT8")
@@ -293,8 +297,10 @@ def qdq_from_onnx(
             logging.getLogger().removeFilter(quiet)
             if own_cache is not None:
                 own_cache.unlink(missing_ok=True)
-        # TensorRT's flavour: Q/DQ moved to where TensorRT fuses Conv+Add (tensorrt/qdq_placement.py)
-        placement = qdq_placement.place_file(tmp).to_dict() if flavour == "int8" else None
+        corrected = correct_biases(fp32_path, tmp, images, batch) if bias_correction else None
+        # a backend's own Q/DQ placement (TensorRT's, on its int8 flavour), asked through the backend interface,
+        # after the bias correction so that it places Q/DQ on the corrected model
+        placement = backends.place_qdq(Path(tmp), flavour)
     settings = {
         "activations": flavour,
         "weights": "int8 symmetric per-channel" + (", 7-bit range [-64, 64]" if weight_range == "7bit" else ""),
@@ -304,6 +310,8 @@ def qdq_from_onnx(
         "calibration_batch": batch,
         "excluded_nodes": list(exclude_nodes),
     }
+    if corrected is not None:
+        settings["bias_correction"] = corrected
     if placement is not None:
         settings["qdq_placement"] = placement
     if quantize_nodes:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..artifacts import sha256_file
+from ..buildfolder.artifacts import sha256_file
 from ..errors import BadInputError
 from ..preprocess import Preprocessing
 from ..recipes import Recipe
@@ -69,7 +69,7 @@ def resolve_model(
     """
     overrides = preprocess_overrides or {}
     if model is None:
-        from ..demo import DEMO_CHECKPOINT, demo_model_info
+        from ..models.demo.digits import DEMO_CHECKPOINT, demo_model_info
 
         info = demo_model_info()
         src = resolve_model(DEMO_CHECKPOINT, info["arch"], info["num_classes"], overrides)
@@ -88,8 +88,10 @@ def resolve_model(
     if is_keras_source(path):
         return keras_source(path, name, overrides, preprocessing, allow_pickle, need_preprocessing)
     if model_format(path) == "onnx":
+        from ..models.onnx_inputs import scan_onnx
         from .export import onnx_input_info
 
+        scan_onnx(path, quantized_ok=False)  # external data in its folder, finite weights, a float model
         info = onnx_input_info(path)
         shape = info["shape"]
         size = shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else 224
@@ -193,7 +195,7 @@ def is_keras_demo(src: ModelSource) -> bool:
     """The shipped Keras demo (models/keras_demo.py) also defaults to the demo's images."""
     if src.kind != "keras":
         return False
-    from ..models.keras_demo import KERAS_DEMO
+    from ..models.demo.keras import KERAS_DEMO
 
     return src.path.resolve() == KERAS_DEMO.resolve()
 
@@ -227,7 +229,7 @@ def data_folders(
     for key in ("calib", "val"):
         folder = given[key] or sections[key] or recorded.get(key)
         if folder is None and is_demo:
-            from ..demo import DEMO_CALIB, DEMO_VAL
+            from ..models.demo.digits import DEMO_CALIB, DEMO_VAL
 
             folder = DEMO_CALIB if key == "calib" else DEMO_VAL
         found[key] = Path(folder) if folder else None

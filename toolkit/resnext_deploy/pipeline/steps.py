@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from .. import backends
-from ..artifacts import Artifact
-from ..evaluate import TimingConfig, evaluate_runner
+from ..buildfolder.artifacts import Artifact
+from ..evaluation.evaluate import TimingConfig, evaluate_runner
+from ..models.onnx_inputs import copy_onnx
 from ..recipes import Recipe
 from ..report.gallery import compare_images
 from ..scale import LocalInference, ModelFiles
@@ -35,7 +35,7 @@ def quantized_flavours(recipe: Recipe) -> Dict[str, str]:
 def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Artifact]:
     """check, export, quantize, compile into ``ctx.staging``; returns the artifacts (timings, notes, sections on ``ctx``).
 
-    ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see accuracy/fallback.py).
+    ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see pipeline/fallback.py).
     """
     from .quantize import isa_record, qdq_from_onnx, weight_range_for
 
@@ -61,8 +61,8 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
         ctx.extra["export"] = res.to_dict()
         artifacts.append(res.artifact)
     else:
-        shutil.copyfile(src.path, fp32_path)
-        artifacts.append(Artifact.from_files(REFERENCE, [fp32_path], stage_dir, kind="onnx", backend="onnx", precision="fp32", stage="export", settings={"copied_from": str(src.path)}))
+        copied = copy_onnx(src.path, fp32_path)  # with its external data, if any
+        artifacts.append(Artifact.from_files(REFERENCE, copied, stage_dir, kind="onnx", backend="onnx", precision="fp32", stage="export", settings={"copied_from": str(src.path)}))
         ctx.notes.append("The model was given as ONNX: the architecture check and the PyTorch comparison were skipped.")
     stages["export"] = time.perf_counter() - t
 
@@ -76,6 +76,7 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
             fp32_path, onnx_dir / f"model-int8-{flavour}.onnx", ctx.calibration.data, flavour, cal_cfg,
             root=stage_dir, progress=ctx.step(f"calibrate ({flavour} activations)"),
             exclude_nodes=exclude_nodes, weight_range=weight_range,
+            bias_correction=recipe.section("quantize")["bias_correction"],
         )
         artifacts.append(qdq[flavour])
     stages["quantize"] = time.perf_counter() - t

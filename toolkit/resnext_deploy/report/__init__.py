@@ -4,7 +4,8 @@ the charts (charts.py, matplotlib to SVG) and the gallery of the images INT8 get
 The names other modules import from ``resnext_deploy.report`` stay here.
 """
 
-from .markdown import md_table, render_markdown
+from .gfm import md_table
+from .markdown import render_markdown
 from .schema import REPORT_SCHEMA, REPORT_SCHEMA_VERSION, make_report, read_report, write_report
 from .tables import COLUMNS, PARITY, render_table, table_rows
 

@@ -1,5 +1,7 @@
-"""The report's charts, drawn with matplotlib from report.json alone, as SVG text (inline in report.html, files
-beside report.md). Each function returns None when the report has nothing to draw (e.g. no sensitivity analysis).
+"""Every chart resnext-deploy draws, with matplotlib: the report's (from report.json alone, SVG inline in
+report.html and files beside report.md), the sensitivity ranking's and the bench's PNGs. One figure per chart, saved
+as SVG or PNG by :func:`write_chart`: the same code, the same scales, whatever the format. Each report chart
+function returns None when the report has nothing to draw (e.g. no sensitivity analysis).
 
 Matplotlib's object API (Figure + a canvas) is used, never pyplot: no global backend, no window, no state
 shared with the caller's plots.
@@ -20,6 +22,7 @@ class Chart(NamedTuple):
     name: str  # the file name beside report.md
     title: str  # alt text and caption
     svg: str
+    figure: Any = None  # the matplotlib Figure, for a PNG of the same drawing (write_chart)
 
 
 def _figure(width: float, height: float) -> Any:
@@ -41,6 +44,34 @@ def _svg(fig: Any) -> str:
         fig.savefig(buf, format="svg", bbox_inches="tight")
     text = buf.getvalue()
     return text[text.index("<svg"):]  # inline: no XML declaration or DOCTYPE
+
+
+def _chart(name: str, title: str, fig: Any) -> Chart:
+    return Chart(name, title, _svg(fig), fig)
+
+
+def write_chart(chart: Chart, path: Any, dpi: int = 110) -> Any:
+    """The chart as a file, its format from the suffix (.svg: the same text as inline; .png: matplotlib's Agg),
+    written atomically. Returns the path."""
+    from pathlib import Path
+
+    from ..buildfolder.artifacts import atomic_file
+
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        if path.suffix.lower() == ".svg":
+            tmp.write_text(chart.svg)
+        else:
+            chart.figure.savefig(str(tmp), format=path.suffix.lstrip(".").lower() or "png", dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def log_scale_if_wide(ax: Any, values: Sequence[float], axis: str = "x", ratio: float = 20.0) -> None:
+    """A log axis when the positive values span more than ``ratio`` (and none is zero or negative): one rule for
+    every chart, so the same numbers get the same scale in the report, the sensitivity plot and the bench."""
+    vals = [float(v) for v in values]
+    if vals and min(vals) > 0 and max(vals) / min(vals) > ratio:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
 
 
 def _measured(report: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -81,16 +112,14 @@ def accuracy_vs_latency(report: Dict[str, Any]) -> Optional[Chart]:
         ax.annotate(r["artifact"] + (" (float reference)" if is_ref else ""), (x, y), textcoords="offset points",
                     xytext=(4, (10, -14, 22, -26)[k % 4]), fontsize=8, color=_colour(report, r),
                     arrowprops={"arrowstyle": "-", "color": "#bbbbbb", "lw": 0.6})
-    xs = [p[0] for p in pts]
-    if max(xs) / max(min(xs), 1e-9) > 20:
-        ax.set_xscale("log")
+    log_scale_if_wide(ax, [p[0] for p in pts])
     ax.margins(0.12)
     ax.set_xlabel("batch-1 latency p50 (ms); left is faster")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Accuracy vs latency (red: INT8, blue: float, star: the float reference)", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
-    return Chart("chart-accuracy-latency.svg", "Accuracy vs latency", _svg(fig))
+    return _chart("chart-accuracy-latency.svg", "Accuracy vs latency", fig)
 
 
 class Bar(NamedTuple):
@@ -114,9 +143,7 @@ def latency_bars(bars: Sequence[Bar], batch: Any, title: str, name: str = "chart
     ax1.set_yticks(ys)
     ax1.set_yticklabels([b.name for b in bars], fontsize=8)
     ax1.invert_yaxis()
-    lat = [b.p99 for b in bars] + [b.p50 for b in bars]
-    if max(lat) / max(min(lat), 1e-9) > 20:
-        ax1.set_xscale("log")
+    log_scale_if_wide(ax1, [b.p99 for b in bars] + [b.p50 for b in bars])
     ax1.set_xlabel("batch-1 latency (ms): p50, p90, p99 (lighter)")
     ax1.legend(fontsize=7, loc="lower right")
     ax2.barh(ys, [b.throughput for b in bars], color=[b.colour for b in bars])
@@ -127,7 +154,7 @@ def latency_bars(bars: Sequence[Bar], batch: Any, title: str, name: str = "chart
     ax2.invert_yaxis()
     ax2.set_xlabel(f"throughput at batch {batch} (images/s); higher is better")
     fig.suptitle(title, fontsize=10)
-    return Chart(name, "Latency percentiles at batch 1 and throughput", _svg(fig))
+    return _chart(name, "Latency percentiles at batch 1 and throughput", fig)
 
 
 def latency(report: Dict[str, Any]) -> Optional[Chart]:
@@ -140,13 +167,12 @@ def latency(report: Dict[str, Any]) -> Optional[Chart]:
     return latency_bars(bars, batch, "Latency and throughput (red: INT8, blue: float, black: the float reference)")
 
 
-def sensitivity(report: Dict[str, Any], top: int = 25) -> Optional[Chart]:
-    d = report.get("sensitivity")
-    if not d or not d.get("layers"):
-        return None
+def sensitivity_chart(d: Dict[str, Any], top: int = 25, highlight: Sequence[str] = (),
+                      name: str = "chart-sensitivity.svg") -> Chart:
+    """The ``top`` most sensitive layers of a sensitivity ranking (accuracy/sensitivity.py's dict), the layers in
+    ``highlight`` (those the fallback left in float) in orange."""
     rows = d["layers"][:top]
-    fb = report.get("fallback") or {}
-    marked = set(fb.get("excluded") or []) if fb.get("passed") else set()
+    marked = set(highlight)
     fig = _figure(8.0, 1.2 + 0.26 * len(rows))
     ax = fig.add_subplot(1, 1, 1)
     short = lambda n: re.sub(r"/(Conv|MatMul|Gemm)$", "", n).strip("/")  # noqa: E731
@@ -156,15 +182,24 @@ def sensitivity(report: Dict[str, Any], top: int = 25) -> Optional[Chart]:
     ax.set_yticks(ys)
     ax.set_yticklabels([short(r["node"]) for r in rows], fontsize=7)
     ax.invert_yaxis()
-    positive = [s for s in scores if s > 0]
-    if positive and len(positive) == len(scores) and max(positive) / min(positive) > 100:
-        ax.set_xscale("log")
+    log_scale_if_wide(ax, scores, ratio=100.0)
     ax.set_xlabel(d.get("ranked_by") or "sensitivity score")
+    base = ", ".join(f"{fl}: {b['nsr']:.3g}" for fl, b in sorted((d.get("baseline") or {}).items()))
     title = f"Per-layer INT8 sensitivity ({d.get('images')} images, top {len(rows)} of {len(d['layers'])} layers)"
+    if base:
+        title += f"\nfully quantized logit NSR {base}"
     if marked:
         title += f"\norange: the {len(marked)} layers the accuracy fallback left in float"
     ax.set_title(title, fontsize=9)
-    return Chart("chart-sensitivity.svg", "Per-layer INT8 sensitivity", _svg(fig))
+    return _chart(name, "Per-layer INT8 sensitivity", fig)
+
+
+def sensitivity(report: Dict[str, Any], top: int = 25) -> Optional[Chart]:
+    d = report.get("sensitivity")
+    if not d or not d.get("layers"):
+        return None
+    fb = report.get("fallback") or {}
+    return sensitivity_chart(d, top, (fb.get("excluded") or []) if fb.get("passed") else ())
 
 
 def per_class(report: Dict[str, Any], named: int = 40) -> Optional[Chart]:
@@ -196,10 +231,61 @@ def per_class(report: Dict[str, Any], named: int = 40) -> Optional[Chart]:
         ax.set_title(f"{r['artifact']}: per-class top-1 change vs float (worst {worst:+.1f} pt, "
                      f"{sum(v < 0 for v in delta)} classes lose, {sum(v > 0 for v in delta)} gain)", fontsize=9)
     fig.tight_layout()
-    return Chart("chart-per-class.svg", "Per-class top-1 change, float to INT8", _svg(fig))
+    return _chart("chart-per-class.svg", "Per-class top-1 change, float to INT8", fig)
 
 
-CHARTS: Sequence[Callable[[Dict[str, Any]], Optional[Chart]]] = (accuracy_vs_latency, latency, sensitivity, per_class)
+def clip_rates(report: Dict[str, Any], top: int = 40) -> Optional[Chart]:
+    """Per quantized tensor, the worst ``top``: the share of validation values outside its
+    calibrated range (pipeline/calibration_check.py), one bar colour per Q/DQ flavour."""
+    c = report.get("calibration_check")
+    if not c or not c.get("clip"):
+        return None
+    flavours = sorted(c["clip"])
+    worst = sorted({r["tensor"] for f in flavours for r in c["clip"][f]["tensors"][:top]},
+                   key=lambda t: -max(next((r["rate"] for r in c["clip"][f]["tensors"] if r["tensor"] == t), 0.0) for f in flavours))[:top]
+    if not worst:
+        return None
+    fig = _figure(8.0, 1.4 + 0.22 * len(worst))
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.8 / len(flavours)
+    for k, f in enumerate(flavours):
+        rate = {r["tensor"]: r["rate"] for r in c["clip"][f]["tensors"]}
+        ax.barh([i + k * height for i in range(len(worst))], [rate.get(t, 0.0) * 100 for t in worst], height=height,
+                color=(INT8_COLOUR, FLOAT_COLOUR)[k % 2], label=f"{f} activations")
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(worst))])
+    ax.set_yticklabels([t.strip("/")[-48:] for t in worst], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("validation values outside the calibrated range (%)")
+    ax.set_title(f"Held-out clip rate per quantized tensor (worst {len(worst)}, {c['images']['validation']} validation images)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return Chart("chart-clip-rate.svg", "Held-out clip rate per quantized tensor", _svg(fig))
+
+
+def convergence(report: Dict[str, Any], top: int = 12) -> Optional[Chart]:
+    """The calibrated range of the ``top`` most moving tensors at N/4, N/2 and N images, relative to N's."""
+    c = (report.get("calibration_check") or {}).get("convergence")
+    if not c or not c.get("tensors") or len(c["points"]) < 2:
+        return None
+    fig = _figure(8.0, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for r in c["tensors"][:top]:
+        last = r["widths"][-1] or 1.0
+        ax.plot(c["points"], [w / last for w in r["widths"]], marker="o", lw=1,
+                color=HIGHLIGHT if r["change"] > c["threshold"] else "#2c7fb8", label=r["tensor"].strip("/")[-40:])
+    ax.axhline(1 - c["threshold"], color="#444444", lw=0.8, ls="--")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(c["points"])
+    ax.set_xticklabels([str(p) for p in c["points"]])
+    ax.set_xlabel("calibration images")
+    ax.set_ylabel("range / range at N")
+    ax.set_title(f"Convergence of the {c['method']} ranges (orange: moving more than {c['threshold'] * 100:g} % "
+                 f"between the last two points; dashed: the threshold)", fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    return Chart("chart-calibration-convergence.svg", "Convergence of the calibrated scales", _svg(fig))
+
+
+CHARTS: Sequence[Callable[[Dict[str, Any]], Optional[Chart]]] = (accuracy_vs_latency, latency, sensitivity, per_class,
+                                                                 clip_rates, convergence)
 
 
 def charts_from_report(report: Dict[str, Any]) -> List[Chart]:

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..evaluate import softmax_margin
+from ..evaluation.evaluate import softmax_margin
 
 #: the recipe's evaluation.gallery when a report predates it
 DEFAULT_CAP = 24

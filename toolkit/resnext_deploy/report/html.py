@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Sequence
 
-from ..machine_load import UNDER_LOAD_WARNING
+from ..host.load import UNDER_LOAD_WARNING
 from ..optional import require
+from .calibration import calibration_lines
 from .gallery import DEFAULT_CAP
 from .tables import (
     E2E_HEAD,
@@ -99,6 +100,7 @@ def html_from_report(report: Dict[str, Any], extra_sections: Sequence[str] = (),
         "gallery": _gallery(report),
         "gallery_order": (report.get("gallery") or {}).get("order", ""),
         "execs": [(a, e) for a, e in execs if e],
+        "calibration_html": Markup(html_from_markdown(calibration_lines(report))),
         "extra_html": Markup(html_from_markdown(extra_sections)) if extra_sections else "",
         "stages": report.get("stages") or {},
         "notes": report.get("notes") or [],

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Sequence
 
-from ..evaluate import CONFIDENT_MARGIN
-from ..machine_load import UNDER_LOAD_WARNING
+from ..evaluation.evaluate import CONFIDENT_MARGIN
+from ..host.load import UNDER_LOAD_WARNING
 from .tables import (
     E2E_HEAD,
     GATE_HEAD,
@@ -25,23 +25,9 @@ from .tables import (
     table_rows,
     timing_of,
 )
+from .calibration import calibration_lines
+from .gfm import md_safe, md_table
 from .verdict import headline, host, machine, verdict
-
-
-def md_cell(text: Any) -> str:
-    """One table cell: pipes escaped, line breaks as spaces (GFM cells are one line)."""
-    return " ".join(str(text).split()).replace("\\", "\\\\").replace("|", "\\|")
-
-
-def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
-    """A GFM table; every row gets exactly as many cells as the header (short rows padded, long ones refused)."""
-    n = len(head)
-    for r in rows:
-        if len(r) > n:
-            raise ValueError(f"table row has {len(r)} cells for a {n}-cell header: {list(r)}")
-    out = ["| " + " | ".join(md_cell(h) for h in head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(md_cell(c) for c in list(r) + [""] * (n - len(r))) + " |" for r in rows]
-    return out
 
 
 def gallery_lines(report: Dict[str, Any]) -> List[str]:
@@ -113,8 +99,10 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = (), 
               f"{n['failed']} failed, {n['skipped']} skipped.", ""]
     if first:
         lines += ["Failed and skipped checks:", ""] + md_table(GATE_HEAD, gate_rows(first)) + [""]
-    lines += [f"<details><summary>All {n['checks']} checks</summary>", ""] + md_table(GATE_HEAD, gate_rows(report["gate"]["checks"]))
+    details = f"<details><summary>All {n['checks']} checks</summary>"  # the only HTML of ours: kept as it is
+    lines += [details, ""] + md_table(GATE_HEAD, gate_rows(report["gate"]["checks"]))
     lines += ["", "</details>"]
+    lines += [""] + calibration_lines(report)
     if charts:
         lines += ["", "## Charts", ""] + [f"![{c.title}]({c.name})" for c in charts]
     lines += [""] + gallery_lines(report)
@@ -130,4 +118,5 @@ def render_markdown(report: Dict[str, Any], extra_sections: Sequence[str] = (), 
             [k, f"{v:.2f}" if isinstance(v, (int, float)) else v] for k, v in report["stages"].items()])
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(line if line in (details, "</details>") else "\n".join(md_safe(part) for part in line.split("\n"))
+                     for line in lines) + "\n"

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from ..artifacts import atomic_file
+from ..buildfolder.artifacts import atomic_file
 from ..errors import BadInputError
-from ..gate import GateResult
-from ..machine_load import UNDER_LOAD_WARNING, timing_verdict
+from ..evaluation.gate import GateResult
+from ..host.load import UNDER_LOAD_WARNING, timing_verdict
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def make_report(
         "gate": gate.to_dict(),
         "stages": stages or {},
         "notes": notes or [],
-        # was the machine busy while latency was timed (machine_load.py)? Then the report says so
+        # was the machine busy while latency was timed (host/load.py)? Then the report says so
         "timing": timing_verdict(results),
     }
     report.update(extra or {})
@@ -112,6 +112,6 @@ def write_report(report: Dict[str, Any], out_dir: Union[str, Path], extra_sectio
     paths = []
     for name, text in files:
         with atomic_file(out_dir / name) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+            tmp.write_text(text, encoding="utf-8", errors="backslashreplace")  # a name that is not UTF-8: escaped
         paths.append(out_dir / name)
     return paths

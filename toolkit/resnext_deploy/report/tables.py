@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
-from ..evaluate import CONFIDENT_MARGIN
-from ..gate import GateResult
+from ..evaluation.evaluate import CONFIDENT_MARGIN
+from ..evaluation.gate import GateResult
 
 
 class Column(NamedTuple):
@@ -89,7 +89,7 @@ def table_rows(report: Dict[str, Any]) -> List[List[str]]:
 
 def timing_of(report: Dict[str, Any]) -> Dict[str, Any]:
     """The report's ``timing`` verdict; judged from its rows when it has none (an evaluation JSON, an older report)."""
-    from ..machine_load import timing_verdict
+    from ..host.load import timing_verdict
 
     return report.get("timing") or timing_verdict(report.get("results", []))
 
@@ -104,7 +104,7 @@ def console_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int 
 
 def render_table(report: Dict[str, Any], with_gate: bool = True) -> str:
     """The console's parity table (and the gate's one-line summary, and the timing warning when there is one)."""
-    from ..machine_load import UNDER_LOAD_WARNING
+    from ..host.load import UNDER_LOAD_WARNING
 
     out = console_table(COLUMNS, table_rows(report))
     timing = timing_of(report)

@@ -14,11 +14,11 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 
 from .. import backends
-from ..artifacts import Artifact
+from ..buildfolder.artifacts import Artifact
 from ..backends.base import Runner
 from ..errors import ArtifactIntegrityError, BadInputError, DeployError
-from ..cpu import SAFE_TARGET, CpuInfo, host_cpu, safe_on
-from ..manifest import int8_weight_range, read_manifest, verify_artifacts
+from ..host.cpu import SAFE_TARGET, CpuInfo, host_cpu, safe_on
+from ..buildfolder.manifest import int8_weight_range, read_manifest, verify_artifacts
 from ..preprocess import Preprocessing, StageTimes
 from .inputs import ImageInput, default_workers, iter_images
 from .selection import Candidate, choose

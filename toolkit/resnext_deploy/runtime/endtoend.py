@@ -5,6 +5,8 @@ What an application on the device gets, measured by the code it runs (classifier
 - images/s: every file through the pipelined path (a thread pool decoding ahead of inference), at the batch
   size the runtime uses, with the time per stage (``wait``: inference blocked on preprocessing).
 The source images' sizes are recorded beside: the end-to-end time depends on them.
+- the decode floor: the same files through the same preprocessing threads with no model at all (decode, resize,
+  crop, normalise): the images/s no model can beat with exact decoding on these threads.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from PIL import Image
 from ..backends.base import Runner
 from ..preprocess import Preprocessing, StageTimes
 from .classifier import predictions, run_images
-from .inputs import default_workers
+from .inputs import default_workers, iter_images
 
 #: files timed one at a time for the batch-1 percentiles (the pipelined images/s uses the same files)
 DEFAULT_FILES = 64
@@ -91,3 +93,26 @@ def measure_end_to_end(
         # the pipelined run: per image, summed over threads (decode/resize/normalise overlap with infer)
         "pipelined_stages_ms": piped.per_image_ms(len(files)),
     }
+
+
+def measure_decode_floor(
+    paths: Sequence[Union[str, Path]],
+    spec: Preprocessing,
+    batch_size: int = 8,
+    workers: Union[int, None] = None,
+    warmup: int = 2,
+) -> Dict[str, Any]:
+    """Images/s of decode + resize + crop + normalise alone, on the threads :func:`measure_end_to_end`'s pipelined
+    run uses (``workers`` background threads, the same look-ahead), consumed as fast as they come."""
+    files = [str(p) for p in paths]
+    if not files:
+        return {"skipped": "no image files to measure the decode floor on"}
+    workers = default_workers() if workers is None else int(workers)
+    for _ in iter_images(files[:warmup], spec, 0):
+        pass
+    times = StageTimes()
+    t0 = time.perf_counter()
+    n = sum(1 for _ in iter_images(files, spec, workers, batch_size + 2 * workers, times))
+    elapsed = time.perf_counter() - t0
+    return {"images_per_s": n / elapsed, "images": n, "workers": workers, "batch": int(batch_size),
+            "preprocess_shortcut": spec.shortcut, "pipelined_stages_ms": times.per_image_ms(n)}

@@ -102,7 +102,7 @@ def _pipelined(items: Iterator[Tuple[int, Any]], spec: Preprocessing, workers: i
 
 def _one(item: Any, i: int, spec: Preprocessing, times: Optional[StageTimes] = None) -> Iterator[Tuple[str, np.ndarray]]:
     if isinstance(item, (str, os.PathLike)):
-        path = Path(item)
+        path = Path(item)  # a FIFO, socket or device is refused by the open itself (preprocess.load_image)
         if not path.exists():
             raise BadInputError(f"The image file '{path}' does not exist. Pass the path of an image file.")
         if path.is_dir():
@@ -120,6 +120,8 @@ def _one(item: Any, i: int, spec: Preprocessing, times: Optional[StageTimes] = N
 
 def _array(arr: np.ndarray, i: int, spec: Preprocessing) -> Iterator[Tuple[str, np.ndarray]]:
     shape = tuple(arr.shape)
+    if arr.size == 0:
+        raise BadInputError(f"Input {i} is an empty array (shape {shape}); pass images with pixels.")
     if arr.dtype == np.uint8:
         if arr.ndim == 2 or (arr.ndim == 3 and shape[-1] in (1, 3, 4)):
             yield f"<array {i}>", preprocess_image(_pil(arr), spec)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import backends
-from ..artifacts import Artifact
+from ..buildfolder.artifacts import Artifact
 from ..errors import BadInputError, MissingDependencyError
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..artifacts import pid_alive
+from ..buildfolder.artifacts import pid_alive
 from ..errors import ArtifactIntegrityError
 from .inference import ModelFiles
 

@@ -20,10 +20,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from .. import backends
-from ..artifacts import sha256_file
+from ..buildfolder.artifacts import sha256_file
 from ..backends.base import Runner
 from ..errors import BadInputError
-from ..evaluate import predict_all
+from ..evaluation.evaluate import predict_all
 from .shards import SHARD_IMAGES, ShardStore, plan_shards
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def images_digest(images: Any) -> str:
 
 def driver_host() -> Dict[str, Any]:
     """Where the driver process runs (the machine latency and throughput are measured on)."""
-    from ..cpu import host_cpu
+    from ..host.cpu import host_cpu
 
     return {"host": platform.node(), "cpu": host_cpu().model, "cpus": os.cpu_count(), "pid": os.getpid()}
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import backends
 from ..backends.base import Runner
-from ..evaluate import predict_all
+from ..evaluation.evaluate import predict_all
 from ..optional import require
 from .actors import ActorGroup
 from .cluster import Cluster

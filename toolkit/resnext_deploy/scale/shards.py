@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from ..artifacts import atomic_file, ensure_writable_dir
+from ..buildfolder.artifacts import atomic_file, ensure_writable_dir
 from ..errors import BadInputError
 
 log = logging.getLogger(__name__)

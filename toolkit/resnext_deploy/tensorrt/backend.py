@@ -14,15 +14,15 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..artifacts import Artifact
+from ..buildfolder.artifacts import Artifact
 from . import cuda_runtime as cuda
 from .engines import engine_from_onnx, features, logger, record_path
 from .machine import is_jetson, l4t_release, machine_record, tensorrt_module  # noqa: F401 (re-exported)
-from ..backends.base import Backend, Runner
+from ..backends.base import Backend, BuildAddition, Runner
 from ..errors import BadInputError, InternalError
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,6 @@ class TensorRtBackend(Backend):
     preference = 10
     # Engines only run with the GPU and TensorRT that built them, and nothing cross-builds x86 -> Jetson.
     builds_on_device = True
-    # The Q/DQ model's workstation accuracy, then engines here or the device bundle (the workstation half).
-    build_hooks = "resnext_deploy.tensorrt.stage"
     defaults = {
         "workspace_mb": 1024,
         "min_batch": 1,
@@ -193,6 +191,25 @@ class TensorRtBackend(Backend):
     #: the golden tolerances' allowed ranges (the workstation's recipe and, on the device, the bundle's manifest)
     TOLERANCES = {"golden_min_agreement": (0.0, 1.0), "fp16_min_cosine": (-1.0, 1.0), "int8_min_cosine": (-1.0, 1.0),
                   "fp16_max_abs_diff": (0.0, 1000.0), "int8_max_abs_diff": (0.0, 1000.0)}
+
+    def place_qdq(self, path: Path, flavour: str) -> Optional[Dict[str, Any]]:
+        """Q/DQ moved to where TensorRT fuses Conv+Add (qdq_placement.py), on the int8 flavour it compiles."""
+        from .qdq_placement import place_file
+
+        return place_file(path).to_dict() if flavour == "int8" else None
+
+    # The build hooks (imported when a build runs: stage.py is the workstation half, beside the pipeline).
+    def workstation_results(self, ctx: Any, artifacts: List[Artifact]) -> List[Dict[str, Any]]:
+        """The Q/DQ model TensorRT's INT8 engine comes from, run in ONNX Runtime: a real accuracy even without a GPU."""
+        from .stage import evaluate_qdq
+
+        return [evaluate_qdq(ctx, artifacts)]
+
+    def finish_build(self, ctx: Any, artifacts: List[Artifact], results: List[Dict[str, Any]]) -> Optional[BuildAddition]:
+        """Engines here when TensorRT and the GPU are this machine's, else the bundle that builds them on the device."""
+        from .stage import tensorrt_stage
+
+        return tensorrt_stage(ctx, artifacts, results)
 
     def validate(self, settings: Dict[str, Any], source: str) -> None:
         bad = [f"backends.tensorrt.{k} = {settings[k]!r} (allowed {lo:g} to {hi:g})" for k, (lo, hi) in self.TOLERANCES.items()

@@ -16,23 +16,23 @@ import gzip
 import io
 import json
 import shutil
-import zipfile
 import tarfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from ..artifacts import Artifact, atomic_file, sha256_file
-from ..errors import BadInputError
+from ..buildfolder.artifacts import Artifact, atomic_file, sha256_file
+from ..errors import BadInputError, InternalError
 
 BUNDLE_VERSION = 1
 FP32_ONNX = "model-fp32.onnx"
 QDQ_ONNX = "model-int8-qdq.onnx"
 FP16_ONNX = "model-fp16.onnx"  # strongly typed TensorRT: FP16 compute, FP32 I/O
 QDQ_FP16_ONNX = "model-int8-qdq-fp16.onnx"  # strongly typed TensorRT: the Q/DQ model, float regions in FP16
-#: engine_plan / engines.source_for keys -> file in the bundle
+#: engine_plan / device_plan.source_for keys -> file in the bundle
 MODEL_FILES = {"fp32": FP32_ONNX, "qdq": QDQ_ONNX, "fp16": FP16_ONNX, "qdq-fp16": QDQ_FP16_ONNX}
 CALIB_CACHE = "calibration.cache"
 RECIPE = "recipe.toml"
@@ -122,8 +122,8 @@ def write_bundle(
     FP32_ONNX and QDQ_ONNX relative to ``root``; its ``bundle`` section gets the hashes of the other files.
     ``typed_models`` ("fp16", "qdq-fp16" -> path) are the strongly typed models; ``calibration_cache`` None: none.
     ``wheel``: resnext-deploy's wheel (distribution.wheel_for_device), copied into wheels/, with requirements.txt
-    (the wheel by its sha256) and dependencies.txt. ``signing_key`` (signing.SigningKey): the workstation's key,
-    which signs the manifest. SHA256SUMS, written last, lists every other file for `sha256sum -c`.
+    (the wheel by its sha256) and dependencies.txt from the manifest's ``bundle.install`` (install_facts).
+    ``signing_key`` (buildfolder.signing.SigningKey): the workstation's key, which signs the manifest. SHA256SUMS, written last, lists every other file for `sha256sum -c`.
     """
     root.mkdir(parents=True, exist_ok=False)
     shutil.copyfile(fp32_onnx, root / FP32_ONNX)
@@ -142,15 +142,17 @@ def write_bundle(
     if golden.reference_qdq is not None:
         _save_npy(root / GOLDEN_QDQ, golden.reference_qdq.astype(np.float32))
     (root / GOLDEN_INDEX).write_text(json.dumps(golden.index(), indent=2))
+    install = manifest.get("bundle", {}).get("install")
     if wheel is not None:
         (root / WHEELS_DIR).mkdir()
         shutil.copyfile(wheel, root / WHEELS_DIR / Path(wheel).name)
-        write_install_files(root, root / WHEELS_DIR / Path(wheel).name)
+        install = install or install_facts(Path(wheel))
+        write_install_files(root, install)
     (root / README).write_text(readme, encoding="utf-8")
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
     model_files = {f for a in manifest.get("artifacts", []) for f in a.get("files", {})}
     manifest = dict(manifest)
-    manifest["bundle"] = dict(manifest.get("bundle", {}), version=BUNDLE_VERSION,
+    manifest["bundle"] = dict(manifest.get("bundle", {}), version=BUNDLE_VERSION, install=install,
                               files={k: v for k, v in files.items() if k not in model_files})
     if signing_key is not None:
         from .bundle_checks import sign_manifest
@@ -163,24 +165,35 @@ def write_bundle(
     return files
 
 
-def write_install_files(root: Path, wheel: Path) -> None:
-    """requirements.txt (the bundle's wheel pinned by sha256) and dependencies.txt (its Requires-Dist, no extras).
+def install_facts(wheel: Path) -> Dict[str, Any]:
+    """The manifest's ``bundle.install``: the files the device checks and installs from, and the wheel's sha256 and
+    Requires-Dist (no extras). The README's install block and requirements.txt / dependencies.txt come from it."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = z.read(meta).decode("utf-8").splitlines()
+    return {"sha256sums": SHA256SUMS, "requirements": REQUIREMENTS, "dependencies": DEPENDENCIES,
+            "wheel": f"{WHEELS_DIR}/{Path(wheel).name}", "wheel_sha256": sha256_file(Path(wheel)),
+            "requires": [ln.split(":", 1)[1].strip() for ln in lines
+                         if ln.startswith("Requires-Dist:") and "extra ==" not in ln]}
+
+
+def write_install_files(root: Path, install: Dict[str, Any]) -> None:
+    """requirements.txt (the bundle's wheel pinned by sha256) and dependencies.txt (its Requires-Dist), from
+    ``install`` (install_facts, as the manifest records it).
 
     pip's hash-checking mode needs every package pinned with a hash, dependencies included, which cannot be known for
     the device's Python and platform here: the wheel is installed --no-deps --require-hashes, its dependencies by name.
     """
-    rel = wheel.relative_to(root).as_posix()
-    (root / REQUIREMENTS).write_text(
+    if sha256_file(root / install["wheel"]) != install["wheel_sha256"]:
+        raise InternalError(f"The bundle's {install['wheel']} is not the wheel the manifest's install section names.")
+    (root / install["requirements"]).write_text(
         "# resnext-deploy from this bundle, pinned by its sha256:\n"
-        "#   python3 -m pip install --no-deps --require-hashes -r requirements.txt\n"
-        f"./{rel} --hash=sha256:{sha256_file(wheel)}\n", encoding="utf-8")
-    with zipfile.ZipFile(wheel) as z:
-        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-        lines = z.read(meta).decode("utf-8").splitlines()
-    needs = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Requires-Dist:") and "extra ==" not in ln]
-    (root / DEPENDENCIES).write_text(
+        f"#   python3 -m pip install --no-deps --require-hashes -r {install['requirements']}\n"
+        f"./{install['wheel']} --hash=sha256:{install['wheel_sha256']}\n", encoding="utf-8")
+    (root / install["dependencies"]).write_text(
         "# what resnext-deploy's wheel requires (its Requires-Dist), from JetPack or the package index:\n"
-        "#   python3 -m pip install -r dependencies.txt\n" + "".join(f"{n}\n" for n in needs), encoding="utf-8")
+        f"#   python3 -m pip install -r {install['dependencies']}\n"
+        + "".join(f"{n}\n" for n in install["requires"]), encoding="utf-8")
 
 
 def tar_bundle(root: Path, tar_path: Path) -> Path:
@@ -203,7 +216,7 @@ def tar_bundle(root: Path, tar_path: Path) -> Path:
 
 def verify_bundle(root: Union[str, Path], manifest: Optional[Dict[str, Any]] = None) -> List[str]:
     """Files of the bundle that are missing or whose sha256 differs from the manifest: empty when intact."""
-    from ..manifest import read_manifest, verify_artifacts
+    from ..buildfolder.manifest import read_manifest, verify_artifacts
     from .bundle_checks import confined
 
     root = Path(root)
@@ -225,10 +238,10 @@ def read_bundle(root: Union[str, Path], workstation_key: Any = None) -> Bundle:
     """Read and verify a bundle directory; a missing or altered file is a BadInputError naming it.
 
     Before any file is opened: the manifest's paths are confined to the bundle, its engine names are safe file names,
-    its recipe values are range-checked, and with ``workstation_key`` (a pinned signing.PublicKey) its signature is
-    verified (bundle_checks.py). The key id that signed it is ``Bundle.signed_by``.
+    its recipe values are range-checked, and with ``workstation_key`` (a pinned buildfolder.signing.PublicKey) its
+    signature is verified (bundle_checks.py). The key id that signed it is ``Bundle.signed_by``.
     """
-    from ..manifest import read_manifest
+    from ..buildfolder.manifest import read_manifest
     from .bundle_checks import check_manifest, confined, verify_origin
 
     root = Path(root)

@@ -2,7 +2,7 @@
 
 Every path the manifest names stays inside the bundle (resolved, symbolic links included), every engine name is a
 safe file name, the recipe values it carries pass the workstation's own range checks (recipes.check_values), and,
-where the device pins the workstation's public key, the manifest carries that key's signature (signing.py). All
+where the device pins the workstation's public key, the manifest carries that key's signature (buildfolder/signing.py). All
 refusals are BadInputError (exit 2) naming the offending value. Python 3.8, no heavy imports.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 from ..errors import BadInputError
-from ..signing import PublicKey, SigningKey, canonical_json, verify_record
+from ..buildfolder.signing import PublicKey, SigningKey, canonical_json, verify_record
 
 #: engine names become file names on the device (engines/<name>.engine): this set only
 ENGINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Union
 
-from ..artifacts import atomic_file
+from ..buildfolder.artifacts import atomic_file
 from ..errors import BadInputError
 
 #: the calibrator class trtexec reads a cache with; our scales come from the recipe's calibration method

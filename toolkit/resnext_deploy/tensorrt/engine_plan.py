@@ -9,7 +9,7 @@ One plan serves the workstation (pending rows in the report, the bundle README) 
   static batch (DLA has no dynamic shapes). DLA INT8 uses the FP32 ONNX plus the calibration cache
   (implicit quantization), the DLA path NVIDIA documents for scales that come from a Q/DQ model.
 
-The plan is the same for every TensorRT; the source model and flags per TensorRT are engines.source_for's:
+The plan is the same for every TensorRT; the source model and flags per TensorRT are device_plan.source_for's:
 strongly typed TensorRT (11.x) builds the same engines from the FP16 ONNX and the FP16-region Q/DQ ONNX.
 """
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-from ..artifacts import atomic_file, sha256_file
+from ..buildfolder.artifacts import atomic_file, sha256_file
 from ..errors import BadInputError, InternalError
 
 if TYPE_CHECKING:  # the published tensorrt-stubs (10.x) check the calls below; nothing is imported at run time
@@ -145,6 +145,38 @@ def _network(trt: Any, builder: "trt_t.Builder", feats: Features) -> "trt_t.INet
     return builder.create_network(0)  # 10.x: always explicit batch; 11.x: always strongly typed as well
 
 
+def _configure(trt: Any, builder: "trt_t.Builder", inp: Any, chw: Tuple[int, ...], precision: str,
+               settings: Dict[str, Any], dla_core: int, calibration_cache: Optional[bytes],
+               timing_cache: Optional[Path], batch: Tuple[int, int, int], feats: Features) -> Tuple[Any, List[str]]:
+    """The builder config: workspace, the batch profile, precision (weakly typed), DLA, timing cache; and the flags."""
+    lo, opt, hi = batch
+    config: "trt_t.IBuilderConfig" = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings["workspace_mb"]) << 20)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(inp.name, (lo,) + chw, (opt,) + chw, (hi,) + chw)  # type: ignore[arg-type]  # tuple -> Dims (pybind11)
+    config.add_optimization_profile(profile)
+    used = _weak_precision(trt, config, precision, calibration_cache, profile) if feats.weakly_typed else []
+    if dla_core >= 0:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(dla_core)
+        if settings.get("gpu_fallback", True):
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+            used.append("GPU_FALLBACK")
+    if timing_cache is not None:
+        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        if not config.set_timing_cache(cache, False):  # a cache from another GPU/TensorRT: start afresh
+            log.warning("timing cache %s does not match this TensorRT/GPU; starting a new one", timing_cache)
+            config.set_timing_cache(config.create_timing_cache(b""), False)
+    return config, used
+
+
+def _quantization(precision: str, calibration_cache: Optional[bytes]) -> str:
+    if precision != "int8":
+        return "none"
+    return "implicit (calibration cache)" if calibration_cache is not None else "explicit (Q/DQ)"
+
+
 def engine_from_onnx(
     onnx_path: Path,
     engine_path: Path,
@@ -183,26 +215,8 @@ def engine_from_onnx(
     shape = inp.shape
     chw = tuple(int(shape[i]) for i in range(1, len(shape)))
     lo, opt, hi = batch or (int(settings["min_batch"]), int(settings["opt_batch"]), int(settings["max_batch"]))
-
-    config: "trt_t.IBuilderConfig" = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings["workspace_mb"]) << 20)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(inp.name, (lo,) + chw, (opt,) + chw, (hi,) + chw)  # type: ignore[arg-type]  # tuple -> Dims (pybind11)
-    config.add_optimization_profile(profile)
-    used = _weak_precision(trt, config, precision, calibration_cache, profile) if feats.weakly_typed else []
-    if dla_core >= 0:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = int(dla_core)
-        if settings.get("gpu_fallback", True):
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-            used.append("GPU_FALLBACK")
-    if timing_cache is not None:
-        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        if not config.set_timing_cache(cache, False):  # a cache from another GPU/TensorRT: start afresh
-            log.warning("timing cache %s does not match this TensorRT/GPU; starting a new one", timing_cache)
-            config.set_timing_cache(config.create_timing_cache(b""), False)
-
+    config, used = _configure(trt, builder, inp, chw, precision, settings, dla_core, calibration_cache, timing_cache,
+                              (lo, opt, hi), feats)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise InternalError(f"TensorRT could not build the {precision} engine from '{onnx_path}': "
@@ -212,22 +226,13 @@ def engine_from_onnx(
     if timing_cache is not None:
         with atomic_file(timing_cache) as tmp:
             tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    if precision != "int8":
-        quantization = "none"
-    elif calibration_cache is not None:
-        quantization = "implicit (calibration cache)"
-    else:
-        quantization = "explicit (Q/DQ)"
     record = {
-        "machine": machine_record(trt),
-        "precision": precision,
-        "typing": feats.typing,
-        "flags": used,
+        "machine": machine_record(trt), "precision": precision, "typing": feats.typing, "flags": used,
         "dla_core": int(dla_core),
         "profile": {"input": inp.name, "min": [lo] + list(chw), "opt": [opt] + list(chw), "max": [hi] + list(chw)},
         "workspace_mb": int(settings["workspace_mb"]),
         "source": {"onnx": Path(onnx_path).name, "sha256": sha256_file(onnx_path)},
-        "quantization": quantization,
+        "quantization": _quantization(precision, calibration_cache),
         "timing_cache": timing_cache.name if timing_cache is not None else None,
         "build_seconds": round(time.perf_counter() - t0, 2),
     }
@@ -249,17 +254,6 @@ class Built:
     refused: Optional[str] = None
 
 
-def source_for(spec: Any, feats: Features) -> Tuple[str, bool]:
-    """(which model of the bundle, use the calibration cache) for ``spec`` with this TensorRT.
-
-    Weakly typed: the FP32 ONNX for FP16, the Q/DQ ONNX for INT8, the FP32 ONNX + cache for implicit INT8.
-    Strongly typed: the FP16 ONNX for FP16, the FP16-region Q/DQ ONNX for INT8 (DLA INT8 too: no calibrator).
-    """
-    if feats.weakly_typed:
-        return spec.source, bool(spec.calibration_cache)
-    return ("qdq-fp16" if spec.precision == "int8" else "fp16"), False
-
-
 def build_engines(
     specs: List[Any], models: Dict[str, Path], out_dir: Path, settings: Dict[str, Any],
     calibration_cache: Optional[bytes] = None, timing_cache: Optional[Path] = None,
@@ -271,6 +265,7 @@ def build_engines(
     built) when it needs a DLA this TensorRT does not have, a model the bundle lacks, or a calibration cache where
     none was shipped; the caller reports it and fails the gate.
     """
+    from .device_plan import source_for
     from .machine import tensorrt_module
 
     trt = trt or tensorrt_module()
@@ -281,7 +276,7 @@ def build_engines(
         if progress:
             progress("build engines", i, len(specs))
         engine = out_dir / f"{spec.name}.engine"
-        key, use_cache = source_for(spec, feats)
+        key, use_cache = source_for(spec, feats.weakly_typed)
         onnx = models.get(key)
         built = Built(spec, engine, onnx)
         if spec.dla_core >= 0 and spec.dla_core >= cores:

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Union
 
-from ..artifacts import atomic_file
+from ..buildfolder.artifacts import atomic_file
 from ..errors import InternalError
 from ..optional import require
 

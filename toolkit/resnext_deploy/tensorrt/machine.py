@@ -6,11 +6,11 @@ each other. Standard library and the CUDA driver (ctypes) only; TensorRT is impo
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from . import cuda_runtime as cuda
+from . import device_facts
 from ..optional import require
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
@@ -23,12 +23,7 @@ def tensorrt_module(purpose: str = "build and run TensorRT engines") -> Any:
 
 def l4t_release(path: Path = TEGRA_RELEASE) -> Optional[str]:
     """The L4T release of a Jetson from /etc/nv_tegra_release ('# R36 (release), REVISION: 4.3, ...' -> '36.4.3')."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return None
-    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
-    return f"{m.group(1)}.{m.group(2)}" if m else None
+    return device_facts.release_from_text(device_facts.read_text(Path(path)) or "")
 
 
 def is_jetson() -> bool:

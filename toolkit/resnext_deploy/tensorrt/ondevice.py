@@ -17,27 +17,26 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..artifacts import Artifact, atomic_file
+from ..buildfolder.artifacts import Artifact, atomic_file
 from ..errors import BadInputError, MissingDependencyError
-from ..evaluate import (
+from ..evaluation.evaluate import (
     Metrics,
     TimingConfig,
     compare_logits,
     measure_latency,
     topk_accuracy,
 )
-from ..gate import Check, GateResult
+from ..evaluation.gate import Check, GateResult
 from ..progress import Progress
 from ..ci.device import seal
-from ..signing import PublicKey, SigningKey, device_key_path, load_or_create_key, pinned_workstation_key
+from ..buildfolder.signing import PublicKey, SigningKey, device_key_path, load_or_create_key, pinned_workstation_key
 from ..report import make_report, write_report
 from .bundle import CALIB_CACHE, ENGINES_DIR, MODEL_FILES, Bundle, read_bundle
 from .calib_cache import read_calibration_cache, trt_version_tag
-from .engine_plan import EngineSpec
 from .without_tensorrt import golden_checks
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ class DeviceResult:
     engines: List[Path] = field(default_factory=list)
     #: why the engines were not built (no TensorRT or no GPU here); None when they were
     pending: Optional[str] = None
-    #: the device key that signed report.json, and whether compile made it just now (signing.py)
+    #: the device key that signed report.json, and whether compile made it just now (buildfolder/signing.py)
     signed_by: Optional[PublicKey] = None
     key_created: bool = False
     #: the pinned workstation key id that signed the bundle's manifest; None when no key is pinned here
@@ -63,20 +62,18 @@ class DeviceResult:
         return self.gate.passed
 
 
-def _spec(d: Dict[str, Any]) -> EngineSpec:
-    names = {f.name for f in fields(EngineSpec)}
-    return EngineSpec(**{k: v for k, v in d.items() if k in names})
-
-
-def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None, key_file: Union[str, Path, None] = None,
-                   workstation_key: Optional[str] = None) -> DeviceResult:
+def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None, root: Union[str, Path, None] = None,
+                   key_file: Union[str, Path, None] = None, workstation_key: Optional[str] = None) -> DeviceResult:
     """Build, check and time the bundle's engines on this machine; the gate result is returned, not raised.
 
-    The report is signed with the device key (``key_file``, else signing.device_key_path(), made on first use);
-    ``workstation_key`` (else the pinned workstation-key.pub, if any) must have signed the bundle's manifest."""
-    from .backend import TensorRtRunner
-    from .machine import is_jetson, l4t_release, machine_record, tensorrt_module
-    from .engines import build_engines, features, record_path
+    ``root``: where the device's facts are read (device_facts.py; "/" on a device, a fake one in tests). The report
+    is signed with the device key (``key_file``, else buildfolder.signing.device_key_path(), made on first use);
+    ``workstation_key`` (else the pinned workstation-key.pub, if any) must have signed the bundle's manifest.
+    """
+    from .device_facts import detect
+    from .device_plan import bundle_specs, plan_for_bundle
+    from .engines import build_engines, dla_cores, features
+    from .machine import machine_record, tensorrt_module
 
     t_start = time.perf_counter()
     key, created = load_or_create_key(device_key_path(key_file))
@@ -84,86 +81,55 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None, key_
     identity = bundle_identity(b)
     why = tensorrt_missing()
     if why is not None:
-        return _signed(_without_tensorrt(b, why, identity, progress, key), key, created)
+        facts = detect(root)
+        return _signed(_without_tensorrt(b, why, identity, progress, facts, plan_for_bundle(b, facts), key), key,
+                       created)
     trt = tensorrt_module(f"build the engines of the bundle '{b.root}' on this device")
-    if b.recipe.get("device") == "jetson" and not is_jetson():
+    facts = detect(root, trt, dla_cores(trt))
+    if b.recipe.get("device") == "jetson" and not facts.jetson:
         raise BadInputError(
             f"The bundle '{b.root}' is for {b.manifest['target']} but this machine is not a Jetson (no "
             "/etc/nv_tegra_release). TensorRT engines only run on the GPU that built them: copy the bundle to the "
             "Jetson and run `resnext-deploy compile --bundle` there, or build with --target x86-gpu for this machine."
         )
+    plan = plan_for_bundle(b, facts)
     cfg = b.tensorrt
-    specs = [_spec(d) for d in b.info["engines"]]
-    here = machine_record(trt)
+    specs = plan.engines if plan is not None else bundle_specs(b.info["engines"])
+    here = dict(machine_record(trt), facts=facts.to_dict())
     feats = features(trt)
-    notes = [platform_note(b.manifest["target"], str(trt.__version__), is_jetson(), l4t_release(), feats.typing)]
-    cache_bytes = None
-    if b.path(CALIB_CACHE).is_file() and feats.calibrator:
-        cache = read_calibration_cache(b.path(CALIB_CACHE))
-        if cache.version != trt_version_tag(str(trt.__version__)):
-            notes.append(f"The calibration cache is labelled {cache.header}; it was relabelled for TensorRT "
-                         f"{trt.__version__} (the scales are resnext-deploy's own and do not depend on the TensorRT version).")
-        cache_bytes = cache.with_version(str(trt.__version__)).to_bytes()
-    if cfg["tensorrt_version"] and not str(trt.__version__).startswith(cfg["tensorrt_version"]):
-        notes.append(f"The recipe expects TensorRT {cfg['tensorrt_version']}; this device has {trt.__version__}.")
-
+    notes, cache_bytes = _tensorrt_notes(b, trt, feats, facts)
     engines_dir = b.path(ENGINES_DIR)
     engines_dir.mkdir(exist_ok=True)
     timing_cache = engines_dir / "timing.cache" if cfg["timing_cache"] else None
     timing = TimingConfig.from_recipe(b.recipe["evaluation"])
-    golden = b.golden
     checks: List[Check] = []
     rows: List[Dict[str, Any]] = []
     stages: Dict[str, float] = {}
     arts: List[Artifact] = []
-    budget = float(b.recipe["gates"].get("max_latency_ms") or 0)
     models = {k: b.path(f) for k, f in MODEL_FILES.items() if b.path(f).is_file()}
     for built in build_engines(specs, models, engines_dir, cfg, cache_bytes, timing_cache, progress, trt):
-        spec, engine = built.spec, built.engine
         if built.record is None:
+            spec = built.spec
             rows.append({"artifact": spec.name, "backend": "tensorrt", "precision": spec.precision, "pending": True,
                          "reason": f"refused on this device: {built.refused}", "details": {"engine": spec.to_dict()}})
             checks.append(Check(spec.name, "buildable_here", 0.0, 1.0, ">=", False))
             notes.append(f"{spec.name} was not built: {built.refused}.")
             continue
-        record = built.record
-        stages[f"build {spec.name}"] = record["build_seconds"]
-        art = Artifact.from_files(spec.name, [engine, record_path(engine)], b.root, kind="tensorrt-engine",
-                                  backend="tensorrt", precision=spec.precision,
-                                  parent="onnx-int8-int8" if spec.precision == "int8" else "onnx-fp32",
-                                  stage="compile", settings=record)
+        stages[f"build {built.spec.name}"] = built.record["build_seconds"]
+        art, row, engine_checks = _check_engine(b, built, cfg, timing)
         arts.append(art)
-        with TensorRtRunner(engine, cfg) as runner:
-            logits = runner.infer(golden.inputs)
-            cmp = compare_logits(logits, golden.reference_fp32)
-            timed = measure_latency(runner, golden.inputs, timing)
-            details = dict(runner.details, typing=record.get("typing"), source_onnx=record["source"]["onnx"])
-        if golden.reference_qdq is not None and spec.precision == "int8":
-            details["vs_int8_qdq_reference"] = compare_logits(logits, golden.reference_qdq)
-        labels = golden.labels
-        measured: Dict[str, Any] = {**cmp, **timed}
-        m = Metrics(
-            artifact=spec.name, backend="tensorrt", precision=spec.precision, images=int(len(logits)),
-            top1=topk_accuracy(logits, labels, 1) if labels is not None else float("nan"),
-            top5=topk_accuracy(logits, labels, 5) if labels is not None else float("nan"),
-            size_bytes=art.size_bytes(b.root), details=details, **measured,
-        )
-        rows.append(m.to_dict())
-        checks += golden_checks(spec.name, spec.precision, cmp, cfg)
-        if budget > 0:
-            p50 = m.latency_ms["p50"]
-            checks.append(Check(spec.name, "latency_p50_ms", p50, budget, "<=", p50 <= budget))
-        log.info("%s: golden max|diff| %.4g, min cos %.6f, p50 %.3f ms", spec.name, cmp["max_abs_logit_diff"],
-                 cmp["min_cosine"], m.latency_ms["p50"])
+        rows.append(row)
+        checks += engine_checks
     gate = GateResult(all(c.passed for c in checks), checks)
     selection = select_engine(rows, checks)
     stages["total"] = time.perf_counter() - t_start
-    notes += _workstation_notes(b) + int8_vs_fp16_notes(rows) + [selection["why"]]
+    notes += plan_notes(plan) + _workstation_notes(b) + int8_vs_fp16_notes(rows) + [selection["why"]]
     report = make_report(
         model=b.manifest["model"], target=b.manifest["target"], reference=b.manifest.get("reference", "onnx-fp32"),
         results=rows, gate=gate, stages=stages, notes=notes,
         dataset=_golden_dataset(b, timing.batch_size),
         extra={"device": here, "bundle": b.info.get("name"), "measured_on": "device", "tensorrt": feats.to_dict(),
+               "engine_plan": plan.to_dict() if plan is not None else None,
                "selection": selection, "workstation_results": b.info.get("workstation_results", [])},
     )
     _write_sealed(b, report, identity, key)
@@ -175,6 +141,66 @@ def _signed(res: DeviceResult, key: SigningKey, created: bool) -> DeviceResult:
     res.signed_by, res.key_created = key.public, created
     res.bundle_signed_by = res.report.get("device_report", {}).get("bundle_signed_by")
     return res
+
+
+def _tensorrt_notes(b: Bundle, trt: Any, feats: Any, facts: Any) -> Tuple[List[str], Optional[bytes]]:
+    """Which row the device is, the calibration cache relabelled for this TensorRT (when it has a calibrator)."""
+    from .platforms import GENERIC_JETSON
+
+    cfg, version = b.tensorrt, str(trt.__version__)
+    notes = [platform_note(b.manifest["target"], version, facts.jetson, facts.l4t, feats.typing)]
+    cache_bytes = None
+    if b.path(CALIB_CACHE).is_file() and feats.calibrator:
+        cache = read_calibration_cache(b.path(CALIB_CACHE))
+        if cache.version != trt_version_tag(version):
+            notes.append(f"The calibration cache is labelled {cache.header}; it was relabelled for TensorRT {version} "
+                         "(the scales are resnext-deploy's own and do not depend on the TensorRT version).")
+        cache_bytes = cache.with_version(version).to_bytes()
+    if (cfg["tensorrt_version"] and b.manifest["target"] != GENERIC_JETSON
+            and not version.startswith(cfg["tensorrt_version"])):
+        notes.append(f"The recipe expects TensorRT {cfg['tensorrt_version']}; this device has {version}.")
+    return notes, cache_bytes
+
+
+def _check_engine(b: Bundle, built: Any, cfg: Dict[str, Any], timing: TimingConfig) -> Tuple[Artifact, Dict[str, Any], List[Check]]:
+    """One built engine: the golden inputs through it against the FP32 references, its latency, its checks."""
+    from .backend import TensorRtRunner
+    from .engines import record_path
+
+    spec, engine, record, golden = built.spec, built.engine, built.record, b.golden
+    art = Artifact.from_files(spec.name, [engine, record_path(engine)], b.root, kind="tensorrt-engine",
+                              backend="tensorrt", precision=spec.precision,
+                              parent="onnx-int8-int8" if spec.precision == "int8" else "onnx-fp32",
+                              stage="compile", settings=record)
+    with TensorRtRunner(engine, cfg) as runner:
+        logits = runner.infer(golden.inputs)
+        cmp = compare_logits(logits, golden.reference_fp32)
+        timed = measure_latency(runner, golden.inputs, timing)
+        details = dict(runner.details, typing=record.get("typing"), source_onnx=record["source"]["onnx"])
+    if golden.reference_qdq is not None and spec.precision == "int8":
+        details["vs_int8_qdq_reference"] = compare_logits(logits, golden.reference_qdq)
+    labels = golden.labels
+    m = Metrics(
+        artifact=spec.name, backend="tensorrt", precision=spec.precision, images=int(len(logits)),
+        top1=topk_accuracy(logits, labels, 1) if labels is not None else float("nan"),
+        top5=topk_accuracy(logits, labels, 5) if labels is not None else float("nan"),
+        size_bytes=art.size_bytes(b.root), details=details, **cmp, **timed,
+    )
+    checks = golden_checks(spec.name, spec.precision, cmp, cfg)
+    budget = float(b.recipe["gates"].get("max_latency_ms") or 0)
+    if budget > 0:
+        p50 = m.latency_ms["p50"]
+        checks.append(Check(spec.name, "latency_p50_ms", p50, budget, "<=", p50 <= budget))
+    log.info("%s: golden max|diff| %.4g, min cos %.6f, p50 %.3f ms", spec.name, cmp["max_abs_logit_diff"],
+             cmp["min_cosine"], m.latency_ms["p50"])
+    return art, m.to_dict(), checks
+
+
+def plan_notes(plan: Any) -> List[str]:
+    """The device's engine plan in the report's notes (`--target jetson` bundles: the device picks its engines)."""
+    if plan is None:
+        return []
+    return ["Engine plan for this device: " + " ".join(ln.strip() + ";" for ln in plan.lines()).rstrip(";") + "."]
 
 
 def tensorrt_missing() -> Optional[str]:
@@ -201,18 +227,21 @@ def bundle_identity(b: Bundle) -> Dict[str, str]:
     return files
 
 
-def _without_tensorrt(b: Bundle, why: str, identity: Dict[str, str], progress: Progress, key: SigningKey) -> DeviceResult:
+def _without_tensorrt(b: Bundle, why: str, identity: Dict[str, str], progress: Progress, facts: Any,
+                      plan: Any, key: SigningKey) -> DeviceResult:
     """Every check that does not need TensorRT (without_tensorrt.py); the report says the engines are pending."""
     from .without_tensorrt import check_without_tensorrt, machine_without_tensorrt
 
-    done = check_without_tensorrt(b, why, progress)
+    engines = None if plan is None else [s.to_dict() for s in plan.engines]
+    done = check_without_tensorrt(b, why, progress, engines)
     report = make_report(
         model=b.manifest["model"], target=b.manifest["target"], reference=b.manifest.get("reference", "onnx-fp32"),
         results=done["rows"], gate=done["gate"], stages=done["stages"],
-        notes=done["notes"] + _workstation_notes(b),
+        notes=done["notes"] + plan_notes(plan) + _workstation_notes(b),
         dataset=_golden_dataset(b, int(b.recipe["evaluation"]["batch_size"])),
-        extra={"device": machine_without_tensorrt(), "bundle": b.info.get("name"), "measured_on": "device",
-               "tensorrt": None, "engines_built": False, "engines_pending": done["reason"],
+        extra={"device": dict(machine_without_tensorrt(facts), facts=facts.to_dict()), "bundle": b.info.get("name"),
+               "measured_on": "device", "tensorrt": None,
+               "engine_plan": plan.to_dict() if plan is not None else None, "engines_built": False, "engines_pending": done["reason"],
                "workstation_results": b.info.get("workstation_results", [])},
     )
     _write_sealed(b, report, identity, key)

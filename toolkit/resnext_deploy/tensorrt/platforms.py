@@ -49,7 +49,8 @@ def _num(parts: List[str]) -> Tuple[int, ...]:
     return tuple(int(p) for p in parts if p.isdigit())
 
 
-_XAVIER_ORIN_DLA = ("jetson-xavier-nx", "jetson-orin-nx", "jetson-agx-orin")
+_XAVIER_ORIN_DLA = ("jetson-xavier-nx", "jetson-agx-xavier", "jetson-orin-nx", "jetson-agx-orin")
+GENERIC_JETSON = "jetson"  # `--target jetson`: one bundle for every Jetson row; the device picks (device_plan.py)
 
 PLATFORMS: Dict[str, Platform] = {p.key: p for p in (
     Platform("jetpack-5.1", "5.1.x", "8.5.2", "11.4", "3.8", _XAVIER_ORIN_DLA, False),
@@ -69,6 +70,7 @@ TARGET_PLATFORMS: Dict[str, Tuple[str, ...]] = {
     "jetson-agx-orin": ("jetpack-6.2", "jetpack-7.2", "jetpack-7.2.2-trt11"),
     "jetson-agx-thor": ("jetpack-7.0", "jetpack-7.2", "jetpack-7.2.2-trt11"),
     "x86-gpu": ("pip-trt10", "pip-trt11"),
+    GENERIC_JETSON: ("jetpack-5.1", "jetpack-6.2", "jetpack-7.0", "jetpack-7.2", "jetpack-7.2.2-trt11"),
 }
 
 
@@ -78,7 +80,8 @@ def platforms_for(target: str) -> List[Platform]:
 
 
 def dla_on(platform: Platform, target: str) -> bool:
-    return target in platform.dla
+    """The target can build DLA engines on this row (the generic Jetson target: where any module can)."""
+    return target in platform.dla or (target == GENERIC_JETSON and bool(platform.dla))
 
 
 def ships_calibration_cache(target: str, dla_core: int) -> bool:

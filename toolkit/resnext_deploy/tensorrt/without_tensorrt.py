@@ -13,12 +13,12 @@ import logging
 import platform
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .. import backends
 from ..errors import MissingDependencyError
-from ..evaluate import Metrics, TimingConfig, compare_logits, measure_latency, topk_accuracy
-from ..gate import Check, GateResult, skipped_check
+from ..evaluation.evaluate import Metrics, TimingConfig, compare_logits, measure_latency, topk_accuracy
+from ..evaluation.gate import Check, GateResult, skipped_check
 from ..progress import Progress
 from .bundle import FP16_ONNX, FP32_ONNX, QDQ_FP16_ONNX, QDQ_ONNX, Bundle
 
@@ -50,25 +50,35 @@ def golden_checks(name: str, precision: str, cmp: Dict[str, float], cfg: Dict[st
     ]
 
 
-def machine_without_tensorrt() -> Dict[str, Any]:
-    """What this machine is, for the device report (no TensorRT to ask)."""
-    from .machine import DEVICE_MODEL, is_jetson, l4t_release
-
-    model = None
-    try:
-        model = DEVICE_MODEL.read_text(errors="replace").strip("\x00\n ") or None
-    except OSError:
-        pass
+def machine_without_tensorrt(facts: Any) -> Dict[str, Any]:
+    """What this machine is, for the device report (no TensorRT to ask): ``facts`` from device_facts.detect."""
     versions: Dict[str, Any] = {"python": platform.python_version()}
     for mod in ("numpy", "onnxruntime"):
         m = sys.modules.get(mod)
         versions[mod] = getattr(m, "__version__", None) if m is not None else None
-    return {"tensorrt_version": None, "gpu": None, "jetson": is_jetson(), "l4t": l4t_release(), "device_model": model,
+    return {"tensorrt_version": None, "gpu": None, "jetson": facts.jetson, "l4t": facts.l4t, "device_model": facts.model,
             "machine": platform.machine(), "system": platform.system(), "versions": versions}
 
 
-def check_without_tensorrt(b: Bundle, why: str, progress: Progress = None) -> Dict[str, Any]:
-    """Run the golden checks with ONNX Runtime; returns the pieces of the device report (rows, gate, notes, stages)."""
+def _ungated_note(b: Bundle, key: str, rel: str, name: str, cmp: Dict[str, float], tolerance: str) -> str:
+    """Why a model is reported but not gated here (FP16 Q/DQ: ONNX Runtime's CPU kernels are no reference)."""
+    cfg = b.tensorrt
+    ws = (b.info.get("strongly_typed_models") or {}).get(key) or {}
+    return (f"{rel} ({name}) is reported, not gated, without TensorRT: ONNX Runtime's CPU kernels are no reference "
+            f"for FP16 Q/DQ. Here max |diff| {cmp['max_abs_logit_diff']:.3g}, min cosine {cmp['min_cosine']:.4f} vs "
+            f"the FP32 references (recipe: <= {cfg[f'{tolerance}_max_abs_diff']}, >= {cfg[f'{tolerance}_min_cosine']})"
+            + (f"; the workstation's ONNX Runtime measured max |diff| {ws['max_abs_logit_diff']:.3g} vs "
+               f"{ws.get('against')}" if ws.get("max_abs_logit_diff") is not None else "")
+            + ". Strongly typed TensorRT (11.x) builds and checks it on the device.")
+
+
+def check_without_tensorrt(b: Bundle, why: str, progress: Progress = None,
+                           engines: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Run the golden checks with ONNX Runtime; returns the pieces of the device report (rows, gate, notes, stages).
+
+    ``engines``: the engines this device would build (its engine plan); default every engine of the bundle.
+    """
+    engines = b.info["engines"] if engines is None else engines
     ort_backend = backends.get("onnxruntime")
     if not ort_backend.available():
         raise MissingDependencyError(
@@ -111,21 +121,14 @@ def check_without_tensorrt(b: Bundle, why: str, progress: Progress = None) -> Di
         if gated:
             checks += golden_checks(name, tolerance, cmp, cfg)
         else:
-            ws = (b.info.get("strongly_typed_models") or {}).get(key) or {}
-            ungated.append(
-                f"{rel} ({name}) is reported, not gated, without TensorRT: ONNX Runtime's CPU kernels are no reference "
-                f"for FP16 Q/DQ. Here max |diff| {cmp['max_abs_logit_diff']:.3g}, min cosine {cmp['min_cosine']:.4f} vs "
-                f"the FP32 references (recipe: <= {cfg[f'{tolerance}_max_abs_diff']}, >= {cfg[f'{tolerance}_min_cosine']})"
-                + (f"; the workstation's ONNX Runtime measured max |diff| {ws['max_abs_logit_diff']:.3g} vs "
-                   f"{ws.get('against')}" if ws.get("max_abs_logit_diff") is not None else "")
-                + ". Strongly typed TensorRT (11.x) builds and checks it on the device.")
+            ungated.append(_ungated_note(b, key, rel, name, cmp, tolerance))
         stages[f"check {rel}"] = time.perf_counter() - t
         if progress:
             progress("golden checks (ONNX Runtime)", i + 1, len(present))
         log.info("%s: golden max|diff| %.4g, min cos %.6f", rel, cmp["max_abs_logit_diff"], cmp["min_cosine"])
     reason = f"TensorRT engines were not built: {why}"
     metrics = ("golden_agreement", "golden_max_abs_logit_diff", "golden_min_cosine")
-    for spec in b.info["engines"]:
+    for spec in engines:
         rows.append({"artifact": spec["name"], "backend": "tensorrt", "precision": spec["precision"], "pending": True,
                      "reason": reason, "details": {"engine": spec}})
         tol = "fp16" if spec["precision"] == "fp16" else "int8"
@@ -136,7 +139,7 @@ def check_without_tensorrt(b: Bundle, why: str, progress: Progress = None) -> Di
     gate = GateResult(all(c.passed for c in checks), checks)
     verdict = "passed" if gate.passed else "FAILED"
     notes = [
-        f"The TensorRT engines ({', '.join(s['name'] for s in b.info['engines'])}) were NOT built on this machine: {why}. "
+        f"The TensorRT engines ({', '.join(s['name'] for s in engines) or 'none'}) were NOT built on this machine: {why}. "
         "Their rows are pending on device and their checks skipped; run `resnext-deploy compile --bundle` where "
         "JetPack's TensorRT and the GPU are to build, check and time them.",
         f"Checked without TensorRT: every file's sha256 against manifest.json, and the golden inputs through "

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from .errors import ArtifactIntegrityError, BadInputError
+from ..errors import ArtifactIntegrityError, BadInputError
 
 ALGORITHM = "ed25519"
 DEVICE_KEY_ENV = "RESNEXT_DEPLOY_DEVICE_KEY"
@@ -32,7 +32,7 @@ _PEM_LIMIT = 4096  # an Ed25519 PKCS#8 PEM is 119 bytes: anything much larger is
 
 
 def _ed25519() -> Any:
-    from .optional import require
+    from ..optional import require
 
     return require("cryptography.hazmat.primitives.asymmetric.ed25519", "sign or verify device reports and bundles")
 

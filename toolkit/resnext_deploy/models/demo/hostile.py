@@ -22,9 +22,9 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from ..artifacts import atomic_file
-from ..errors import BadInputError
-from ..optional import require
+from ...buildfolder.artifacts import atomic_file
+from ...errors import BadInputError
+from ...optional import require
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ def write_hostile_demo(
     that needs full unpickling (see models/trust.py).
     """
     torch = require("torch", "write the hostile demo checkpoint")
-    from ..demo import DEMO_CHECKPOINT
-    from .loading import load_torch_model
+    from .digits import DEMO_CHECKPOINT
+    from ..loading import load_torch_model
 
     source = Path(source) if source else DEMO_CHECKPOINT
     loaded = load_torch_model(source, allow_pickle=allow_pickle)

@@ -30,11 +30,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .artifacts import sha256_file
-from .errors import BadInputError
-from .optional import require
-from .preprocess import Preprocessing, preprocess_image
-from .resources import data_dir as shipped_data_dir
+from ...buildfolder.artifacts import sha256_file
+from ...errors import BadInputError
+from ...optional import require
+from ...preprocess import Preprocessing, preprocess_image
+from ...data.resources import data_dir as shipped_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def read_split(data_dir: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise BadInputError(
             f"'{path}' does not exist. Write the demo data first (resnext-deploy demo train, or "
-            "resnext_deploy.demo.write_digits_dataset(folder))."
+            "resnext_deploy.models.demo.digits.write_digits_dataset(folder))."
         )
     try:
         split = json.loads(path.read_text(encoding="utf-8"))
@@ -222,9 +222,9 @@ def train_demo(
     the first ``limit`` training images only (for smoke tests). Returns the metrics.
     """
     torch = require("torch", "train the demo model")
-    from .models.resnext import create
-    from .models.runner import eval_top1, save_checkpoint
-    from .pipeline import datasets
+    from ..resnext import create
+    from ..runner import eval_top1, save_checkpoint
+    from ...data import datasets
 
     data_dir, out_path = Path(data_dir), Path(out_path)
     if epochs < 1:
@@ -322,7 +322,7 @@ def demo_model_info(demo_dir: Optional[Path] = None) -> Dict[str, Any]:
         except ValueError as exc:
             raise BadInputError(f"'{info_path}' is not valid JSON ({exc}). Retrain the demo: resnext-deploy demo train.") from exc
     if ckpt_path.is_file():
-        from .models.trust import torch_load
+        from ..trust import torch_load
 
         ckpt = torch_load(ckpt_path)
         info = {k: v for k, v in ckpt.items() if k != "state_dict"}

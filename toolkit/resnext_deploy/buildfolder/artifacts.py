@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
-from .errors import BadInputError, DeployError, ResourceError
+from ..errors import BadInputError, DeployError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -474,6 +474,8 @@ def ensure_writable_dir(path: Union[str, Path]) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        if is_resource_error(exc):  # a read-only file system, a full disk: exit 6 as documented, not bad input
+            raise resource_error(exc, None, where=path) from exc
         raise BadInputError(
             f"The output directory '{path}' is not writable ({exc.strerror or exc}). "
             "Choose another with --out, or fix its permissions."

@@ -48,12 +48,32 @@ def _own_running_threads() -> Optional[int]:
     return n
 
 
+def read_loadavg() -> Optional[List[str]]:
+    """The fields of /proc/loadavg (1/5/15-minute averages, running/total tasks, last pid); None off Linux."""
+    try:
+        fields = Path("/proc/loadavg").read_text().split()
+    except OSError:
+        return None
+    return fields if len(fields) >= 4 else None
+
+
+def load_average() -> Optional[List[float]]:
+    """The 1/5/15-minute load averages, rounded to 2 digits; None where /proc/loadavg does not exist."""
+    fields = read_loadavg()
+    try:
+        return [round(float(x), 2) for x in fields[:3]] if fields else None
+    except ValueError:
+        return None
+
+
 def snapshot() -> Dict[str, Any]:
     """{"load_1m", "load_5m", "load_15m", "runnable", "tasks", "own_running", "others_runnable", "cores"};
     only "cores" where /proc/loadavg does not exist (not Linux)."""
     out: Dict[str, Any] = {"cores": cores()}
+    fields = read_loadavg()
+    if fields is None:
+        return out
     try:
-        fields = Path("/proc/loadavg").read_text().split()
         running, total = fields[3].split("/")
         out.update(load_1m=float(fields[0]), load_5m=float(fields[1]), load_15m=float(fields[2]),
                    runnable=int(running), tasks=int(total))
@@ -101,7 +121,7 @@ def timing_verdict(results: Iterable[Dict[str, Any]], before: Optional[Dict[str,
         "under_load": bool(reasons),
         "reasons": reasons,
         "rules": f"1-minute load average > cores, other runnable tasks >= cores before and after timing, "
-                 f"or p99/p50 > {MAX_TAIL_RATIO:g} (machine_load.py)",
+                 f"or p99/p50 > {MAX_TAIL_RATIO:g} (host/load.py)",
     }
 
 

@@ -2,7 +2,7 @@
 BatchNormalization(epsilon=1.001e-5) + ReLU, grouped 3x3 conv, Add), trained in seconds on the shipped digits.
 
 The same data and preprocessing as the PyTorch demo (demo.py): the training split rendered by
-:func:`~resnext_deploy.demo.render_training_images`, validated on ``calibration/digits/val``. The result ships as
+:func:`~resnext_deploy.models.demo.digits.render_training_images`, validated on ``calibration/digits/val``. The result ships as
 ``calibration/digits/resnext_keras_demo.keras`` with its sidecar ``resnext_keras_demo.keras.json`` (preprocessing,
 labels, accuracy), so ``resnext-deploy build --model calibration/digits/resnext_keras_demo.keras`` needs nothing else.
 Remake it with ``resnext-deploy demo keras`` (seeded).
@@ -19,10 +19,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ..artifacts import sha256_file
-from ..demo import DEMO_DIR, DEMO_LABELS, DEMO_PREPROCESSING, DEMO_SIZE, read_split, render_training_images
-from ..errors import BadInputError
-from ..optional import require_keras
+from ...buildfolder.artifacts import sha256_file
+from .digits import DEMO_DIR, DEMO_LABELS, DEMO_PREPROCESSING, DEMO_SIZE, read_split, render_training_images
+from ...errors import BadInputError
+from ...optional import require_keras
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def train_keras_demo(out_path: Optional[Path] = None, epochs: int = DEFAULT_EPOC
                      data_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Train the Keras demo on the digits' training split; write the .keras file and its sidecar (temp + rename)."""
     keras = require_keras("train the Keras demo")
-    from ..pipeline import datasets
+    from ...data import datasets
 
     if epochs < 1:
         raise BadInputError(f"epochs must be at least 1, got {epochs}.")

@@ -26,8 +26,8 @@ import zipfile
 from pathlib import Path
 from typing import List, Tuple
 
-from .errors import BadInputError, InternalError, MissingDependencyError
-from .resources import checkout_root, in_checkout
+from ..errors import BadInputError, InternalError, MissingDependencyError
+from ..data.resources import checkout_root, in_checkout
 
 log = logging.getLogger(__name__)
 

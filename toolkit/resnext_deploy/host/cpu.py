@@ -6,17 +6,20 @@ weights (|w| up to 127) then overflow on large activations (255 * 127 * 2 > 3276
 (|w| <= 64) the pair sum stays under 32767 on any x86-64 CPU. VNNI (VPDPBUSD, AVX-512 VNNI or AVX-VNNI)
 and AMX accumulate in int32 and never saturate.
 
-Stdlib only (on-device, Python 3.8). Flags come from /proc/cpuinfo; elsewhere the ISA is "unknown".
+Stdlib only (on-device, Python 3.8). Flags come from /proc/cpuinfo, read once here for the whole toolkit (the
+bench's machine record too); elsewhere the ISA is "unknown". :func:`host_cpu` and :func:`bf16_missing` are the
+one place the CPU facts come from, so :func:`pretend` (the tests' ISA fixture) can replace them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterable, Optional
+from typing import Any, Dict, FrozenSet, Iterable, Iterator, Optional
 
 #: ISA classes, weakest first; "x86-64" = an x86 CPU older than AVX2 (SSE4.1 kernels saturate too)
 ISA_CLASSES = ("x86-64", "avx2", "avx512", "vnni", "amx")
@@ -65,6 +68,8 @@ class CpuInfo:
     model: str
     machine: str
     flags: FrozenSet[str] = field(default_factory=frozenset)
+    #: the rest of the first processor's /proc/cpuinfo fields (vendor_id, cpu family, model, cpu MHz, ...)
+    fields: Dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def isa(self) -> str:
@@ -88,27 +93,71 @@ class CpuInfo:
         return out
 
 
+def cpuinfo_fields(text: str) -> Dict[str, str]:
+    """The first processor's fields of a /proc/cpuinfo text (later processors repeat them)."""
+    out: Dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out.setdefault(key.strip(), value.strip())
+    return out
+
+
 def parse_cpuinfo(text: str, machine: str = "x86_64") -> CpuInfo:
     """CpuInfo from the text of /proc/cpuinfo (the first processor's model name and flags)."""
-    model, flags = "", frozenset()  # type: str, FrozenSet[str]
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = frozenset(value.split())
-    return CpuInfo(model or platform.processor() or machine, machine, flags)
+    f = cpuinfo_fields(text)
+    return CpuInfo(f.get("model name") or platform.processor() or machine, machine, frozenset(f.get("flags", "").split()), f)
+
+
+#: facts that replace the machine's (tests: every ISA class on any machine); see :func:`pretend`
+_PRETEND: Dict[str, Any] = {}
 
 
 @functools.lru_cache(maxsize=1)
-def host_cpu() -> CpuInfo:
-    """This machine's CPU (Linux: /proc/cpuinfo; elsewhere only the name, ISA "unknown")."""
+def _read_host_cpu() -> CpuInfo:
     machine = platform.machine() or "unknown"
     try:
         return parse_cpuinfo(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"), machine)
     except OSError:
         return CpuInfo(platform.processor() or machine, machine)
+
+
+def host_cpu() -> CpuInfo:
+    """This machine's CPU (Linux: /proc/cpuinfo, read once; elsewhere only the name, ISA "unknown")."""
+    return _PRETEND.get("cpu") or _read_host_cpu()
+
+
+def bf16_missing() -> Optional[str]:
+    """None when OpenVINO's CPU plugin runs bf16 natively on this CPU (its OPTIMIZATION_CAPABILITIES list BF16),
+    else why not. OpenVINO is asked, not the flags: it is the one that decides what the bf16 hint runs."""
+    if "bf16" in _PRETEND:
+        caps = ["FP32", "INT8"] + (["BF16"] if _PRETEND["bf16"] else [])
+    else:
+        from ..optional import require
+
+        try:
+            ov = require("openvino", "ask OpenVINO for the CPU's capabilities")
+            caps = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        except Exception as exc:  # no plugin, no CPU device
+            return f"OpenVINO's CPU plugin cannot say whether this CPU has BF16 ({type(exc).__name__}: {exc})"
+    if "BF16" in caps:
+        return None
+    host = host_cpu()
+    return (f"this CPU ({host.model}, ISA {host.isa}) has no BF16 arithmetic (no AMX-BF16 or AVX512-BF16; OpenVINO's "
+            f"CPU capabilities are {', '.join(caps)}): OpenVINO would run the bf16 rung in f32, so it would measure nothing")
+
+
+@contextlib.contextmanager
+def pretend(cpu: CpuInfo, bf16: bool) -> Iterator[CpuInfo]:
+    """Within the block, :func:`host_cpu` is ``cpu`` and OpenVINO's BF16 answer is ``bf16`` (the ISA-dependent
+    logic then runs as that CPU class; kernels still run on the real CPU)."""
+    saved = dict(_PRETEND)
+    _PRETEND.update(cpu=cpu, bf16=bf16)
+    try:
+        yield cpu
+    finally:
+        _PRETEND.clear()
+        _PRETEND.update(saved)
 
 
 def onednn_isa(host: Optional[CpuInfo] = None) -> str:

@@ -27,13 +27,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..artifacts import Artifact
-from ..evaluate import compare_logits, topk_accuracy
-from ..gate import ACCURACY_METRICS, GateResult, accuracy_checks, apply_gates
-from ..sampling import evenly_spaced
-from ..pipeline.context import BuildContext
-from ..pipeline.quantize import weight_range_for
-from ..pipeline.steps import REFERENCE, evaluate_build, quantized_flavours, run_stages
+from ..buildfolder.artifacts import Artifact
+from ..evaluation.evaluate import compare_logits, topk_accuracy
+from ..evaluation.gate import ACCURACY_METRICS, GateResult, accuracy_checks, apply_gates
+from ..data.sampling import evenly_spaced
+from .context import BuildContext
+from .quantize import weight_range_for
+from .steps import REFERENCE, evaluate_build, quantized_flavours, run_stages
 from .sensitivity import (
     EVAL_BATCH,
     VariantQuantizer,

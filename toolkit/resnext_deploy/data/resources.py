@@ -16,11 +16,11 @@ DATA_ENV = "RESNEXT_DEPLOY_DATA"
 
 
 def checkout_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]
 
 
 def in_checkout() -> bool:
-    """True when this module runs from a source checkout (pyproject.toml two levels up), editable or not."""
+    """True when this module runs from a source checkout (pyproject.toml three levels up), editable or not."""
     return (checkout_root() / "pyproject.toml").is_file()
 
 

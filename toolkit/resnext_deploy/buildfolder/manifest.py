@@ -5,14 +5,15 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import platform
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 from .artifacts import Artifact, atomic_file, sha256_file
-from .cpu import host_cpu
-from .errors import BadInputError
+from ..host.cpu import host_cpu
+from ..errors import BadInputError
 
 MANIFEST_SCHEMA = "resnext-deploy/manifest"
 MANIFEST_SCHEMA_VERSION = 1
@@ -21,7 +22,7 @@ _VERSIONED = ("numpy", "PIL", "onnx", "onnxruntime", "openvino", "torch", "onnxs
 
 def library_versions() -> Dict[str, str]:
     """Versions of the libraries already imported (never imports a heavy one just to ask)."""
-    from . import __version__
+    from .. import __version__
 
     out = {"resnext_deploy": __version__, "python": platform.python_version(), "platform": platform.platform()}
     for mod in _VERSIONED:
@@ -36,7 +37,7 @@ def folder_digest(paths: Iterable[Path]) -> str:
     """One sha256 over the (name, content hash) of each file: identifies a calibration/validation set."""
     h = hashlib.sha256()
     for p in sorted(Path(x) for x in paths):
-        h.update(p.name.encode())
+        h.update(os.fsencode(p.name))  # the name's bytes: a name that is not UTF-8 is hashed as it is
         h.update(sha256_file(p).encode())
     return h.hexdigest()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import warnings
 from dataclasses import dataclass, field
@@ -15,9 +16,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadInputError
-from ..preprocess import Preprocessing, preprocess_file
+from ..names import shown
+from ..preprocess import Preprocessing, is_regular_file, preprocess_file
 from ..progress import StepProgress
-from ..sampling import evenly_spaced
+from .sampling import evenly_spaced
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,8 @@ class LoadedImages:
 
 
 def _files(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    """Every entry but folders and hidden names: a FIFO, socket or device is listed, then skipped with its reason."""
+    return sorted(p for p in folder.rglob("*") if not p.is_dir() and os.path.exists(p) and not p.name.startswith("."))
 
 
 def _require_folder(folder: Union[str, Path], what: str) -> Path:
@@ -121,7 +124,7 @@ def _require_folder(folder: Union[str, Path], what: str) -> Path:
     return folder
 
 
-SKIP_REASONS = ("truncated", "not an image", "too large", "unreadable")
+SKIP_REASONS = ("truncated", "not an image", "too large", "unreadable", "not a regular file")
 SHOWN_SKIPPED = 5  # how many skipped files a log line or an error names; the report/sidecar has them all
 
 
@@ -141,6 +144,8 @@ def skip_reason(path: Path) -> Optional[str]:
     which is where a truncated file fails. An image over :func:`max_image_pixels` is "too large" (its header
     says so; nothing is decoded).
     """
+    if not is_regular_file(path):  # a FIFO would block the open forever, a device read without end
+        return "not a regular file"
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return "not an image"
     try:
@@ -172,9 +177,9 @@ def describe_skipped(skipped: Sequence[Tuple[Path, str]], folder: Optional[Path]
         except ValueError:
             return str(p)
 
-    shown = ", ".join(f"{name(p)} ({why})" for p, why in skipped[:SHOWN_SKIPPED])
+    listed = ", ".join(f"{shown(name(p))} ({why})" for p, why in skipped[:SHOWN_SKIPPED])
     more = f" and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
-    return f"{len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped: {shown}{more}"
+    return f"{len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped: {listed}{more}"
 
 
 def skipped_records(skipped: Sequence[Tuple[Path, str]]) -> List[Dict[str, str]]:
@@ -224,7 +229,7 @@ def load_calibration(
             f"The calibration folder '{folder}' has no readable images ({describe_skipped(skipped, folder)}). "
             f"Supported: {', '.join(sorted(IMAGE_SUFFIXES))}."
         )
-    return LoadedImages(ImageList(usable, spec), usable, None, sorted(skipped))
+    return LoadedImages(ImageList(usable, spec), usable, None, sorted(skipped), folder=folder)
 
 
 def list_classes(folder: Union[str, Path]) -> List[str]:

@@ -32,10 +32,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .. import backends
-from ..artifacts import atomic_file, sha256_file
+from ..buildfolder.artifacts import sha256_file
 from ..errors import BadInputError
 from ..recipes import calibration_settings
-from ..evaluate import compare_logits, predict_all
+from ..evaluation.evaluate import compare_logits, predict_all
 from ..optional import require
 from ..progress import Progress
 
@@ -95,7 +95,7 @@ class VariantQuantizer:
 
     def quantize(self, flavour: str, exclude: Sequence[str] = (), only: Sequence[str] = (), out: Union[str, Path, None] = None) -> Path:
         """Write a Q/DQ model of ``flavour`` with ``exclude`` left in float (or only ``only`` quantized)."""
-        from ..pipeline.quantize import qdq_from_onnx
+        from .quantize import qdq_from_onnx
 
         out = Path(out) if out else self.work_dir / f"variant-{flavour}.onnx"
         first = not self.cache.is_file()
@@ -298,42 +298,12 @@ def short_name(node: str) -> str:
 def write_plot(
     result: Union[SensitivityResult, Dict[str, Any]], path: Union[str, Path], top: int = 30, highlight: Sequence[str] = (),
 ) -> Path:
-    """Horizontal bar plot of the ``top`` most sensitive layers' scores (PNG, matplotlib's Agg canvas).
-
-    Layers in ``highlight`` (those the fallback left in float) are drawn in another colour.
-    """
-    require("matplotlib", "plot the layer sensitivity")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """Horizontal bar plot of the ``top`` most sensitive layers' scores as a PNG: the report's sensitivity chart
+    (report/charts.py), drawn by the same code. Layers in ``highlight`` (those the fallback left in float) in orange."""
+    from ..report.charts import sensitivity_chart, write_chart
 
     d = result.to_dict() if isinstance(result, SensitivityResult) else result
-    rows = d["layers"][:top]
-    names = [short_name(r["node"]) for r in rows][::-1]
-    scores = np.asarray([r["score"] for r in rows][::-1], dtype=float)
-    fig = Figure(figsize=(8.0, 1.2 + 0.28 * len(rows)), dpi=100)
-    FigureCanvasAgg(fig)  # binds the figure to the Agg canvas without touching pyplot's global backend
-    ax = fig.add_subplot(1, 1, 1)
-    base = {fl: b["nsr"] for fl, b in d["baseline"].items()}
-    marked = set(highlight)
-    colours = ["#d95f02" if r["node"] in marked else "#2c7fb8" for r in rows][::-1]
-    ax.barh(range(len(rows)), scores, color=colours)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels(names, fontsize=8)
-    positive = scores[scores > 0]
-    if len(positive) and positive.max() / max(positive.min(), 1e-30) > 100 and (scores > 0).all():
-        ax.set_xscale("log")
-    label = "logit NSR, only this layer quantized" if d["measure"] != "float-one" else "logit NSR removed, only this layer in float"
-    ax.set_xlabel(label)
-    full = ", ".join(f"{fl}: {v:.3g}" for fl, v in sorted(base.items()))
-    title = f"Layer sensitivity ({d['images']} images; fully quantized NSR {full})"
-    if marked:
-        title += f"\norange: the {len(marked)} layers the fallback left in float"
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        fig.savefig(str(tmp), format="png")
-    return path
+    return write_chart(sensitivity_chart(d, top, highlight, name=Path(path).name), path, dpi=100)
 
 
 def markdown_table(d: Dict[str, Any], top: int = 10) -> List[str]:

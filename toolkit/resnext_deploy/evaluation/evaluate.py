@@ -13,8 +13,8 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from .backends.base import Runner
-from .machine_load import snapshot as load_snapshot
+from ..backends.base import Runner
+from ..host.load import snapshot as load_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Metrics:
     first_inference_ms: float = 0.0
     size_bytes: int = 0
     details: Dict[str, Any] = field(default_factory=dict)
-    #: /proc/loadavg before and after timing (machine_load.snapshot): was the machine busy?
+    #: /proc/loadavg before and after timing (host.load.snapshot): was the machine busy?
     load: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -59,7 +59,7 @@ class Metrics:
 
 
 def predict_all(runner: Runner, data: np.ndarray, batch_size: int, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-    from .preprocess import (
+    from ..preprocess import (
         batches,  # here, not at the top: on a device `compile --bundle` runs without Pillow
     )
 

@@ -34,10 +34,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import BadInputError
-from .optional import require
-from .preprocess import Preprocessing, preprocess_image
-from .resources import data_dir as shipped_data_dir
+from ...errors import BadInputError
+from ...optional import require
+from ...preprocess import Preprocessing, preprocess_image
+from ...data.resources import data_dir as shipped_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +219,9 @@ def train_standin(data_dir: Path, out_path: Path, steps: int = DEFAULT_STEPS, se
     validation set. The checkpoint holds the state_dict in float16 plus arch, labels and preprocessing.
     """
     torch = require("torch", "train the stand-in model")
-    from .models.resnext import create
-    from .models.runner import eval_top1, save_checkpoint
-    from .pipeline import datasets
+    from ..resnext import create
+    from ..runner import eval_top1, save_checkpoint
+    from ...data import datasets
 
     data_dir, out_path = Path(data_dir), Path(out_path)
     if steps < 1:
