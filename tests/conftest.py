@@ -18,6 +18,24 @@ def _no_github_step_summary(monkeypatch):
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def device_key(tmp_path_factory):
+    """The "device" key every `compile --bundle` in the tests signs with (never the user's ~/.config): the path."""
+    path = tmp_path_factory.mktemp("device-key") / "device-key"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESNEXT_DEPLOY_DEVICE_KEY", str(path))
+        mp.setenv("XDG_CONFIG_HOME", str(path.parent / "config"))  # no pinned workstation key from the user's
+        yield path
+
+
+@pytest.fixture(scope="session")
+def device_public_key(device_key):
+    """The device key's public key (base64), made now if no compile --bundle made it yet."""
+    from resnext_deploy.buildfolder.signing import load_or_create_key
+
+    return load_or_create_key(device_key)[0].public.text
+
+
 @pytest.fixture(scope="session")
 def demo_build(tmp_path_factory):
     """The shipped demo built for x86-cpu with the shipped recipe: a BuildResult."""

@@ -8,7 +8,8 @@ holding only numpy and onnxruntime at versions that support that Python (no torc
 
 1. the device commands of the bundle's README run verbatim (tensorrt/handoff.py), in a fresh "device home"; the
    two copies (scp) become local `cp`, the only change: tar, cd, pip install of the bundle's own wheel (resnext-deploy
-   comes from nowhere else: pip is given the wheel's path; Pillow and click come from the index),
+   comes from nowhere else: `sha256sum -c SHA256SUMS`, then pip installs the wheel pinned by its sha256
+   (requirements.txt, --require-hashes) and its dependencies from the index),
    `resnext-deploy compile --bundle .` (exit 7: no TensorRT here, every other check passed), with the device facts of
    this Python's first Jetson module injected (a fake device tree, /etc/nv_tegra_release and dpkg status under
    $RESNEXT_DEPLOY_DEVICE_ROOT); its device report must carry that module's engine plan;
@@ -140,13 +141,17 @@ def rehearse_one(version: str, python: str, build_dir: Path, work: Path, worksta
     t0 = time.perf_counter()
     b = _bundle(build_dir)
     lines = device_lines(build_dir)
-    scp_out, tar, cd, install, compile_, scp_back, merge = lines
+    scp_out, tar, cd = lines[:3]
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("resnext-deploy compile"))
+    install, compile_, (scp_back, merge) = " && ".join(lines[3:at]), lines[at], lines[at + 1:]
     venv, home, station = work / f"venv-{version}", work / f"device-{version}", work / f"workstation-{version}"
     for d in (venv, home, station):
         shutil.rmtree(d, ignore_errors=True)
     home.mkdir(parents=True)
     shutil.copytree(build_dir, station, symlinks=True)  # the merge rewrites the build: a copy, not the original
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "RESNEXT_DEPLOY_DEVICE_KEY")}
+    env["XDG_CONFIG_HOME"] = str(home / ".config")  # the device key is made there on first use, not in the real ~
     _run([python, "-m", "venv", str(venv)], work, env)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(venv)
@@ -221,13 +226,16 @@ def rehearse_one(version: str, python: str, build_dir: Path, work: Path, worksta
         raise RehearsalError(f"The report step is not a copy: {scp_back}")
     _run(["cp", str(bundle_dir / "report.json"), scp_back.split()[2]], station, env)
     ws_env = dict(os.environ)
-    merged = _run(merge.replace("resnext-deploy", workstation_cli, 1), station, ws_env, expect=EXIT_PENDING_ON_DEVICE,
-                  shell=True)
+    # the device's public key, pinned on the workstation (printed by compile --bundle on first use, and in .pub)
+    pinned = (home / ".config" / "resnext-deploy" / "device-key.pub").read_text().strip()
+    merged = _run(merge.replace("resnext-deploy", workstation_cli, 1) + f" --device-key {pinned}", station, ws_env,
+                  expect=EXIT_PENDING_ON_DEVICE, shell=True)
     tampered = json.loads((bundle_dir / "report.json").read_text())
     row = next(r for r in tampered["results"] if r["artifact"] == "bundle-onnxruntime-qdq")
     row["max_abs_logit_diff"] = row["max_abs_logit_diff"] / 2  # a nicer number than the device measured
     (station / "tampered.json").write_text(json.dumps(tampered))
-    refused = _run([workstation_cli, "report", ".", "--device", "tampered.json"], station, ws_env, expect=EXIT_BAD_INPUT)
+    refused = _run([workstation_cli, "report", ".", "--device", "tampered.json", "--device-key", pinned], station, ws_env,
+                   expect=EXIT_BAD_INPUT)
     if "altered" not in refused.stderr:
         raise RehearsalError(f"The tampered device report was refused for another reason: {refused.stderr}")
     versions = json.loads(_run(["python", "-c", "import json, sys, numpy, onnxruntime; print(json.dumps({"

@@ -45,7 +45,10 @@ def test_the_build_prints_the_next_steps_of_the_bundle_readme(generic_build):
     assert f"tarball: {out / 'resnext_demo-jetson-bundle.tar.gz'}" in console
     assert f"cd {out}" in console
     wheel = next((out / "resnext_demo-jetson-bundle" / "wheels").glob("*.whl"))
-    assert lines[3] == f"python3 -m pip install wheels/{wheel.name}" and lines[4] == "resnext-deploy compile --bundle ."
+    assert lines[3:7] == ["sha256sum -c SHA256SUMS", "python3 -m pip install -r dependencies.txt",
+                          "python3 -m pip install --no-deps --require-hashes -r requirements.txt",
+                          "resnext-deploy compile --bundle ."]
+    assert f"./wheels/{wheel.name} --hash=sha256:" in (wheel.parents[1] / "requirements.txt").read_text()
 
 
 @pytest.mark.parametrize("version", rehearse.PYTHONS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ BUNDLE_FILES = {
     "README.md", "manifest.json", "recipe.toml", "model-fp32.onnx", "model-int8-qdq.onnx", "calibration.cache",
     "model-fp16.onnx", "model-int8-qdq-fp16.onnx",
     "golden/inputs.npy", "golden/reference-fp32.npy", "golden/reference-int8-qdq.npy", "golden/golden.json",
-    "wheels/resnext_deploy-0.1.0-py3-none-any.whl",
+    "wheels/resnext_deploy-0.1.0-py3-none-any.whl", "requirements.txt", "dependencies.txt", "SHA256SUMS",
 }
 ENGINES = ["tensorrt-fp16", "tensorrt-int8", "tensorrt-dla0-fp16", "tensorrt-dla0-int8"]
 
@@ -78,7 +79,7 @@ def test_manifest_hashes_and_contents(bundle_dir):
     m = b.manifest
     assert m["schema"] == "resnext-deploy/manifest" and m["target"] == "jetson-orin-nx"
     assert {a["name"]: a["path"] for a in m["artifacts"]} == {"onnx-fp32": "model-fp32.onnx", "onnx-int8-int8": "model-int8-qdq.onnx"}
-    assert set(b.info["files"]) == BUNDLE_FILES - {"manifest.json", "model-fp32.onnx", "model-int8-qdq.onnx"}
+    assert set(b.info["files"]) == BUNDLE_FILES - {"manifest.json", "model-fp32.onnx", "model-int8-qdq.onnx", "SHA256SUMS"}
     assert [e["name"] for e in b.info["engines"]] == ENGINES
     dla_int8 = b.info["engines"][3]
     assert (dla_int8["source"], dla_int8["calibration_cache"], dla_int8["min_batch"], dla_int8["max_batch"]) == ("fp32", True, 1, 1)
@@ -319,3 +320,153 @@ def test_predict_on_the_jetson_build_says_what_runs_and_that_engines_are_pending
     res = CliRunner().invoke(cli, ["predict", "--build", str(bundle_dir), "--top-k", "1"] + [str(p) for p in images])
     assert res.exit_code == 0 and "using onnx-int8-int8 (onnxruntime, int8)" in res.output
     assert "note:" not in res.output  # on the bundle the runtime's own warning says it (runtime/selection.py)
+
+
+# ------------------------------------------------------------------ what the device checks before using a bundle
+
+
+def _edited_copy(bundle_dir, tmp_path, edit):
+    copy = tmp_path / bundle_dir.name
+    shutil.copytree(bundle_dir, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    edit(m, copy)
+    (copy / "manifest.json").write_text(json.dumps(m))
+    return copy
+
+
+def test_manifest_paths_outside_the_bundle_are_refused_unopened(bundle_dir, tmp_path):
+    outside = tmp_path / "secret"
+    outside.write_text("not the bundle's")
+
+    def escape(m, copy):
+        m["bundle"]["files"]["../../../etc/hostname"] = "0" * 64
+
+    res = CliRunner().invoke(cli, ["compile", "--bundle", str(_edited_copy(bundle_dir, tmp_path / "a", escape))])
+    assert res.exit_code == 2 and "'../../../etc/hostname', which leads outside the bundle" in res.output, res.output
+
+    def link(m, copy):  # a symbolic link out of the bundle, its hash rewritten consistently
+        (copy / "golden" / "golden.json").unlink()
+        (copy / "golden" / "golden.json").symlink_to(outside)
+        m["bundle"]["files"]["golden/golden.json"] = hashlib.sha256(outside.read_bytes()).hexdigest()
+
+    res = CliRunner().invoke(cli, ["compile", "--bundle", str(_edited_copy(bundle_dir, tmp_path / "b", link))])
+    assert res.exit_code == 2 and "'golden/golden.json', which leads outside the bundle" in res.output, res.output
+
+    def absolute(m, copy):
+        m["artifacts"][0]["files"] = {"/etc/hostname": "0" * 64}
+
+    res = CliRunner().invoke(cli, ["compile", "--bundle", str(_edited_copy(bundle_dir, tmp_path / "c", absolute))])
+    assert res.exit_code == 2 and "'/etc/hostname': only relative paths inside the bundle" in res.output
+
+
+def test_unsafe_engine_names_and_out_of_range_tolerances_are_refused(bundle_dir, tmp_path):
+    def name(m, copy):
+        m["bundle"]["engines"][0]["name"] = "../../.bashrc"
+
+    res = CliRunner().invoke(cli, ["compile", "--bundle", str(_edited_copy(bundle_dir, tmp_path / "a", name))])
+    assert res.exit_code == 2 and "engine name '../../.bashrc' is not a safe file name" in res.output, res.output
+    assert not (tmp_path / "a" / bundle_dir.name / "report.json").exists()
+
+    def tolerances(m, copy):
+        m["recipe"]["backends"]["tensorrt"].update(int8_min_cosine=-1.5, int8_max_abs_diff=1e9)
+
+    res = CliRunner().invoke(cli, ["compile", "--bundle", str(_edited_copy(bundle_dir, tmp_path / "b", tolerances))])
+    assert res.exit_code == 2 and "int8_max_abs_diff = 1000000000.0" in res.output and "int8_min_cosine = -1.5" in res.output
+
+    def gates(m, copy):  # the recipe's own range checks (recipes.RANGES), as on the workstation
+        m["recipe"]["evaluation"]["iterations"] = 0
+
+    res = CliRunner().invoke(cli, ["compile", "--bundle", str(_edited_copy(bundle_dir, tmp_path / "c", gates))])
+    assert res.exit_code == 2 and "evaluation.iterations = 0" in res.output, res.output
+
+
+def test_sha256sums_and_the_hash_pinned_wheel(bundle_dir, tmp_path):
+    """`sha256sum -c SHA256SUMS` passes on the bundle; pip installs the wheel only with the sha256 requirements.txt pins."""
+    done = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=bundle_dir, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = {ln.split("  ", 1)[1] for ln in (bundle_dir / "SHA256SUMS").read_text().splitlines()}
+    assert listed == BUNDLE_FILES - {"SHA256SUMS"}
+    deps = (bundle_dir / "dependencies.txt").read_text()
+    assert "cryptography>=41" in deps and "numpy>=1.21" in deps and "torch" not in deps
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps", "--require-hashes", "-r",
+           "requirements.txt"]
+    ok = subprocess.run(pip, cwd=copy, capture_output=True, text=True)
+    assert ok.returncode == 0 and "Would install resnext-deploy" in ok.stdout, ok.stdout + ok.stderr
+    wheel = next((copy / "wheels").glob("*.whl"))
+    wheel.write_bytes(wheel.read_bytes() + b"\0")  # a swapped wheel
+    bad = subprocess.run(pip, cwd=copy, capture_output=True, text=True)
+    assert bad.returncode != 0 and "DO NOT MATCH THE HASHES" in bad.stderr
+    checked = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=copy, capture_output=True, text=True)
+    assert checked.returncode != 0 and f"wheels/{wheel.name}: FAILED" in checked.stdout
+    readme = (bundle_dir / "README.md").read_text()
+    order = [readme.index(s) for s in ("tar xzf", "sha256sum -c SHA256SUMS", "-r dependencies.txt",
+                                        "--no-deps --require-hashes -r requirements.txt", "resnext-deploy compile --bundle .")]
+    assert order == sorted(order)
+
+
+def test_the_readme_install_section_comes_from_the_manifest(bundle_dir):
+    """The README's install block and its words are the template's, from manifest.json's bundle.install alone."""
+    from resnext_deploy.tensorrt.handoff import device_steps
+    from resnext_deploy.tensorrt.readme import render_readme
+
+    readme = (bundle_dir / "README.md").read_text()
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    install = manifest["bundle"]["install"]
+    wheel = bundle_dir / install["wheel"]
+    assert install["wheel_sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert f"{install['wheel']} --hash=sha256:{install['wheel_sha256']}" in (bundle_dir / "requirements.txt").read_text()
+    assert (bundle_dir / "dependencies.txt").read_text().splitlines()[2:] == install["requires"]
+    section = readme.split("## Install\n", 1)[1].split("\n## ", 1)[0]
+    assert "```bash\nsha256sum -c SHA256SUMS\npython3 -m pip install -r dependencies.txt\n" \
+           "python3 -m pip install --no-deps --require-hashes -r requirements.txt\n```" in section
+    assert f"`{install['wheel']}`" in section and install["wheel_sha256"] in section
+    assert all(r in section for r in install["requires"])
+    # any past bundle's README can be rebuilt from its manifest
+    assert render_readme(manifest, device_steps(bundle_dir.name, f"{bundle_dir.name}.tar.gz")) == readme
+
+
+def test_a_workstation_signed_bundle_is_verified_where_the_device_pins_its_key(jetson_recipe, tmp_path):
+    from resnext_deploy.buildfolder.signing import create_key
+
+    ws = create_key(tmp_path / "workstation-key")
+    res = CliRunner().invoke(cli, ["-q", "build", "--recipe", str(jetson_recipe), "--out", str(tmp_path / "b"),
+                                   "--sign-key", str(ws.path)])
+    assert res.exit_code == 0, res.output
+    assert f"manifest signed by workstation key {ws.public.key_id}" in res.output
+    tar = tmp_path / "b" / "resnext_demo-jetson-orin-nx-bundle.tar.gz"
+    assert f"tarball sha256: {hashlib.sha256(tar.read_bytes()).hexdigest()}" in res.output
+    signed = tmp_path / "b" / "resnext_demo-jetson-orin-nx-bundle"
+    device = tmp_path / "device" / signed.name
+    shutil.copytree(signed, device)
+    ok = CliRunner().invoke(cli, ["compile", "--bundle", str(device), "--workstation-key", str(ws.path) + ".pub"])
+    assert ok.exit_code == 7 and f"signed by the pinned workstation key {ws.public.key_id}" in ok.output, ok.output
+    assert json.loads((device / "report.json").read_text())["device_report"]["bundle_signed_by"] == ws.public.key_id
+    # a swapped wheel with the manifest and SHA256SUMS rewritten consistently: the signature no longer verifies
+    swapped = tmp_path / "swapped" / signed.name
+    shutil.copytree(signed, swapped)
+    wheel = next((swapped / "wheels").glob("*.whl"))
+    wheel.write_bytes(wheel.read_bytes() + b"\0")
+    m = json.loads((swapped / "manifest.json").read_text())
+    m["bundle"]["files"][f"wheels/{wheel.name}"] = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (swapped / "manifest.json").write_text(json.dumps(m))
+    res = CliRunner().invoke(cli, ["compile", "--bundle", str(swapped), "--workstation-key", ws.public.text])
+    assert res.exit_code == 2 and "does not verify" in res.output, res.output
+    other = create_key(tmp_path / "other")
+    res = CliRunner().invoke(cli, ["compile", "--bundle", str(signed), "--workstation-key", other.public.text])
+    assert res.exit_code == 2 and f"signed by key {ws.public.key_id}, not by the pinned key {other.public.key_id}" in res.output
+
+
+def test_an_unsigned_bundle_is_refused_where_a_workstation_key_is_pinned(bundle_dir, tmp_path, device_key):
+    from resnext_deploy.buildfolder.signing import create_key
+
+    ws = create_key(tmp_path / "ws")
+    pin = device_key.parent / "config" / "resnext-deploy" / "workstation-key.pub"  # the device's pinned key file
+    pin.parent.mkdir(parents=True, exist_ok=True)
+    pin.write_text(ws.public.text + "\n")
+    try:
+        res = CliRunner().invoke(cli, ["compile", "--bundle", str(bundle_dir)])
+    finally:
+        pin.unlink()
+    assert res.exit_code == 2 and "manifest.json' is not signed" in res.output, res.output

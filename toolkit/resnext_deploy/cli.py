@@ -198,20 +198,24 @@ def _write_ci(report: Any, junit_file: Optional[Path], summary_file: Optional[Pa
 @click.option("--preprocessing", "preprocessing", default=None, metavar="PRESET|FILE.json",
               help="How the model sees images, for a model that does not say (a Keras file without a sidecar): a preset "
                    "(imagenet, keras-caffe, keras-tf, keras-torch) or a JSON file.")
+@click.option("--sign-key", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="The workstation's Ed25519 key (made by `resnext-deploy device-key --key FILE`): signs a TensorRT "
+                   "bundle's manifest, which a device that pins its public key verifies before using it.")
 @_ci_options
 @_scale_options
 @click.pass_context
 @_run
 def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_classes: Optional[int], trust_pickle: bool, target: str,
           recipe: Optional[Path], calib: Optional[Path], val: Optional[Path], out: Optional[Path], as_json: bool,
-          sensitivity: Optional[bool], preprocessing: Optional[str], junit_file: Optional[Path],
+          sensitivity: Optional[bool], preprocessing: Optional[str], sign_key: Optional[Path], junit_file: Optional[Path],
           summary_file: Optional[Path], workers: int, ray_address: Optional[str], force: bool) -> None:
     """Run the whole pipeline and gate it; writes one build directory."""
     from .pipeline.build import BuildOptions, build as run_build
     from .report import render_table
 
     options = BuildOptions(model, _given_target(target) if recipe else target, recipe, out, arch, num_classes, calib, val,
-                           sensitivity, _scale(workers, ray_address), preprocessing, trust_pickle, force)
+                           sensitivity, _scale(workers, ray_address), preprocessing, trust_pickle, force,
+                           sign_key)
     res = run_build(options, ctx.obj["progress"])
     _say(json.dumps(res.report, indent=2) if as_json else render_table(res.report))
     if not as_json and res.report.get("calibration_check"):
@@ -226,9 +230,11 @@ def build(ctx: click.Context, model: Optional[Path], arch: Optional[str], num_cl
     steps = (res.report.get("bundle") or {}).get("device_steps")
     if steps and not as_json:  # a Jetson (or GPU) build without TensorRT here: the hand-off (tensorrt/handoff.py)
         b = res.report["bundle"]
-        _say(f"bundle: {Path(res.out_dir) / b['directory']}/ (wheel {b['wheel']})\ntarball: {Path(res.out_dir) / b['archive']}"
-                   f"\nnext steps (also at the top of the bundle's README.md):\n  cd {res.out_dir}\n"
-                   + "\n".join(f"  {line}" for line in steps))
+        signed = f"; manifest signed by workstation key {b['manifest_signed_by']}" if b.get("manifest_signed_by") else ""
+        _say(f"bundle: {Path(res.out_dir) / b['directory']}/ (wheel {b['wheel']}{signed})\ntarball: {Path(res.out_dir) / b['archive']}"
+             f"\ntarball sha256: {b['archive_sha256']} (on the device, `sha256sum {b['archive']}` must print it)"
+             f"\nnext steps (also at the top of the bundle's README.md):\n  cd {res.out_dir}\n"
+             + "\n".join(f"  {line}" for line in steps))
     _write_ci(res.report, junit_file, summary_file)
     sys.exit(EXIT_OK if res.passed else EXIT_GATE_FAILED)
 
@@ -351,14 +357,20 @@ def quantize(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[Pat
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="On the device: build, check and time the engines of a TensorRT bundle (made by `build --target jetson-*`).")
+@click.option("--key", "key_file", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="With --bundle: the device's private key that signs report.json (default $RESNEXT_DEPLOY_DEVICE_KEY, "
+                   "else ~/.config/resnext-deploy/device-key, made on first use).")
+@click.option("--workstation-key", default=None, metavar="KEY|FILE",
+              help="With --bundle: the workstation's public key; the bundle's manifest must carry its signature "
+                   "(default: ~/.config/resnext-deploy/workstation-key.pub when it exists, else not checked).")
 @_target_opt
 @_recipe_opt
 @_ci_options
 @click.pass_context
 @_run
 def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional[str], precision: Optional[str],
-                out: Optional[Path], bundle: Optional[Path], target: str, recipe: Optional[Path],
-                junit_file: Optional[Path], summary_file: Optional[Path]) -> None:
+                out: Optional[Path], bundle: Optional[Path], key_file: Optional[Path], workstation_key: Optional[str],
+                target: str, recipe: Optional[Path], junit_file: Optional[Path], summary_file: Optional[Path]) -> None:
     """Compile an ONNX into a backend's artifact (OpenVINO IR, ONNX Runtime optimized model, TensorRT engine).
 
     With --bundle DIR (on the Jetson or GPU machine): build the bundle's TensorRT engines, compare them with the
@@ -372,16 +384,19 @@ def compile_cmd(ctx: click.Context, onnx_path: Optional[Path], backend: Optional
         from .report import render_table
         from .tensorrt.ondevice import compile_bundle
 
-        res = compile_bundle(bundle, ctx.obj["progress"])
+        res = compile_bundle(bundle, ctx.obj["progress"], key_file=key_file, workstation_key=workstation_key)
         _say(render_table(res.report))
         for line in (res.report.get("engine_plan") or {}).get("lines", []):  # --target jetson: what this device builds
             _say(line)
+        _say(_device_signature_lines(res))
         if res.pending:
             _say(f"\nTensorRT engines NOT built: {res.pending}. Checked without TensorRT: the bundle's hashes and "
                        "its ONNX models on the golden inputs (ONNX Runtime).")
         _say(f"\nengines: {', '.join(str(p) for p in res.engines) or 'none'}\nreport: {res.bundle / 'report.md'}")
         _write_ci(res.report, junit_file, summary_file)
         sys.exit(EXIT_GATE_FAILED if not res.passed else EXIT_PENDING_ON_DEVICE if res.pending else EXIT_OK)
+    if key_file or workstation_key:
+        raise click.UsageError("--key/--workstation-key go with --bundle (signing the device report).")
     if junit_file or summary_file:
         raise click.UsageError("--junit/--summary go with --bundle (a gate to report); compiling one artifact has no gate.")
     missing = [n for n, v in (("--onnx", onnx_path), ("--backend", backend), ("--precision", precision), ("--out", out)) if v is None]
@@ -438,12 +453,16 @@ def evaluate(ctx: click.Context, artifacts: tuple, reference: Path, val: Optiona
 @click.option("--device", "device_report", type=click.Path(path_type=Path), default=None,
               help="The report.json `compile --bundle` wrote on the device: verified and merged into the build "
                    "directory SOURCE (its report, gate and manifest); exit 7 while engines are still pending.")
+@click.option("--device-key", default=None, metavar="KEY|FILE",
+              help="With --device: the device's public key (`resnext-deploy device-key` prints it on the device); only "
+                   "a report it signed is merged. Default: the recipe's [signing] device_key.")
 @_target_opt
 @_recipe_opt
 @_ci_options
 @_run
 def report(source: Path, out: Optional[Path], as_json: bool, baseline: Optional[Path], device_report: Optional[Path],
-           target: str, recipe: Optional[Path], junit_file: Optional[Path], summary_file: Optional[Path]) -> None:
+           device_key: Optional[str], target: str, recipe: Optional[Path], junit_file: Optional[Path],
+           summary_file: Optional[Path]) -> None:
     """Gate an evaluation JSON (or re-gate a build directory) with the recipe, compare with --baseline; exit 3 if a check fails.
 
     With --device: merge the device's report into the build SOURCE (a report from another bundle is refused)."""
@@ -460,17 +479,50 @@ def report(source: Path, out: Optional[Path], as_json: bool, baseline: Optional[
         manifest = read_manifest(Path(source) / "manifest.json") if Path(source).is_dir() else {}
         # the build's own recipe (resolved in its manifest) unless the user names one
         rec = _recipe(target, recipe) if (recipe or _given_target(target)) else _build_recipe(manifest, target)
-        rep = merge_device_report(source, device_report, rec)
+        rep = merge_device_report(source, device_report, rec, device_key)
         _say(json.dumps(rep, indent=2) if as_json else render_table(rep))
-        _say(f"\nmerged {device_report} into {source}: report.json, report.md, manifest.json, device-report.json")
+        _say(f"\nmerged {device_report} (signed by device key {rep['device']['signed_by']}) into {source}: "
+             "report.json, report.md, manifest.json, device-report.json", err=as_json)
         _write_ci(rep, junit_file, summary_file)
         sys.exit(EXIT_GATE_FAILED if not rep["gate"]["passed"] else EXIT_PENDING_ON_DEVICE if engines_pending(rep) else EXIT_OK)
+    if device_key is not None:
+        raise click.UsageError("--device-key goes with --device (the key that must have signed the device report).")
     rep = report_from(source, _recipe(target, recipe), out, baseline)
     _say(json.dumps(rep, indent=2) if as_json else render_table(rep))
     if rep.get("baseline") and not as_json:
         _say(baseline_summary(rep["baseline"]))
     _write_ci(rep, junit_file, summary_file)
     sys.exit(EXIT_OK if rep["gate"]["passed"] and baseline_passed(rep) else EXIT_GATE_FAILED)
+
+
+def _device_signature_lines(res: Any) -> str:
+    """compile --bundle: which key signed the report (and, the first time, how to pin it on the workstation)."""
+    key = res.signed_by
+    lines = [f"report.json signed by device key {key.key_id}"
+             + (f"; bundle manifest signed by the pinned workstation key {res.bundle_signed_by}" if res.bundle_signed_by
+                else "; bundle manifest signature not checked (no workstation key pinned here)")]
+    if res.key_created:
+        lines.append(f"made a new device key: {key.key_id}, public key {key.text} (the private key stays on this "
+                     "device, mode 0600). Pin the public key on the workstation: `resnext-deploy report BUILD --device "
+                     f"report.json --device-key {key.text}` or [signing] device_key in the recipe.")
+    return "\n".join(lines)
+
+
+@cli.command("device-key")
+@click.option("--key", "key_file", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="The private key file (default $RESNEXT_DEPLOY_DEVICE_KEY, else ~/.config/resnext-deploy/device-key).")
+@_run
+def device_key(key_file: Optional[Path]) -> None:
+    """Show this machine's Ed25519 signing key, making it (mode 0600) if there is none.
+
+    On the device it signs compile --bundle's reports: pin the printed public key on the workstation
+    (`report --device ... --device-key KEY` or [signing] device_key). With --key FILE on the workstation it makes the
+    key `build --sign-key FILE` signs bundles with; the device pins that public key (compile --bundle --workstation-key)."""
+    from .buildfolder.signing import device_key_path, load_or_create_key
+
+    key, created = load_or_create_key(device_key_path(key_file))
+    _say(f"{'made' if created else 'key'}: {key.path} (private, mode 0600)\nkey id: {key.public.key_id}\n"
+         f"public key: {key.public.text}")
 
 
 @cli.group()

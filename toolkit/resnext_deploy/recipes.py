@@ -21,11 +21,6 @@ from typing import Any, Dict, List, Optional, Union
 from .host.cpu import TARGET_CLASSES as ISA_TARGETS
 from .errors import BadInputError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # JetPack's Python 3.8 / 3.10
-    import tomli as tomllib
-
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # the union of what the backends build (each declares its own)
 
@@ -77,6 +72,11 @@ DEFAULTS: Dict[str, Any] = {
             "max_latency_increase_pct": 0.0,
             "max_size_increase_pct": 10.0,  # bytes on disk; 0 = not checked
         },
+    },
+    "signing": {  # buildfolder/signing.py: who may sign what comes back from the device
+        # the device's Ed25519 public key (base64 of 32 bytes, as `resnext-deploy device-key` prints it), or a file
+        # holding it: `report BUILD --device` accepts only reports this key signed ("" = give --device-key)
+        "device_key": "",
     },
     "fallback": {  # accuracy-driven quantization (fallback.py, sensitivity.py)
         "enabled": True,  # when an INT8 artifact fails an accuracy gate, keep the most sensitive layers in float
@@ -276,6 +276,18 @@ def _validate(data: Dict[str, Any], source: str, where: Any = None) -> None:
         )
 
 
+def check_values(data: Dict[str, Any], source: str) -> None:
+    """Range- and type-check resolved recipe values that did not come from a TOML file (a bundle's manifest).
+
+    The same checks as a recipe file gets on the workstation; a value out of range is a BadInputError naming it."""
+    try:
+        _layer(defaults(), defaults(), data, "", source)
+        _validate(data, source)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BadInputError(f"The recipe in {source} is incomplete or malformed ({exc!r}): rebuild it on the "
+                            "workstation.") from exc
+
+
 def recipes_dir() -> Path:
     """Where the shipped recipes are (the repo's recipes/, installed as resnext_deploy.recipes)."""
     from .data.resources import shipped_dir
@@ -289,6 +301,11 @@ def list_targets() -> Dict[str, Path]:
 
 
 def _read_toml(path: Path) -> Dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib  # novermin (3.11+ only, guarded)
+    else:  # JetPack's Python 3.8 / 3.10 (imported here: a bundle's recipe is checked on the device without reading TOML)
+        import tomli as tomllib
+
     if not path.is_file():
         raise BadInputError(f"Recipe file '{path}' does not exist. Copy one from recipes/ and edit it.")
     try:

@@ -1,15 +1,17 @@
 """The device report comes home: `resnext-deploy report BUILD --device DEVICE_REPORT`.
 
 `compile --bundle` on the device writes report.json with a ``device_report`` section: the sha256 of every bundle
-file it verified (the bundle's identity) and a seal, the sha256 of the report's own canonical JSON. Merging
-checks the seal (an edited device report is refused), checks the bundle hashes against the bundle this build
-made (a report from another bundle is refused by name), then puts the device's rows into the build's report:
+file it verified (the bundle's identity), the sha256 of the report's own canonical JSON, and the device key's Ed25519
+signature over that same canonical JSON (buildfolder/signing.py). Merging checks the sha256 and the signature against
+the device key the workstation pinned (``[signing] device_key`` or ``--device-key``): an unsigned, edited, or
+otherwise-signed report is refused naming why. Then it checks the bundle hashes against the bundle this build made
+(a report from another bundle is refused by name), then puts the device's rows into the build's report:
 engine rows with the device's golden checks and latency, or rows "pending on device" with the device's reason.
 The gate is the workstation's (recomputed on the workstation rows) plus the device's own checks, so JUnit and
 the job summary list both. The device report is copied into the build as device-report.json and the build's
 manifest records its sha256 and the report's new one, so the build still serves as a baseline (ci/baseline.py).
 
-Sealing runs on the device (Python 3.8, numpy only): this module imports nothing heavy at the top.
+Sealing runs on the device (Python 3.8, numpy and cryptography): this module imports nothing heavy at the top.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from ..buildfolder.artifacts import atomic_file, sha256_file
 from ..errors import ArtifactIntegrityError, BadInputError
+from ..buildfolder.signing import PublicKey, SigningKey, canonical_json, parse_public_key, verify_record
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +35,31 @@ SEAL_KEY = "device_report"
 
 def _canonical(report: Dict[str, Any]) -> bytes:
     body = {k: v for k, v in report.items() if k != SEAL_KEY}
-    section = {k: v for k, v in (report.get(SEAL_KEY) or {}).items() if k != "sha256"}
-    return json.dumps({"report": body, SEAL_KEY: section}, sort_keys=True, separators=(",", ":"),
-                      allow_nan=True).encode("utf-8")
+    section = {k: v for k, v in (report.get(SEAL_KEY) or {}).items() if k not in ("sha256", "signature")}
+    return canonical_json({"report": body, SEAL_KEY: section})
 
 
-def seal(report: Dict[str, Any], bundle_name: str, bundle_files: Dict[str, str], engines: List[str]) -> Dict[str, Any]:
-    """Add the device_report section (bundle identity, its engine plan, then the seal over the whole report)."""
+def seal(report: Dict[str, Any], bundle_name: str, bundle_files: Dict[str, str], engines: List[str],
+         key: Optional[SigningKey] = None, bundle_signed_by: Optional[str] = None) -> Dict[str, Any]:
+    """Add the device_report section (bundle identity, its engine plan), its sha256 and ``key``'s signature.
+
+    Both cover the report's canonical JSON without the two fields themselves; ``bundle_signed_by``: the workstation
+    key id the device checked the bundle's manifest against (None: no workstation key pinned on the device)."""
     report[SEAL_KEY] = {"bundle": bundle_name, "bundle_files": dict(sorted(bundle_files.items())), "engines": list(engines),
-                        "sealed": "sha256 of the report's canonical JSON (sorted keys, no spaces) without this field"}
-    report[SEAL_KEY]["sha256"] = hashlib.sha256(_canonical(report)).hexdigest()
+                        "bundle_signed_by": bundle_signed_by,
+                        "sealed": "sha256 and the device key's Ed25519 signature of the report's canonical JSON "
+                                  "(sorted keys, no spaces) without the fields sha256 and signature"}
+    data = _canonical(report)
+    report[SEAL_KEY]["sha256"] = hashlib.sha256(data).hexdigest()
+    if key is not None:
+        report[SEAL_KEY]["signature"] = key.record(data)
     return report
 
 
-def read_device_report(path: Union[str, Path]) -> Dict[str, Any]:
-    """A device report, its seal verified; an edited one is an ArtifactIntegrityError naming the file."""
+def read_device_report(path: Union[str, Path], device_key: Optional[PublicKey] = None) -> Dict[str, Any]:
+    """A device report, its seal and its signature by the pinned ``device_key`` verified.
+
+    An edited, unsigned or otherwise-signed one is an ArtifactIntegrityError (exit 2) naming the file and why."""
     path = Path(path)
     if path.is_dir():
         path = path / "report.json"
@@ -65,6 +78,9 @@ def read_device_report(path: Union[str, Path]) -> Dict[str, Any]:
             f"The device report '{path}' was altered after the device wrote it: its content hashes to {actual[:12]}..., "
             f"its seal says {str(sec['sha256'])[:12]}... . Copy report.json from the device's bundle again."
         )
+    hint = ("Pin the device's public key (`resnext-deploy device-key` on the device prints it) with --device-key KEY "
+            "or [signing] device_key in the recipe, and bring back the report.json compile --bundle signed there.")
+    verify_record(sec.get("signature"), _canonical(data), device_key, f"The device report '{path}'", hint)
     return data
 
 
@@ -104,8 +120,11 @@ def verify_same_bundle(device: Dict[str, Any], manifest: Dict[str, Any], build_d
     return missing
 
 
-def merge_device_report(build_dir: Union[str, Path], device_report: Union[str, Path], recipe: Any) -> Dict[str, Any]:
-    """Merge a verified device report into the build's report, rewrite report.* and the manifest; returns the report."""
+def merge_device_report(build_dir: Union[str, Path], device_report: Union[str, Path], recipe: Any,
+                        device_key: Optional[str] = None) -> Dict[str, Any]:
+    """Merge a verified device report into the build's report, rewrite report.* and the manifest; returns the report.
+
+    ``device_key``: the device's public key (text or file), else the recipe's ``[signing] device_key``."""
     from ..evaluation.gate import GateResult
     from ..buildfolder.manifest import read_manifest
     from ..report import make_report, read_report, write_report
@@ -114,7 +133,8 @@ def merge_device_report(build_dir: Union[str, Path], device_report: Union[str, P
     if not (build_dir / "manifest.json").is_file():
         raise BadInputError(f"'{build_dir}' is not a build directory (no manifest.json). Pass the directory "
                             "`resnext-deploy build --target jetson-*` wrote.")
-    device = read_device_report(source)
+    pinned = device_key or (recipe.data.get("signing") or {}).get("device_key")
+    device = read_device_report(source, parse_public_key(pinned, "The device key") if pinned else None)
     manifest = read_manifest(build_dir / "manifest.json")
     recorded = (manifest.get("reports") or {}).get("report.json")
     if recorded and sha256_file(build_dir / "report.json") != recorded:
@@ -130,6 +150,7 @@ def merge_device_report(build_dir: Union[str, Path], device_report: Union[str, P
     dev_digest = device[SEAL_KEY]["sha256"]
     summary = {
         "report": DEVICE_REPORT, "sha256_sealed": dev_digest, "bundle": device[SEAL_KEY]["bundle"],
+        "signed_by": device[SEAL_KEY]["signature"]["key_id"], "bundle_signed_by": device[SEAL_KEY].get("bundle_signed_by"),
         "bundle_files_verified": len(device[SEAL_KEY]["bundle_files"]), "bundle_files_not_checked_on_device": unverified,
         "machine": device.get("device"), "gate_passed": dev_gate.passed, "gate": device["gate"], "engines_pending": pending,
         "engines_built": sorted(n for n in engine_names if n not in pending),
@@ -137,7 +158,8 @@ def merge_device_report(build_dir: Union[str, Path], device_report: Union[str, P
     # a second merge replaces the first one's notes
     notes = [n for n in (data.get("notes") or []) if not n.startswith(("Device report merged", "device: "))] + [
         f"Device report merged from '{source.name}' (bundle {summary['bundle']}, {summary['bundle_files_verified']} "
-        f"files' sha256 match this build's bundle; seal {dev_digest[:12]}...): device gate "
+        f"files' sha256 match this build's bundle; signed by device key {summary['signed_by']}, seal {dev_digest[:12]}...): "
+        f"device gate "
         f"{'passed' if dev_gate.passed else 'FAILED'}" + (f"; engines still pending on device: {', '.join(pending)}"
                                                           if pending else "; every engine built and checked on the device") + "."
     ] + [f"device: {n}" for n in device.get("notes") or []]

@@ -18,6 +18,7 @@ from ..buildfolder.artifacts import Artifact, atomic_dir, sha256_file
 from ..errors import BadInputError
 from ..evaluation.gate import GateResult, apply_gates
 from ..buildfolder.manifest import folder_digest, make_manifest, write_manifest
+from ..buildfolder.signing import load_signing_key
 from ..progress import Progress, step_progress
 from ..recipes import Recipe, load_recipe
 from ..report import make_report, write_report
@@ -75,6 +76,9 @@ class BuildOptions:
     preprocessing: Optional[str] = None
     allow_pickle: bool = False
     force: bool = False
+    #: the workstation's Ed25519 key file (buildfolder/signing.py), read before the work: it signs a TensorRT
+    #: bundle's manifest for a device that pins its public key
+    sign_key: Union[str, Path, None] = None
 
 
 def build(options: Optional[BuildOptions] = None, progress: Progress = None, **fields: Any) -> BuildResult:
@@ -85,6 +89,7 @@ def build(options: Optional[BuildOptions] = None, progress: Progress = None, **f
     """
     opts = options if options is not None else BuildOptions(**fields)
     t_start = time.perf_counter()
+    signing_key = load_signing_key(opts.sign_key) if opts.sign_key else None
     recipe = load_recipe(opts.recipe_path, opts.target if opts.recipe_path else (opts.target or "x86-cpu"))
     inputs = (opts.model, opts.calib, opts.val, opts.recipe_path, recipe.section("calibration")["folder"],
               recipe.section("evaluation")["folder"])
@@ -100,7 +105,8 @@ def build(options: Optional[BuildOptions] = None, progress: Progress = None, **f
     stages: Dict[str, float] = {}
     data = _load_images(src, recipe, folders, out_dir, progress, stages)
     with open_inference(opts.scale) as inference, atomic_dir(out_dir, opts.force) as stage_dir:
-        ctx = BuildContext(src, recipe, data.cal, data.valset, stage_dir, progress, stages, inference=inference)
+        ctx = BuildContext(src, recipe, data.cal, data.valset, stage_dir, progress, stages, inference=inference,
+                           signing_key=signing_key)
         artifacts, results, gate = _run_and_gate(ctx, opts.sensitivity)
         ctx.extra["gallery"] = gallery_section(results, data.valset.data, data.valset.paths, src.preprocessing.mean,
                                                src.preprocessing.std, src.labels)

@@ -37,6 +37,8 @@ class BuildContext:
     reference_logits: Optional[np.ndarray] = None
     #: where logits are computed (scale.open_inference: this process or Ray workers); None = this process
     inference: Any = None
+    #: the workstation's signing.SigningKey (build --sign-key): signs what leaves for a device (the bundle's manifest)
+    signing_key: Any = None
 
     def step(self, name: str) -> StepProgress:
         """The progress callback of one named step."""

@@ -188,6 +188,10 @@ class TensorRtBackend(Backend):
         """Always the int8 (symmetric, zero-point 0) flavour, Q/DQ placed for Conv+Add fusion: the bundle ships that model."""
         return "int8" if settings["precisions"] else None
 
+    #: the golden tolerances' allowed ranges (the workstation's recipe and, on the device, the bundle's manifest)
+    TOLERANCES = {"golden_min_agreement": (0.0, 1.0), "fp16_min_cosine": (-1.0, 1.0), "int8_min_cosine": (-1.0, 1.0),
+                  "fp16_max_abs_diff": (0.0, 1000.0), "int8_max_abs_diff": (0.0, 1000.0)}
+
     def place_qdq(self, path: Path, flavour: str) -> Optional[Dict[str, Any]]:
         """Q/DQ moved to where TensorRT fuses Conv+Add (qdq_placement.py), on the int8 flavour it compiles."""
         from .qdq_placement import place_file
@@ -217,6 +221,11 @@ class TensorRtBackend(Backend):
         return tensorrt_stage(ctx, artifacts, results)
 
     def validate(self, settings: Dict[str, Any], source: str) -> None:
+        bad = [f"backends.tensorrt.{k} = {settings[k]!r} (allowed {lo:g} to {hi:g})" for k, (lo, hi) in self.TOLERANCES.items()
+               if not (isinstance(settings[k], (int, float)) and lo <= settings[k] <= hi)]
+        if bad:
+            raise BadInputError(f"Golden tolerance{'s' if len(bad) > 1 else ''} out of range in {source}: {'; '.join(bad)}. "
+                                "A max |diff| above 1000 logits or a negative one checks nothing.")
         if "fp32" in settings["precisions"]:
             raise BadInputError(f"backends.tensorrt.precisions in {source} has 'fp32'; TensorRT engines are 'fp16' or 'int8'.")
         super().validate(settings, source)

@@ -17,6 +17,7 @@ import io
 import json
 import shutil
 import tarfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -24,7 +25,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from ..buildfolder.artifacts import Artifact, atomic_file, sha256_file
-from ..errors import BadInputError
+from ..errors import BadInputError, InternalError
 
 BUNDLE_VERSION = 1
 FP32_ONNX = "model-fp32.onnx"
@@ -43,6 +44,9 @@ GOLDEN_QDQ = "golden/reference-int8-qdq.npy"
 GOLDEN_INDEX = "golden/golden.json"
 ENGINES_DIR = "engines"
 WHEELS_DIR = "wheels"  # resnext-deploy's own pure-Python wheel: the device installs from the bundle alone
+SHA256SUMS = "SHA256SUMS"  # `sha256sum -c SHA256SUMS` on the device, before anything is installed
+REQUIREMENTS = "requirements.txt"  # the wheel pinned by its sha256: pip install --no-deps --require-hashes -r
+DEPENDENCIES = "dependencies.txt"  # the wheel's own requirements (its Requires-Dist), from JetPack or the index
 
 
 @dataclass
@@ -73,6 +77,8 @@ class Bundle:
     root: Path
     manifest: Dict[str, Any]
     golden: Golden
+    #: the key id of the workstation key that signed the manifest, when the device pinned one; else None
+    signed_by: Optional[str] = None
 
     @property
     def info(self) -> Dict[str, Any]:
@@ -108,13 +114,16 @@ def write_bundle(
     readme: str,
     typed_models: Optional[Dict[str, Path]] = None,
     wheel: Optional[Path] = None,
+    signing_key: Any = None,
 ) -> Dict[str, str]:
     """Fill the empty directory ``root`` and write its manifest; returns {relative path: sha256} of every file.
 
     ``manifest`` is a build manifest (from manifest.make_manifest) whose artifacts already name
     FP32_ONNX and QDQ_ONNX relative to ``root``; its ``bundle`` section gets the hashes of the other files.
     ``typed_models`` ("fp16", "qdq-fp16" -> path) are the strongly typed models; ``calibration_cache`` None: none.
-    ``wheel``: resnext-deploy's wheel (distribution.wheel_for_device), copied into wheels/.
+    ``wheel``: resnext-deploy's wheel (distribution.wheel_for_device), copied into wheels/, with requirements.txt
+    (the wheel by its sha256) and dependencies.txt from the manifest's ``bundle.install`` (install_facts).
+    ``signing_key`` (buildfolder.signing.SigningKey): the workstation's key, which signs the manifest. SHA256SUMS, written last, lists every other file for `sha256sum -c`.
     """
     root.mkdir(parents=True, exist_ok=False)
     shutil.copyfile(fp32_onnx, root / FP32_ONNX)
@@ -133,19 +142,58 @@ def write_bundle(
     if golden.reference_qdq is not None:
         _save_npy(root / GOLDEN_QDQ, golden.reference_qdq.astype(np.float32))
     (root / GOLDEN_INDEX).write_text(json.dumps(golden.index(), indent=2))
+    install = manifest.get("bundle", {}).get("install")
     if wheel is not None:
         (root / WHEELS_DIR).mkdir()
         shutil.copyfile(wheel, root / WHEELS_DIR / Path(wheel).name)
+        install = install or install_facts(Path(wheel))
+        write_install_files(root, install)
     (root / README).write_text(readme, encoding="utf-8")
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
     model_files = {f for a in manifest.get("artifacts", []) for f in a.get("files", {})}
     manifest = dict(manifest)
-    manifest["bundle"] = dict(manifest.get("bundle", {}), version=BUNDLE_VERSION,
+    manifest["bundle"] = dict(manifest.get("bundle", {}), version=BUNDLE_VERSION, install=install,
                               files={k: v for k, v in files.items() if k not in model_files})
+    if signing_key is not None:
+        from .bundle_checks import sign_manifest
+
+        manifest = sign_manifest(manifest, signing_key)
     with atomic_file(root / "manifest.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     files["manifest.json"] = sha256_file(root / "manifest.json")
+    (root / SHA256SUMS).write_text("".join(f"{files[k]}  {k}\n" for k in sorted(files)), encoding="utf-8")
     return files
+
+
+def install_facts(wheel: Path) -> Dict[str, Any]:
+    """The manifest's ``bundle.install``: the files the device checks and installs from, and the wheel's sha256 and
+    Requires-Dist (no extras). The README's install block and requirements.txt / dependencies.txt come from it."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = z.read(meta).decode("utf-8").splitlines()
+    return {"sha256sums": SHA256SUMS, "requirements": REQUIREMENTS, "dependencies": DEPENDENCIES,
+            "wheel": f"{WHEELS_DIR}/{Path(wheel).name}", "wheel_sha256": sha256_file(Path(wheel)),
+            "requires": [ln.split(":", 1)[1].strip() for ln in lines
+                         if ln.startswith("Requires-Dist:") and "extra ==" not in ln]}
+
+
+def write_install_files(root: Path, install: Dict[str, Any]) -> None:
+    """requirements.txt (the bundle's wheel pinned by sha256) and dependencies.txt (its Requires-Dist), from
+    ``install`` (install_facts, as the manifest records it).
+
+    pip's hash-checking mode needs every package pinned with a hash, dependencies included, which cannot be known for
+    the device's Python and platform here: the wheel is installed --no-deps --require-hashes, its dependencies by name.
+    """
+    if sha256_file(root / install["wheel"]) != install["wheel_sha256"]:
+        raise InternalError(f"The bundle's {install['wheel']} is not the wheel the manifest's install section names.")
+    (root / install["requirements"]).write_text(
+        "# resnext-deploy from this bundle, pinned by its sha256:\n"
+        f"#   python3 -m pip install --no-deps --require-hashes -r {install['requirements']}\n"
+        f"./{install['wheel']} --hash=sha256:{install['wheel_sha256']}\n", encoding="utf-8")
+    (root / install["dependencies"]).write_text(
+        "# what resnext-deploy's wheel requires (its Requires-Dist), from JetPack or the package index:\n"
+        f"#   python3 -m pip install -r {install['dependencies']}\n"
+        + "".join(f"{n}\n" for n in install["requires"]), encoding="utf-8")
 
 
 def tar_bundle(root: Path, tar_path: Path) -> Path:
@@ -169,13 +217,16 @@ def tar_bundle(root: Path, tar_path: Path) -> Path:
 def verify_bundle(root: Union[str, Path], manifest: Optional[Dict[str, Any]] = None) -> List[str]:
     """Files of the bundle that are missing or whose sha256 differs from the manifest: empty when intact."""
     from ..buildfolder.manifest import read_manifest, verify_artifacts
+    from .bundle_checks import confined
 
     root = Path(root)
     manifest = manifest or read_manifest(root)
     shipped = [a for a in manifest.get("artifacts", []) if not a.get("path", "").startswith(ENGINES_DIR + "/")]
+    for rel in list(manifest.get("bundle", {}).get("files", {})) + [f for a in shipped for f in a.get("files", {})]:
+        confined(root, rel)  # nothing outside the bundle is opened, not even to hash it
     bad = verify_artifacts({"artifacts": shipped}, root)
     for rel, digest in manifest.get("bundle", {}).get("files", {}).items():
-        p = root / rel
+        p = confined(root, rel)
         if not p.is_file():
             bad.append(f"{rel}: missing")
         elif sha256_file(p) != digest:
@@ -183,9 +234,15 @@ def verify_bundle(root: Union[str, Path], manifest: Optional[Dict[str, Any]] = N
     return bad
 
 
-def read_bundle(root: Union[str, Path]) -> Bundle:
-    """Read and verify a bundle directory; a missing or altered file is a BadInputError naming it."""
+def read_bundle(root: Union[str, Path], workstation_key: Any = None) -> Bundle:
+    """Read and verify a bundle directory; a missing or altered file is a BadInputError naming it.
+
+    Before any file is opened: the manifest's paths are confined to the bundle, its engine names are safe file names,
+    its recipe values are range-checked, and with ``workstation_key`` (a pinned buildfolder.signing.PublicKey) its
+    signature is verified (bundle_checks.py). The key id that signed it is ``Bundle.signed_by``.
+    """
     from ..buildfolder.manifest import read_manifest
+    from .bundle_checks import check_manifest, confined, verify_origin
 
     root = Path(root)
     if not root.is_dir():
@@ -197,6 +254,8 @@ def read_bundle(root: Union[str, Path]) -> Bundle:
             f"'{root}' holds a build manifest but no TensorRT bundle section. Pass the bundle directory a Jetson or "
             "x86-gpu build wrote (build/<model>/<target>/<model>-<target>-bundle)."
         )
+    signed_by = verify_origin(root, manifest, workstation_key)
+    check_manifest(root, manifest)
     bad = verify_bundle(root, manifest)
     if bad:
         raise BadInputError(
@@ -205,10 +264,10 @@ def read_bundle(root: Union[str, Path]) -> Bundle:
         )
 
     def load(rel: str) -> Optional[np.ndarray]:
-        p = root / rel
+        p = confined(root, rel)
         return np.load(p, allow_pickle=False) if p.is_file() else None
 
-    index = json.loads((root / GOLDEN_INDEX).read_text())
+    index = json.loads(confined(root, GOLDEN_INDEX).read_text())
     labels = index.get("labels")
     inputs, reference = load(GOLDEN_INPUTS), load(GOLDEN_FP32)
     if inputs is None or reference is None:
@@ -216,7 +275,7 @@ def read_bundle(root: Union[str, Path]) -> Bundle:
                             f"{GOLDEN_FP32}): rebuild the bundle on the workstation.")
     golden = Golden(inputs, reference, load(GOLDEN_QDQ),
                     None if labels is None else np.asarray(labels), list(index.get("files", [])))
-    return Bundle(root, manifest, golden)
+    return Bundle(root, manifest, golden, signed_by)
 
 
 def bundle_artifact(root: Path, build_dir: Path, tar_path: Path, parent: str) -> Artifact:

@@ -1,7 +1,8 @@
-"""The hand-off to the device: the commands that copy, unpack, install and compile a bundle, and bring the report home.
+"""The hand-off to the device: the commands that copy, unpack and compile a bundle, and bring the report home.
 
-One source for the console after a Jetson build, the bundle README's opening, and the CI rehearsal
-(tests/device/rehearse.py), which runs these very lines (the copy as a local ``cp``: there is no device to scp to).
+The bundle README's template (templates/bundle_readme.md.j2) puts them in its device-steps block with the install
+block between unpack and compile; the console after a Jetson build prints that rendered block (readme_steps), and
+the CI rehearsal (tests/device/rehearse.py) runs its very lines (the copy as a local ``cp``: no device to scp to).
 """
 
 from __future__ import annotations
@@ -18,23 +19,21 @@ DEVICE_HOST = "<user>@<jetson>"
 @dataclass
 class DeviceSteps:
     copy: str  # on the workstation, in the build directory
-    on_device: List[str]  # in the home directory of the device, in order
+    unpack: List[str]  # in the home directory of the device: then the README's install block (its template) runs
+    run: List[str]  # in the bundle, after the install block
     report_back: List[str]  # on the workstation, in the build directory
 
 
-def device_steps(bundle: str, archive: str, wheel: str) -> DeviceSteps:
-    """The commands for bundle folder ``bundle``, tarball ``archive`` and the wheel ``wheels/<wheel>`` inside it.
+def device_steps(bundle: str, archive: str) -> DeviceSteps:
+    """The commands for bundle folder ``bundle`` and tarball ``archive``; the install block between ``unpack`` and
+    ``run`` is the README template's (from the manifest's ``bundle.install``: SHA256SUMS, then the pinned wheel).
 
     The workstation's commands run in the build directory, the device's in the directory the tarball was copied to.
     """
     return DeviceSteps(
         copy=f"scp {archive} {DEVICE_HOST}:",
-        on_device=[
-            f"tar xzf {archive}",
-            f"cd {bundle}",
-            f"python3 -m pip install wheels/{wheel}",
-            "resnext-deploy compile --bundle .",
-        ],
+        unpack=[f"tar xzf {archive}", f"cd {bundle}"],
+        run=["resnext-deploy compile --bundle ."],
         report_back=[
             f"scp {DEVICE_HOST}:{bundle}/report.json device-report.json",
             "resnext-deploy report . --device device-report.json",
@@ -42,24 +41,14 @@ def device_steps(bundle: str, archive: str, wheel: str) -> DeviceSteps:
     )
 
 
-def steps_lines(steps: DeviceSteps) -> List[str]:
-    """The steps as shell lines with comments (the README block and the console print the same)."""
-    return (["# 1. on the workstation, in the build directory: copy the bundle to the device", steps.copy,
-             "# 2. on the device (JetPack's python3, or a venv made with --system-site-packages so JetPack's TensorRT",
-             "#    stays visible): unpack, install resnext-deploy from the bundle's own wheel, build and check",
-             "#    (exit 0 all passed, 3 a check failed, 7 no TensorRT here: everything else passed, engines pending)"]
-            + steps.on_device
-            + ["# 3. on the workstation, in the build directory: bring the device report home and merge it into the build's report and gate"]
-            + steps.report_back)
-
-
-def readme_block(steps: DeviceSteps) -> List[str]:
-    return [BEGIN, "```bash"] + steps_lines(steps) + ["```", END]
+def readme_steps(readme: str) -> List[str]:
+    """The README's device-steps block as rendered, comments included: what the console prints after a build."""
+    if BEGIN not in readme or END not in readme:
+        return []
+    block = readme.split(BEGIN, 1)[1].split(END, 1)[0]
+    return [ln.rstrip() for ln in block.strip().splitlines() if ln.strip() and not ln.strip().startswith("```")]
 
 
 def parse_readme_block(readme: str) -> List[str]:
     """The shell lines (comments dropped) of the README's device-steps block, as the rehearsal runs them."""
-    if BEGIN not in readme or END not in readme:
-        return []
-    block = readme.split(BEGIN, 1)[1].split(END, 1)[0]
-    return [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.strip().startswith(("#", "```"))]
+    return [ln.strip() for ln in readme_steps(readme) if not ln.strip().startswith("#")]

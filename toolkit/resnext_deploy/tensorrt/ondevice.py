@@ -33,6 +33,7 @@ from ..evaluation.evaluate import (
 from ..evaluation.gate import Check, GateResult
 from ..progress import Progress
 from ..ci.device import seal
+from ..buildfolder.signing import PublicKey, SigningKey, device_key_path, load_or_create_key, pinned_workstation_key
 from ..report import make_report, write_report
 from .bundle import CALIB_CACHE, ENGINES_DIR, MODEL_FILES, Bundle, read_bundle
 from .calib_cache import read_calibration_cache, trt_version_tag
@@ -50,17 +51,24 @@ class DeviceResult:
     engines: List[Path] = field(default_factory=list)
     #: why the engines were not built (no TensorRT or no GPU here); None when they were
     pending: Optional[str] = None
+    #: the device key that signed report.json, and whether compile made it just now (buildfolder/signing.py)
+    signed_by: Optional[PublicKey] = None
+    key_created: bool = False
+    #: the pinned workstation key id that signed the bundle's manifest; None when no key is pinned here
+    bundle_signed_by: Optional[str] = None
 
     @property
     def passed(self) -> bool:
         return self.gate.passed
 
 
-def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None,
-                   root: Union[str, Path, None] = None) -> DeviceResult:
+def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None, root: Union[str, Path, None] = None,
+                   key_file: Union[str, Path, None] = None, workstation_key: Optional[str] = None) -> DeviceResult:
     """Build, check and time the bundle's engines on this machine; the gate result is returned, not raised.
 
-    ``root``: where the device's facts are read (device_facts.py; "/" on a device, a fake one in tests).
+    ``root``: where the device's facts are read (device_facts.py; "/" on a device, a fake one in tests). The report
+    is signed with the device key (``key_file``, else buildfolder.signing.device_key_path(), made on first use);
+    ``workstation_key`` (else the pinned workstation-key.pub, if any) must have signed the bundle's manifest.
     """
     from .device_facts import detect
     from .device_plan import bundle_specs, plan_for_bundle
@@ -68,12 +76,14 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None,
     from .machine import machine_record, tensorrt_module
 
     t_start = time.perf_counter()
-    b = read_bundle(bundle_dir)
+    key, created = load_or_create_key(device_key_path(key_file))
+    b = read_bundle(bundle_dir, pinned_workstation_key(workstation_key))
     identity = bundle_identity(b)
     why = tensorrt_missing()
     if why is not None:
         facts = detect(root)
-        return _without_tensorrt(b, why, identity, progress, facts, plan_for_bundle(b, facts))
+        return _signed(_without_tensorrt(b, why, identity, progress, facts, plan_for_bundle(b, facts), key), key,
+                       created)
     trt = tensorrt_module(f"build the engines of the bundle '{b.root}' on this device")
     facts = detect(root, trt, dla_cores(trt))
     if b.recipe.get("device") == "jetson" and not facts.jetson:
@@ -122,9 +132,15 @@ def compile_bundle(bundle_dir: Union[str, Path], progress: Progress = None,
                "engine_plan": plan.to_dict() if plan is not None else None,
                "selection": selection, "workstation_results": b.info.get("workstation_results", [])},
     )
-    _write_sealed(b, report, identity)
+    _write_sealed(b, report, identity, key)
     _record_engines(b, arts, here, gate, selection)
-    return DeviceResult(b.root, report, gate, [b.path(a.path) for a in arts])
+    return _signed(DeviceResult(b.root, report, gate, [b.path(a.path) for a in arts]), key, created)
+
+
+def _signed(res: DeviceResult, key: SigningKey, created: bool) -> DeviceResult:
+    res.signed_by, res.key_created = key.public, created
+    res.bundle_signed_by = res.report.get("device_report", {}).get("bundle_signed_by")
+    return res
 
 
 def _tensorrt_notes(b: Bundle, trt: Any, feats: Any, facts: Any) -> Tuple[List[str], Optional[bytes]]:
@@ -212,7 +228,7 @@ def bundle_identity(b: Bundle) -> Dict[str, str]:
 
 
 def _without_tensorrt(b: Bundle, why: str, identity: Dict[str, str], progress: Progress, facts: Any,
-                      plan: Any) -> DeviceResult:
+                      plan: Any, key: SigningKey) -> DeviceResult:
     """Every check that does not need TensorRT (without_tensorrt.py); the report says the engines are pending."""
     from .without_tensorrt import check_without_tensorrt, machine_without_tensorrt
 
@@ -228,7 +244,7 @@ def _without_tensorrt(b: Bundle, why: str, identity: Dict[str, str], progress: P
                "engine_plan": plan.to_dict() if plan is not None else None, "engines_built": False, "engines_pending": done["reason"],
                "workstation_results": b.info.get("workstation_results", [])},
     )
-    _write_sealed(b, report, identity)
+    _write_sealed(b, report, identity, key)
     return DeviceResult(b.root, report, done["gate"], [], pending=why)
 
 
@@ -315,9 +331,10 @@ def _golden_dataset(b: Bundle, throughput_batch: int) -> Dict[str, Any]:
             "throughput_batch": throughput_batch}
 
 
-def _write_sealed(b: Bundle, report: Dict[str, Any], identity: Dict[str, str]) -> None:
-    """Seal the device report with the bundle's identity (ci/device.py) and write it into the bundle.
+def _write_sealed(b: Bundle, report: Dict[str, Any], identity: Dict[str, str], key: SigningKey) -> None:
+    """Seal and sign the device report with the bundle's identity (ci/device.py) and write it into the bundle.
 
     json + md only: the charts would add their time to a report after its seal; the page is drawn at home
     (`report BUILD --device`), from the merged report."""
-    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]]), b.root, html=False)
+    write_report(seal(report, b.info["name"], identity, [e["name"] for e in b.info["engines"]], key, b.signed_by),
+                 b.root, html=False)

@@ -1,8 +1,9 @@
 """The TensorRT bundle's README.md, from the bundle manifest alone, through a Jinja2 template (templates/).
 
 The template holds the words; this module turns the manifest into the values it shows (engine rows, trtexec lines,
-the per-module plans of a `--target jetson` bundle). The install steps are one block (handoff.py's), so the README
-opens with what to run.
+the per-module plans of a `--target jetson` bundle). The README opens with the device steps (handoff.py's commands
+around the template's install block: `sha256sum -c SHA256SUMS`, the wheel's dependencies, the wheel pinned by its
+sha256, all from the manifest's ``bundle.install``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from ..optional import require
 from .bundle import CALIB_CACHE, FP16_ONNX, FP32_ONNX, QDQ_FP16_ONNX, QDQ_ONNX, WHEELS_DIR
 from .device_plan import bundle_specs, table_plans
 from .engine_plan import EngineSpec, trtexec_command
-from .handoff import BEGIN, END, DeviceSteps, steps_lines
+from .handoff import BEGIN, END, DeviceSteps
 from .platforms import GENERIC_JETSON
 
 TEMPLATE = "bundle_readme.md.j2"
@@ -54,7 +55,7 @@ def readme_context(manifest: Dict[str, Any], steps: Optional[DeviceSteps] = None
     return {
         "model": manifest["model"]["name"], "target": manifest["target"], "created": manifest["created"],
         "description": recipe.get("description") or manifest["target"],
-        "steps": steps_lines(steps) if steps is not None else [], "steps_begin": BEGIN, "steps_end": END,
+        "steps": steps, "steps_begin": BEGIN, "steps_end": END, "install": b.get("install"),
         "files": {"fp32": FP32_ONNX, "qdq": QDQ_ONNX, "fp16": FP16_ONNX, "qdq_fp16": QDQ_FP16_ONNX,
                   "cache": CALIB_CACHE, "wheels": WHEELS_DIR},
         "opset": recipe["export"]["opset"], "chw": chw, "qdq_check": b["qdq_check"],

@@ -35,13 +35,14 @@ from .bundle import (
     QDQ_ONNX,
     Golden,
     bundle_artifact,
+    install_facts,
     tar_bundle,
     write_bundle,
 )
 from .distribution import wheel_for_device
 from .bundle import WHEELS_DIR
 from .calib_cache import cache_from_qdq
-from .handoff import device_steps, steps_lines
+from .handoff import device_steps, readme_steps
 from .readme import render_readme
 from .engine_plan import EngineSpec, plan_engines
 from .platforms import ships_calibration_cache, target_summary
@@ -116,13 +117,14 @@ def tensorrt_stage(ctx: BuildContext, artifacts: List[Artifact], results: List[D
     manifest = _bundle_manifest(src, recipe, fp32, qdq, specs, out, results, valset, stage_dir)
     manifest["bundle"]["golden_images"] = int(len(golden.inputs))
     wheel = wheel_for_device(stage_dir / "wheel-for-bundle")
-    steps = device_steps(bundle_name, f"{bundle_name}.tar.gz", wheel.name)
+    manifest["bundle"]["install"] = install_facts(wheel)  # the README's install block and the pinned wheel from it
+    readme = render_readme(manifest, device_steps(bundle_name, f"{bundle_name}.tar.gz"))
     write_bundle(root, fp32_onnx=fp32.abspath(stage_dir), qdq_onnx=qdq.abspath(stage_dir),
                  calibration_cache=cache.to_bytes() if ship_cache else None,
                  # a recipe that extends another is not whole by itself: then recipe.toml points at manifest.json
                  recipe_file=Path(recipe.source) if len(recipe.layers) <= 1 else None,
-                 golden=golden, manifest=manifest, readme=render_readme(manifest, steps),
-                 typed_models=typed, wheel=wheel)
+                 golden=golden, manifest=manifest, readme=readme,
+                 typed_models=typed, wheel=wheel, signing_key=ctx.signing_key)
     shutil.rmtree(typed_dir)
     shutil.rmtree(wheel.parent)
     tar = tar_bundle(root, stage_dir / f"{bundle_name}.tar.gz")
@@ -130,7 +132,10 @@ def tensorrt_stage(ctx: BuildContext, artifacts: List[Artifact], results: List[D
     out.extra["bundle"] = {"directory": bundle_name, "archive": tar.name, "engines": [s.name for s in specs],
                            "golden_images": int(len(golden.inputs)), "wheel": f"{WHEELS_DIR}/{wheel.name}",
                            "wheel_bytes": (root / WHEELS_DIR / wheel.name).stat().st_size,
-                           "device_steps": steps_lines(steps)}
+                           # compare on the device (`sha256sum <archive>`) before unpacking it
+                           "archive_sha256": out.artifacts[-1].sha256,
+                           "manifest_signed_by": ctx.signing_key.public.key_id if ctx.signing_key else None,
+                           "device_steps": readme_steps(readme)}
     out.notes.append(
         f"TensorRT engines ({', '.join(s.name for s in specs)}) are pending: {why_not}. The bundle {bundle_name}/ "
         f"(and {tar.name}) builds and checks them on the device: `resnext-deploy compile --bundle {bundle_name}`."
