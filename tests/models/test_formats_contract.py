@@ -73,13 +73,30 @@ def _keras(tmp: Path) -> Path:
 
 
 def _saved_model(tmp: Path) -> Path:
+    """A conv + pooling + dense tf.Module saved with its serving signature, in plain TensorFlow ops. Keras is imported
+    on torch first (the keras format's backend): importing TensorFlow imports Keras, which would otherwise take
+    TensorFlow's backend for the whole process."""
+    from resnext_deploy.optional import require_keras
+
+    require_keras("keep Keras on the torch backend in this process")
     tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(0)
+
+    class Tiny(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = tf.Variable(rng.standard_normal((3, 3, 3, 8)).astype(np.float32) * 0.3)
+            self.bias = tf.Variable(rng.standard_normal(8).astype(np.float32) * 0.1)
+            self.dense = tf.Variable(rng.standard_normal((8, CLASSES)).astype(np.float32) * 0.3)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+        def __call__(self, image):
+            x = tf.nn.relu(tf.nn.conv2d(image, self.conv, 1, "SAME") + self.bias)
+            return {"logits": tf.matmul(tf.reduce_mean(x, axis=[1, 2]), self.dense)}
+
     path = tmp / "tiny_saved_model"
-    inputs = tf.keras.Input((32, 32, 3))
-    x = tf.keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    model = tf.keras.Model(inputs, tf.keras.layers.Dense(CLASSES)(x))
-    model.export(str(path)) if hasattr(model, "export") else tf.saved_model.save(model, str(path))
+    module = Tiny()
+    tf.saved_model.save(module, str(path), signatures=module.__call__)
     return path
 
 

@@ -38,9 +38,9 @@ _ADVICE: Dict[str, str] = {
     "ray": "pip install 'resnext-deploy[scale]' (Ray >= 2.10), on the driver and on every node of the cluster",
     "keras": "pip install 'resnext-deploy[keras]' (Keras 3 runs on the torch backend; no TensorFlow needed)",
     "h5py": "pip install h5py (Keras reads legacy .h5 files with it)",
-    "tensorflow": "pip install tensorflow tf2onnx (TensorFlow SavedModels and Keras files only TensorFlow reads go "
-    "through tf2onnx)",
-    "tf2onnx": "pip install tf2onnx (with tensorflow)",
+    "tensorflow": "pip install 'resnext-deploy[tensorflow]' (or: pip install tensorflow tf2onnx; TensorFlow SavedModels "
+    "go through tf2onnx)",
+    "tf2onnx": "pip install 'resnext-deploy[tensorflow]' (or: pip install tensorflow tf2onnx)",
 }
 
 

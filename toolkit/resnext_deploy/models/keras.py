@@ -2,8 +2,8 @@
 
 No TensorFlow is needed: on the torch backend a Keras model is a ``torch.nn.Module``, its ops are torch ops
 (so the forward-pass check sees them) and ``model.export(format="onnx")`` goes through torch's exporter.
-A TensorFlow SavedModel folder, and Keras files only TensorFlow can read, go through tf2onnx
-(:func:`onnx_from_tensorflow`) when TensorFlow is installed; otherwise a MissingDependencyError says what to install.
+A TensorFlow SavedModel folder is read by models/savedmodel.py (TensorFlow + tf2onnx, the ``[tensorflow]`` extra);
+a Keras file only TensorFlow can read is refused with a MissingDependencyError saying what to do.
 
 Model files are data: a Keras file whose config holds a ``Lambda`` layer (Python bytecode) or a custom object
 (a class from outside Keras) needs ``safe_mode=False``, which runs code from the file. That is refused unless the
@@ -21,13 +21,13 @@ import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from ..backends.base import Runner
 from ..errors import BadInputError, MissingDependencyError
-from ..optional import require, require_keras
+from ..optional import available, require, require_keras
 from .archive_bounds import check_archive
 from .trust import refuse_code_execution
 
@@ -45,6 +45,7 @@ def is_keras_source(path: Union[str, Path]) -> bool:
 
 
 def is_saved_model(path: Union[str, Path]) -> bool:
+    """True for a TensorFlow SavedModel folder (models/savedmodel.py reads it)."""
     p = Path(path)
     return p.is_dir() and (p / SAVED_MODEL_FILE).is_file()
 
@@ -89,56 +90,60 @@ def _config_of(p: Path) -> Optional[Dict[str, Any]]:
     return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
 
 
-def unsafe_objects(config: Any) -> List[str]:
+#: config keys under which a layer holds other layers: a model's ``layers``, a wrapper's ``layer`` (TimeDistributed,
+#: Bidirectional) and ``backward_layer`` (Bidirectional), an RNN's ``cell`` / StackedRNNCells' ``cells``
+NESTED_LAYER_KEYS = ("layers", "layer", "backward_layer", "cell", "cells")
+#: model classes a legacy config names (they are not in keras.layers)
+MODEL_CLASSES = ("Functional", "Sequential", "Model")
+
+
+def unsafe_objects(config: Any, known_layer: Optional[Callable[[str], bool]] = None) -> List[str]:
     """Every place in a Keras config that needs ``safe_mode=False``: Lambda layers (their code is serialized
-    bytecode) and objects of classes from outside Keras (custom layers, models, functions). Named for messages."""
+    bytecode) and objects of classes from outside Keras (custom layers, models, functions), at any depth: inside
+    wrappers (TimeDistributed, Bidirectional), RNN cells and nested Functional / Sequential models. Each is named
+    with the layers it sits in, e.g. "Lambda layer 'double' (in TimeDistributed 'td')".
+
+    ``known_layer`` is for legacy HDF5 configs, whose top-level layers name their class without a module: a layer
+    class it does not know is a custom object. Keras 3 configs (``.keras``) name every class's module.
+    """
     found: List[str] = []
 
-    def name_of(node: Dict[str, Any]) -> str:
-        cfg = node.get("config")
-        return str(cfg.get("name")) if isinstance(cfg, dict) and cfg.get("name") else ""
-
-    def walk(node: Any) -> None:
+    def walk(node: Any, inside: Optional[Tuple[str, ...]], layer_slot: bool) -> None:  # inside None: the root
         if isinstance(node, list):
             for x in node:
-                walk(x)
+                walk(x, inside, layer_slot)
             return
         if not isinstance(node, dict):
             return
-        cls, module = node.get("class_name"), node.get("module")
+        cls, module, cfg = node.get("class_name"), node.get("module"), node.get("config")
+        name = str(cfg.get("name")) if isinstance(cfg, dict) and cfg.get("name") else ""
+        where = f" (in {' > '.join(inside)})" if inside else ""
         if cls == "Lambda":
-            found.append(f"Lambda layer '{name_of(node)}'")
+            found.append(f"Lambda layer '{name}'{where}")
         elif cls == "__lambda__":
             pass  # the function inside a Lambda layer, already named by its layer
-        elif isinstance(cls, str) and isinstance(module, str) and not module.split(".")[0] in ("keras", "builtins"):
-            label = name_of(node)
-            found.append(f"custom object {cls} from module '{module}'" + (f" ('{label}')" if label else ""))
-        for v in node.values():
-            walk(v)
+        elif isinstance(cls, str) and isinstance(module, str):
+            if module.split(".")[0] not in ("keras", "builtins"):
+                found.append(f"custom object {cls} from module '{module}'" + (f" ('{name}')" if name else "") + where)
+        elif layer_slot and known_layer is not None and isinstance(cls, str) and not known_layer(cls):
+            found.append(f"custom object {cls}" + (f" ('{name}')" if name else "") + where)
+        elif layer_slot and cls is not None and not isinstance(cls, str):
+            found.append(f"layer of class {cls!r}" + where)
+        here = inside + (f"{cls} '{name}'",) if inside is not None and isinstance(cls, str) and name else (inside or ())
+        for key, value in node.items():
+            if key == "config" and isinstance(value, dict):
+                for ckey, cvalue in value.items():
+                    walk(cvalue, here, ckey in NESTED_LAYER_KEYS)
+            else:
+                walk(value, inside or (), False)
 
-    walk(config)
+    walk(config, None, True)
     return found
 
 
-def _legacy_unsafe(config: Any, keras: Any) -> List[str]:
-    """Legacy HDF5 configs name classes without their module: a class Keras does not have is a custom object."""
-    found: List[str] = []
-    containers = {"Functional", "Sequential", "Model"}
-
-    def walk(model: Any) -> None:  # the layers of a model config, and of the models nested in it
-        cfg = model.get("config") if isinstance(model, dict) else None
-        for layer in (cfg.get("layers") if isinstance(cfg, dict) else None) or []:
-            cls, lcfg = layer.get("class_name"), layer.get("config") or {}
-            name = lcfg.get("name") if isinstance(lcfg, dict) else None
-            if cls == "Lambda":
-                found.append(f"Lambda layer '{name}'")
-            elif cls in containers:
-                walk(layer)
-            elif not isinstance(cls, str) or not hasattr(keras.layers, cls):
-                found.append(f"custom object {cls} ('{name}')")
-
-    walk(config)
-    return found
+def legacy_layer_known(keras: Any) -> Callable[[str], bool]:
+    """For :func:`unsafe_objects` on a legacy HDF5 config: is ``cls`` a layer or model class Keras has?"""
+    return lambda cls: cls in MODEL_CLASSES or hasattr(keras.layers, cls)
 
 
 def conv_config_problems(config: Any) -> List[str]:
@@ -193,7 +198,7 @@ def scan_keras_file(p: Path, allow_pickle: bool = False) -> Tuple[Dict[str, Any]
     config = _config_of(p)
     if config is None:
         raise BadInputError(f"'{p}' holds weights only (no model config). Save the whole model: model.save('model.keras').")
-    unsafe = unsafe_objects(config) if p.suffix.lower() == ".keras" else _legacy_unsafe(config, keras)
+    unsafe = unsafe_objects(config, None if p.suffix.lower() == ".keras" else legacy_layer_known(keras))
     if unsafe:
         refuse_code_execution(p, f"holds {', '.join(unsafe)}: loading it needs Keras's safe_mode=False", allow_pickle)
     return config, unsafe
@@ -209,7 +214,10 @@ def load_keras_model(path: Union[str, Path], *, allow_pickle: bool = False) -> L
     if not p.exists():
         raise BadInputError(f"The Keras model '{p}' does not exist.")
     if is_saved_model(p):
-        raise _needs_tensorflow(p, "a TensorFlow SavedModel folder")
+        if not available("tensorflow") or not available("tf2onnx"):
+            raise _needs_tensorflow(p, "a TensorFlow SavedModel folder")
+        raise BadInputError(f"'{p}' is a TensorFlow SavedModel folder, not a Keras file: read it with "
+                            "resnext_deploy.models.savedmodel.load_saved_model (the CLI's --model does).")
     if p.is_dir():
         raise BadInputError(f"'{p}' is a folder without {SAVED_MODEL_FILE}: pass a .keras or .h5 file, or a SavedModel folder.")
     keras = require_keras("load Keras models")
@@ -221,18 +229,34 @@ def load_keras_model(path: Union[str, Path], *, allow_pickle: bool = False) -> L
         raise ModelCheckError(f"The Keras model '{p}' has grouped convolutions Keras cannot build: {'; '.join(bad_convs)}. "
                               "Use a groups value (cardinality) that divides both the filters and the input channels.")
     try:
-        model = keras.saving.load_model(str(p), compile=False, safe_mode=not unsafe)
+        model = _keras_load(keras, p, safe_mode=not unsafe)
+    except _SafeModeRefused as exc:  # something the scan above did not see; Keras's safe mode caught it
+        refuse_code_execution(p, f"needs Keras's safe_mode=False to load (Keras: {exc})", allow_pickle)
+        model = _keras_load(keras, p, safe_mode=False)
+        unsafe = [f"what Keras's safe mode refused ({exc})"]
+    hints = read_hints(p)
+    return LoadedKeras(model, input_hwc(model), output_classes(model), "keras" if p.suffix.lower() == ".keras" else "h5",
+                       _labels(hints.get("labels")), hints.get("preprocessing"), unsafe)
+
+
+class _SafeModeRefused(Exception):
+    """Keras refused the file in safe mode (its message says why)."""
+
+
+def _keras_load(keras: Any, p: Path, safe_mode: bool) -> Any:
+    """keras.saving.load_model with the toolkit's errors (exit 2 or 5, never a traceback)."""
+    try:
+        return keras.saving.load_model(str(p), compile=False, safe_mode=safe_mode)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] == "tensorflow":
             raise _needs_tensorflow(p, "a Keras file that only TensorFlow can read") from exc
         raise BadInputError(f"The Keras model '{p}' needs the Python module '{exc.name}' to load ({exc}).") from exc
     except Exception as exc:  # Keras raises ValueError, TypeError, KeyError ... for files it cannot read
         detail = " ".join(str(exc).split())[:300]
+        if safe_mode and "safe_mode" in detail:
+            raise _SafeModeRefused(detail) from exc
         raise BadInputError(f"Keras could not load '{p}' ({type(exc).__name__}: {detail}). Re-save it with Keras 3 "
                             "(model.save('model.keras')); custom layers must be importable and registered.") from exc
-    hints = read_hints(p)
-    return LoadedKeras(model, input_hwc(model), output_classes(model), "keras" if p.suffix.lower() == ".keras" else "h5",
-                       _labels(hints.get("labels")), hints.get("preprocessing"), unsafe)
 
 
 def _labels(value: Any) -> Optional[List[str]]:
@@ -241,36 +265,10 @@ def _labels(value: Any) -> Optional[List[str]]:
 
 def _needs_tensorflow(p: Path, what: str) -> MissingDependencyError:
     return MissingDependencyError(
-        f"'{p}' is {what}: it goes through tf2onnx, which needs TensorFlow, and TensorFlow is not installed. "
-        "Install it: pip install tensorflow tf2onnx. Or, with Keras 3, load it once where TensorFlow is installed "
-        "and re-save it as model.save('model.keras'), which loads here without TensorFlow."
+        f"'{p}' is {what}: it needs TensorFlow (and tf2onnx), which is not installed. Install it: pip install "
+        "'resnext-deploy[tensorflow]' (or: pip install tensorflow tf2onnx). Or, with Keras 3, load it once where "
+        "TensorFlow is installed and re-save it as model.save('model.keras'), which loads here without TensorFlow."
     )
-
-
-def onnx_from_tensorflow(path: Union[str, Path], out_path: Union[str, Path], opset: int = 17) -> Path:
-    """A SavedModel folder (its serving signature) or a TensorFlow-only Keras file -> raw ONNX via tf2onnx.
-
-    Needs TensorFlow and tf2onnx: without them, a MissingDependencyError (exit 5) says what to install.
-    """
-    p = Path(path)
-    what = "a TensorFlow SavedModel folder" if is_saved_model(p) else "a Keras file that only TensorFlow can read"
-    try:
-        tf = require("tensorflow", "convert TensorFlow models")
-        tf2onnx = require("tf2onnx", "convert TensorFlow models")
-    except MissingDependencyError as exc:
-        raise _needs_tensorflow(p, what) from exc
-    try:
-        if is_saved_model(p):
-            fn = tf.saved_model.load(str(p)).signatures["serving_default"]
-            specs = list(fn.structured_input_signature[1].values())
-            tf2onnx.convert.from_function(fn, input_signature=specs, opset=opset, output_path=str(out_path))
-        else:
-            model = tf.keras.models.load_model(str(p), compile=False)
-            tf2onnx.convert.from_keras(model, opset=opset, output_path=str(out_path))
-    except Exception as exc:  # TensorFlow and tf2onnx raise many types
-        detail = " ".join(str(exc).split())[:300]
-        raise BadInputError(f"tf2onnx could not convert '{p}' ({type(exc).__name__}: {detail}).") from exc
-    return Path(out_path)
 
 
 def input_hwc(model: Any) -> Tuple[int, int, int]:

@@ -191,5 +191,5 @@ def evaluate_model_itself(ctx: BuildContext) -> Optional[Dict[str, Any]]:
     row = src.format.runner_row
     with runner:
         metrics, _ = evaluate_runner(row, runner, ctx.validation.data, ctx.validation.labels, ctx.reference_logits,
-                                     cfg, "fp32", src.path.stat().st_size, ctx.step(f"evaluate {row}"))
+                                     cfg, "fp32", src.size_bytes, ctx.step(f"evaluate {row}"))
     return metrics.to_dict()

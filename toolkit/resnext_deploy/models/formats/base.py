@@ -67,6 +67,11 @@ class ModelSource:
         """The digest of what the user brought (a file, or a folder such as a SavedModel), by its format."""
         return self.format.source_sha256(self.path)
 
+    @property
+    def size_bytes(self) -> int:
+        """What the user brought weighs on disk (a folder format sums its files), for the results row."""
+        return self.format.source_size_bytes(self.path)
+
     def describe(self) -> Dict[str, Any]:
         return {
             "name": self.name,
@@ -213,6 +218,10 @@ class ModelFormat(abc.ABC):
     def source_sha256(self, path: Path) -> str:
         """The digest recorded for the model in manifests (the file's sha256; a folder format overrides it)."""
         return sha256_file(path)
+
+    def source_size_bytes(self, path: Path) -> int:
+        """The model's size on disk (the file's; a folder format overrides it)."""
+        return path.stat().st_size
 
     @abc.abstractmethod
     def detect(self, sniff: Sniff) -> bool:

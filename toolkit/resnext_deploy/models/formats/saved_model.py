@@ -1,68 +1,79 @@
-"""A TensorFlow SavedModel folder: converted by tf2onnx (needs TensorFlow) and rewritten like a Keras export.
+"""A TensorFlow SavedModel folder: read in TensorFlow (models/savedmodel.py), converted by tf2onnx and compared with
+TensorFlow (models/export/savedmodel_onnx.py). Needs the ``[tensorflow]`` extra (tensorflow, tf2onnx).
 
-The folder is the model: :meth:`ModelFormat.source_sha256` is where a digest over its files belongs. Converting in
-:meth:`load` gives the input size the preprocessing needs; a loader that reads the serving signature in TensorFlow
-can instead keep the loaded model as ``ModelSource.module``, convert in :meth:`export` with its comparison against
-TensorFlow (``compared_with``, ``max_abs_diff_vs_<compared_with>`` in the artifact's settings) and run it as the float
-reference from :meth:`runner` (``runner_row``) - the same interface the Keras plug-in implements.
+The loaded model (its serving signature) is ``ModelSource.module``; the folder is the model, so its digest and size
+are over its files. Loading runs the TensorFlow graph stored in the folder, not Python code from it: no opt-in.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ...errors import BadInputError
-from ...preprocess import Preprocessing, preprocessing_option, sized_preprocessing
+from ...preprocess import preprocessing_option
 from .base import CheckOutcome, Exported, ExportSettings, LoadRequest, ModelFormat, ModelSource, Sniff
-from .keras_file import no_preprocessing
-from .onnx_file import copied, onnx_checker
+from .keras_file import keras_preprocessing
 
 SAVED_MODEL_FILE = "saved_model.pb"
 
 
 class SavedModelFormat(ModelFormat):
     name = "saved_model"
-    kind = "onnx"  # it enters the pipeline as the ONNX tf2onnx makes
+    kind = "tensorflow"
     packages = ("tensorflow", "tf2onnx", "onnx", "onnxruntime")
-    help = "a TensorFlow SavedModel folder (needs tensorflow and tf2onnx)"
+    extra = "tensorflow"
+    help = "a TensorFlow SavedModel folder (the [tensorflow] extra: tensorflow and tf2onnx)"
+    compared_with = "tensorflow"
+    runner_row = "tensorflow-fp32"
 
     def detect(self, sniff: Sniff) -> bool:
         return sniff.path.is_dir() and (sniff.path / SAVED_MODEL_FILE).is_file()
 
-    def load(self, path: Path, request: LoadRequest) -> ModelSource:
-        """SavedModel -> tf2onnx -> the NCHW rewrite of a Keras export, in a temporary folder removed at exit."""
-        import atexit
-        import shutil
-        import tempfile
+    def source_sha256(self, path: Path) -> str:
+        from ..savedmodel import saved_model_sha256
 
-        from ...optional import require
-        from ..export.keras_onnx import keras_onnx_from_raw
-        from ..keras import onnx_from_tensorflow
+        return saved_model_sha256(path)
+
+    def source_size_bytes(self, path: Path) -> int:
+        from ..savedmodel import saved_model_files
+
+        return sum(f.stat().st_size for f in saved_model_files(path))
+
+    def load(self, path: Path, request: LoadRequest) -> ModelSource:
+        """The serving signature in TensorFlow; preprocessing from --preprocessing or the sidecar ``<folder>.json``."""
+        from ..savedmodel import load_saved_model
         from . import model_name
 
-        option = preprocessing_option(request.preprocessing) if request.preprocessing is not None else None
-        name = model_name(path)
-        work = Path(tempfile.mkdtemp(prefix="resnext-deploy-tf2onnx-"))
-        atexit.register(shutil.rmtree, work, True)
-        raw = onnx_from_tensorflow(path, work / "raw.onnx")
-        onnx = require("onnx", "read the converted model")
-        proto = keras_onnx_from_raw(onnx.load(str(raw)), simplify=True)
-        out = work / f"{name}.onnx"
-        onnx.save(proto, str(out))
-        size = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim][-1]
-        if option is None:  # the conversion first: the message names the input size it found
-            raise BadInputError(no_preprocessing(path, size))
-        spec = sized_preprocessing(option, size)
-        spec = Preprocessing.from_dict({**spec.to_dict(), **request.overrides})
-        classes = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value or None
-        return ModelSource(name, out, self, None, classes, None, spec, None, "saved_model")
+        option = preprocessing_option(request.preprocessing) if request.preprocessing is not None else None  # before the load
+        loaded = load_saved_model(path)
+        sig = loaded.signature
+        spec = keras_preprocessing(path, sig.input_hwc[0], loaded.preprocessing, request, option)
+        return ModelSource(model_name(path), path, self, None, sig.num_classes, loaded.labels, spec, loaded, "saved_model")
 
     def check(self, src: ModelSource) -> CheckOutcome:
-        return onnx_checker(src.path)
+        """tf2onnx converts the signature, onnx.checker passes and the ONNX agrees with TensorFlow on random inputs."""
+        from ..export.savedmodel_onnx import check_savedmodel
+
+        record = check_savedmodel(src.module)
+        summary = record.pop("summary")
+        return CheckOutcome({"model": str(src.path), **record}, summary)
 
     def export(self, src: ModelSource, out_path: Path, sample: np.ndarray, settings: ExportSettings) -> Exported:
-        return copied(src, out_path, settings,
-                      "The model was given as a TensorFlow SavedModel: tf2onnx converted it, and the architecture check "
-                      "was onnx.checker's.")
+        from ..export.savedmodel_onnx import onnx_from_savedmodel
+
+        res = onnx_from_savedmodel(src.module, out_path, sample, settings.opset, settings.tolerance, settings.simplify,
+                                   root=settings.root)
+        art = res.artifact
+        record = {**res.to_dict(), "source": "saved_model", "compared_with": self.compared_with,
+                  **{k: art.settings[k] for k in ("signature", "tensorflow_version", "tf2onnx_seconds")}}
+        note = (f"The model was given as a TensorFlow SavedModel (signature '{src.module.signature.name}'): tf2onnx "
+                "converted it and the ONNX was compared with TensorFlow's outputs; the architecture check runs on "
+                "PyTorch and Keras models only.")
+        return Exported(art, record, note)
+
+    def runner(self, src: ModelSource, threads: int = 0) -> Any:
+        from ..savedmodel import SavedModelRunner
+
+        return SavedModelRunner(src.module, threads=threads)
