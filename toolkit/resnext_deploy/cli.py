@@ -151,11 +151,20 @@ def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = _trust_opt(fn)
     fn = click.option("--num-classes", type=int, default=None, help="Classes of the model (default: from the checkpoint's fc).")(fn)
     fn = click.option("--arch", default=None, help="Architecture of a state_dict: resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, resnext_demo.")(fn)
-    from .models.formats import help_text
-
-    fn = click.option("--model", "model", type=click.Path(path_type=Path), default=None,
-                      help="The model, its format told from its bytes: " + help_text())(fn)
+    fn = click.option("--model", "model", cls=_ModelOption, type=click.Path(path_type=Path), default=None,
+                      help="The model, its format told from its bytes.")(fn)
     return fn
+
+
+class _ModelOption(click.Option):
+    """--model, whose help lists every format plug-in's own line: read when the help is shown, so that starting the
+    CLI imports no format (on the device `compile --bundle` runs with numpy alone)."""
+
+    def get_help_record(self, ctx: click.Context) -> Any:
+        from .models.formats import help_text
+
+        self.help = "The model, its format told from its bytes: " + help_text()
+        return super().get_help_record(ctx)
 
 
 _force_opt = click.option(
