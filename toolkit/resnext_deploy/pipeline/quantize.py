@@ -100,12 +100,12 @@ def activation_mb_per_image(proto: Any) -> Optional[float]:
     return total / 2**20 if total else None
 
 
-def calibration_batch(proto: Any) -> int:
-    """Images per calibration batch: as many as keep ORT's calibration session under CALIB_MEMORY_MB."""
+def calibration_batch(proto: Any, cap: int = CALIB_BATCH) -> int:
+    """Images per calibration batch: as many as keep ORT's calibration session under CALIB_MEMORY_MB, at most ``cap``."""
     per_image = activation_mb_per_image(proto)
     if not per_image:
         return 8
-    return int(max(1, min(CALIB_BATCH, CALIB_MEMORY_MB // (per_image * _CALIB_MEMORY_FACTOR))))
+    return int(max(1, min(cap, CALIB_MEMORY_MB // (per_image * _CALIB_MEMORY_FACTOR))))
 
 
 # Histogram calibration as TensorRT does it: 2048 bins, an entropy threshold searched over windows of 128
