@@ -52,8 +52,8 @@ DEFAULTS: Dict[str, Any] = {
         "isa_class": "x86-64",  # x86-64 = any x86-64 CPU | vnni = AVX-512 VNNI, AVX-VNNI or AMX only | none = no CPU kernel (GPU)
         "weight_range": "auto",  # auto (x86-64: 7bit, else full) | 7bit | full
         "bias_correction": False,  # fold each conv's mean output shift under quantization into its bias (bias_correction.py);
-        # off until measured on the stand-in: on the demo it raised the mean logit cosine in 3 of 4 flavour x weight
-        # range cases and lowered it in one (uint8, full range)
+        # off: on the stand-in it raised agreement in 3 of 4 artifacts but cost top-1 in 3 of 4 (up to 0.6 pt), on the
+        # demo the cosines moved both ways (benchmarks/results/fidelity/README.md)
     },
     "evaluation": {
         "folder": "",  # empty: the demo's validation images
