@@ -332,9 +332,11 @@ def markdown_section(fb: Dict[str, Any]) -> List[str]:
     else:
         lines.append(f"Plain INT8 failed the accuracy gate ({trig}); no candidate up to the cap of "
                      f"{fb['max_excluded_layers']} layers in float passed, so the gate **fails** and the artifacts are the plain INT8 ones.")
-    lines += ["", "Candidates tried, most harmful first. Each adds one layer to the list kept so far; its Q/DQ models are "
-              "compiled by every gated backend and measured on every validation image. A layer is kept only if no backend "
-              "gets worse; a kept candidate that passes this quick check is built and gated for real.", ""]
+    lines += ["", "Candidates tried, most harmful first. Each adds one layer to the list kept so far (with the layers of "
+              "the last candidate not kept, which only help together with it); its Q/DQ models are compiled by every gated "
+              "backend and measured on every validation image. A candidate is kept only if no backend gets worse; in brackets "
+              "what it bought against the last kept list (top-1 / agreement, in points). A kept candidate that passes this "
+              "quick check is built and gated for real.", ""]
     lines += attempts_table(fb)
     if fb.get("recovered"):
         lines += ["", "What the fallback recovered and what it cost (plain INT8 -> with the layers in float):", "",
