@@ -42,6 +42,17 @@ OURS = [
     ("ours: minmax, full-range weights", {"method": "minmax"}, "uint8", "full"),
     ("ours: percentile 99.99, full-range weights", {"method": "percentile", "percentile": 99.99}, "uint8", "full"),
 ]
+#: the fidelity study (--fidelity): the build's own quantization (the recipe's method), both weight ranges, bias
+#: correction off and on, beside NNCF's defaults with the same weight range (OverflowFix ENABLE halves every layer's
+#: weights as our 7-bit range does; DISABLE keeps the full range)
+FIDELITY = [
+    ("ours: 7-bit weights", {}, "uint8", "7bit", False),
+    ("ours: 7-bit weights, bias correction", {}, "uint8", "7bit", True),
+    ("ours: full-range weights", {}, "uint8", "full", False),
+    ("ours: full-range weights, bias correction", {}, "uint8", "full", True),
+]
+NNCF_FIDELITY = [("nncf: quantize (defaults), 7-bit weights (OverflowFix ENABLE)", "enable"),
+                 ("nncf: quantize (defaults), full-range weights (OverflowFix DISABLE)", "disable")]
 
 
 def cpu_flags() -> List[str]:
@@ -76,6 +87,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--only", default="", help="comma-separated substrings: run only the variants whose name has one")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--fidelity", action="store_true",
+                    help="only the fidelity study: both weight ranges, bias correction off and on, beside NNCF's defaults")
     args = ap.parse_args()
 
     from resnext_deploy import backends
@@ -139,36 +152,43 @@ def main() -> None:
         measure("fp32", backend, path, "fp32", export_s + s)
 
     wanted = [w for w in args.only.split(",") if w]
-    for name, cal_cfg, flavour, wr in OURS:
+    variants = FIDELITY if args.fidelity else [v + (False,) for v in OURS]
+    for name, cal_cfg, flavour, wr, bias in variants:
         if wanted and not any(w in name for w in wanted):
             continue
         count = int(cal_cfg.get("count", len(cal.data)))
         section = dict(recipe.section("calibration"), **{k: v for k, v in cal_cfg.items() if k != "count"})
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         t0 = time.perf_counter()
-        qdq = qdq_from_onnx(fp32, work / f"{slug}.onnx", cal.data[:count], flavour, section, root=work,
-                            weight_range=wr or wr_default)
+        qdq = qdq_from_onnx(fp32, work / f"{slug}.onnx", cal.data[:count], flavour, calibration=section, root=work,
+                            weight_range=wr or wr_default, bias_correction=bias)
         q_s = time.perf_counter() - t0
         settings = {"calibration": section, "calibration_images": count, "activations": flavour,
-                    "weight_range": wr or wr_default}
+                    "weight_range": wr or wr_default, "bias_correction": bias}
         for be, cfg, backend in ((ort_be, ort_cfg, "onnxruntime"), (ov_be, ov_cfg, "openvino")):
             path, s = compiled(be, qdq, f"{slug}-{backend}", "int8", cfg)
             measure(name, backend, path, "int8", q_s + s, settings=settings)
 
     # Broken INT8 that the gate must fail: calibration collapsed to one constant image, and full-range weights run by
     # OpenVINO with oneDNN capped at AVX2 (u8s8 pairs saturate in int16; a no-op cap on an AVX2-only CPU).
-    if not wanted or any(w in "broken" for w in wanted):
+    if args.fidelity and not args.no_peers:
+        for label, fix in NNCF_FIDELITY:
+            t0 = time.perf_counter()
+            xml = work / f"nncf-ov-{fix}" / "model-int8.xml"
+            nncf_default_int8(fp32, xml, cal.data, overflow_fix=fix)
+            measure(label, "openvino", xml, "int8", time.perf_counter() - t0, settings={"overflow_fix": fix})
+    if not args.fidelity and (not wanted or any(w in "broken" for w in wanted)):
         black = np.broadcast_to(np.asarray([(0.0 - m) / sd for m, sd in zip(src.preprocessing.mean, src.preprocessing.std)],
                                            dtype=np.float32)[None, :, None, None], (1,) + cal.data.shape[1:]).copy()
         t0 = time.perf_counter()
-        qdq = qdq_from_onnx(fp32, work / "collapsed.onnx", black, "uint8", recipe.section("calibration"), root=work,
+        qdq = qdq_from_onnx(fp32, work / "collapsed.onnx", black, "uint8", calibration=recipe.section("calibration"), root=work,
                             weight_range=wr_default)
         q_s = time.perf_counter() - t0
         for be, cfg, backend in ((ort_be, ort_cfg, "onnxruntime"), (ov_be, ov_cfg, "openvino")):
             path, s = compiled(be, qdq, f"collapsed-{backend}", "int8", cfg)
             measure("broken: calibrated on one black image", backend, path, "int8", q_s + s)
         t0 = time.perf_counter()
-        qdq = qdq_from_onnx(fp32, work / "full.onnx", cal.data, "uint8", recipe.section("calibration"), root=work,
+        qdq = qdq_from_onnx(fp32, work / "full.onnx", cal.data, "uint8", calibration=recipe.section("calibration"), root=work,
                             weight_range="full")
         path, s = compiled(ov_be, qdq, "full-openvino", "int8", ov_cfg)
         np.save(work / "val.npy", val.data)
@@ -184,7 +204,7 @@ def main() -> None:
                      "seconds": round(time.perf_counter() - t0, 2), "metrics": m})
         print(f"saturated: top1 {m['top1'] * 100:.2f} agree {cmp['agreement'] * 100:.2f} conf {cmp['agreement_confident'] * 100:.2f}")
 
-    if not args.no_peers:
+    if not args.no_peers and not args.fidelity:
         nncf = __import__("nncf")
         onnx = __import__("onnx")
         fix = overflow_fix_for()

@@ -142,13 +142,50 @@ def test_leave_one_out_is_measured_too(models, data, quantizer):
         analyze_sensitivity(models[3], data[0], images, ["int8"], measure="bogus", quantizer=quantizer)
 
 
+def _record(excluded, top1, agreement, passed):
+    return {"excluded": excluded, "quick_passed": passed,
+            "quick": {t: {"top1": top1[t], "agreement": agreement[t]} for t in ("onnxruntime-int8", "openvino-int8")}}
+
+
 def test_search_is_greedy_in_rank_order_and_stops_at_the_first_pass():
     ranking = HOSTILE + ["/conv1/Conv", "/fc/Gemm"]
-    passes = lambda excluded: {"excluded": excluded, "passed": set(HOSTILE) <= set(excluded)}  # noqa: E731
-    found = search_exclusions(ranking, 5, passes)
+    same = {"onnxruntime-int8": 0.5, "openvino-int8": 0.5}
+    measure = lambda ex: _record(ex, same, same, set(HOSTILE) <= set(ex))  # noqa: E731
+    found = search_exclusions(ranking, 5, measure, _record([], same, same, False))
     assert found["passed"] and found["excluded"] == HOSTILE and len(found["attempts"]) == 4
-    capped = search_exclusions(ranking, 3, passes)
+    assert [a["added"] for a in found["attempts"]] == HOSTILE and all(a["kept"] for a in found["attempts"])
+    capped = search_exclusions(ranking, 3, measure, _record([], same, same, False))
     assert not capped["passed"] and capped["excluded"] == [] and [len(a["excluded"]) for a in capped["attempts"]] == [1, 2, 3]
+
+
+def test_search_never_keeps_a_layer_that_makes_a_gated_backend_worse():
+    """A candidate that costs one backend top-1 (even while it helps the other) is dropped, and the search
+    goes on from the list kept before it: kept attempts never get worse, and each says what it bought."""
+    ranking = ["a", "worse", "b", "c"]
+    gain = {"a": 0.1, "worse": 0.3, "b": 0.1, "c": 0.1}
+
+    def measure(ex):
+        ort = 0.5 + sum(gain[x] for x in ex)
+        ov = 0.6 + sum(gain[x] for x in ex if x != "worse") - (0.15 if "worse" in ex else 0.0)
+        return _record(ex, {"onnxruntime-int8": ort, "openvino-int8": ov}, {"onnxruntime-int8": ort, "openvino-int8": ov},
+                       ort >= 0.79 and ov >= 0.89)
+
+    base = measure([])
+    confirmed = []
+    found = search_exclusions(ranking, 3, measure, base, confirm=lambda ex, rec: confirmed.append(list(ex)) or True)
+    assert found["passed"] and found["excluded"] == ["a", "b", "c"]
+    assert [a["added"] for a in found["attempts"]] == ranking and [a["kept"] for a in found["attempts"]] == [True, False, False, True]
+    # a layer not kept is proposed again beside the next ones (paired layers help only together), oldest dropped at the cap
+    assert [a["excluded"] for a in found["attempts"]] == [["a"], ["a", "worse"], ["a", "worse", "b"], ["a", "b", "c"]]
+    assert found["attempts"][1]["bought"]["openvino-int8"]["top1_pp"] == pytest.approx(-15.0)
+    assert found["attempts"][3]["bought"]["onnxruntime-int8"]["top1_pp"] == pytest.approx(20.0)
+    assert confirmed == [["a", "b", "c"]]  # only a kept candidate that passes the quick check is built
+    kept = [base] + [a for a in found["attempts"] if a["kept"]]
+    for before, after in zip(kept, kept[1:]):
+        assert all(after["quick"][t]["top1"] >= before["quick"][t]["top1"] for t in after["quick"])
+    # the candidates are bounded: at most CANDIDATES_PER_LAYER per layer the cap allows
+    stuck = search_exclusions(["worse"] * 10, 2, measure, base)
+    assert not stuck["passed"] and len(stuck["attempts"]) == 4
 
 
 def test_quick_check_search_recovers_with_exactly_the_hostile_layers(models, data, quantizer, ranked):
@@ -157,15 +194,18 @@ def test_quick_check_search_recovers_with_exactly_the_hostile_layers(models, dat
     ranking = ranked.ranking()
 
     def attempt(excluded):
-        rec = quick_check(quantizer, ["int8", "uint8"], excluded, val.data, val.labels, reference, GATES)
-        rec["passed"] = rec["quick_passed"]
-        return rec
+        return quick_check(quantizer, ["int8", "uint8"], excluded, val.data, val.labels, reference, GATES)
 
     plain = attempt([])
-    assert not plain["passed"] and plain["quick"]["int8"]["top1_drop_pct"] > 20
-    found = [search_exclusions(ranking, 5, attempt) for _ in range(2)]
+    assert not plain["quick_passed"] and plain["quick"]["int8"]["top1_drop_pct"] > 20
+    found = [search_exclusions(ranking, 5, attempt, plain) for _ in range(2)]
     assert found[0]["passed"] and set(found[0]["excluded"]) == set(HOSTILE)
     assert found[0]["excluded"] == found[1]["excluded"]
+    # one block repaired does not help while the other still breaks the model: only all four together are kept
+    assert [a["kept"] for a in found[0]["attempts"]][-1] and [len(a["excluded"]) for a in found[0]["attempts"]] == [1, 2, 3, 4]
+    kept = [plain] + [a for a in found[0]["attempts"] if a["kept"]]
+    for before, after in zip(kept, kept[1:]):
+        assert all(after["quick"][fl]["agreement"] >= before["quick"][fl]["agreement"] for fl in ("int8", "uint8"))
     final = found[0]["attempts"][-1]["quick"]
     assert all(final[fl]["agreement"] >= 0.98 for fl in ("int8", "uint8"))
 

@@ -648,11 +648,11 @@ def sensitivity(ctx: click.Context, onnx_path: Path, out: Path, calib: Optional[
 
     With --workers / --ray-address the layers are shared out to Ray workers and the candidate checks sharded by image."""
     from .pipeline.sensitivity import markdown_table
-    from .accuracy.study import comparison_rows, study_file
+    from .accuracy.study import StudyOptions, comparison_rows, study_file
 
-    doc = study_file(onnx_path, out, _recipe(target, recipe), calib, val, input_size, activations, measure, subset,
-                     max_excluded, not no_search, compare_nncf, ctx.obj["progress"], preprocessing=preprocessing,
-                     scale=_scale(workers, ray_address), force=force)
+    doc = study_file(StudyOptions(onnx_path, out, _recipe(target, recipe), calib, val, input_size, activations, measure, subset,
+                                  max_excluded, not no_search, compare_nncf, preprocessing, _scale(workers, ray_address), force),
+                     ctx.obj["progress"]).document
     if as_json:
         _say(json.dumps(doc, indent=2))
         return

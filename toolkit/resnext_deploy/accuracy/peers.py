@@ -10,11 +10,12 @@ Its log (captured, not printed) says what it reverted and the metrics it saw.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 
@@ -100,6 +101,46 @@ def _reverted_from_log(lines: List[str]) -> List[str]:
     return []
 
 
+@contextlib.contextmanager
+def captured_nncf_log() -> Iterator[_Capture]:
+    """NNCF's log lines kept in a handler instead of its own stdout handler (library code must not print)."""
+    nncf_log = logging.getLogger("nncf")
+    capture, saved = _Capture(), list(nncf_log.handlers)
+    for h in saved:
+        nncf_log.removeHandler(h)
+    nncf_log.addHandler(capture)
+    try:
+        yield capture
+    finally:
+        nncf_log.removeHandler(capture)
+        for h in saved:
+            nncf_log.addHandler(h)
+
+
+def _peer_record(version: str, lines: List[str], max_drop_pct: float, overflow_fix: str, max_layers: Optional[int],
+                 seconds: float, layers: Dict[str, List[str]], xml: Path) -> Dict[str, Any]:
+    """What the study records of NNCF's run: its settings, metrics and reverted layers from its log."""
+    metrics = dict(_METRIC.findall("\n".join(lines)))
+    return {
+        "tool": "nncf.quantize_with_accuracy_control",
+        "nncf_version": version,
+        "metric": "top-1 accuracy",
+        "max_drop": max_drop_pct / 100.0,
+        "drop_type": "ABSOLUTE",
+        "overflow_fix": overflow_fix,
+        "max_num_iterations": max_layers,
+        "seconds": seconds,
+        "initial_metric": float(metrics["initial"]) if "initial" in metrics else None,
+        "quantized_metric": float(metrics["quantized"]) if "quantized" in metrics else None,
+        "reverted_operations": _reverted_from_log(lines),
+        "float_layers": layers["float"],
+        "int8_layers": len(layers["int8"]),
+        "model": str(xml),
+        "log": [line for line in lines if "Metric of" in line or "Accuracy drop" in line or "reverted" in line.lower()
+                or "Algorithm completed" in line or "could not achieve" in line],
+    }
+
+
 def nncf_accuracy_control(
     fp32_path: Union[str, Path],
     calibration: np.ndarray,
@@ -137,46 +178,18 @@ def nncf_accuracy_control(
         return float(np.mean(correct)) if correct else 0.0, correct
 
     restorer = AdvancedAccuracyRestorerParameters(**({"max_num_iterations": int(max_layers)} if max_layers else {}))
-    nncf_log = logging.getLogger("nncf")
-    capture, saved = _Capture(), list(nncf_log.handlers)
-    # NNCF logs INFO to its own stdout handler; library code must not print, so keep its lines for the report.
-    for h in saved:
-        nncf_log.removeHandler(h)
-    nncf_log.addHandler(capture)
     t = time.perf_counter()
-    try:
+    with captured_nncf_log() as capture:
         quantized = nncf.quantize_with_accuracy_control(
             model, calib_ds, val_ds, validate, max_drop=max_drop_pct / 100.0, drop_type=nncf.DropType.ABSOLUTE,
             subset_size=len(calibration), advanced_accuracy_restorer_parameters=restorer,
             advanced_quantization_parameters=nncf_advanced_parameters(overflow_fix),
         )
-    finally:
-        nncf_log.removeHandler(capture)
-        for h in saved:
-            nncf_log.addHandler(h)
     seconds = time.perf_counter() - t
     xml = out_dir / "model-int8.xml"
     ov.save_model(quantized, str(xml), compress_to_fp16=False)
     layers = layer_precisions(quantized)
-    metrics = dict(_METRIC.findall("\n".join(capture.lines)))
-    result: Dict[str, Any] = {
-        "tool": "nncf.quantize_with_accuracy_control",
-        "nncf_version": getattr(nncf, "__version__", "unknown"),
-        "metric": "top-1 accuracy",
-        "max_drop": max_drop_pct / 100.0,
-        "drop_type": "ABSOLUTE",
-        "overflow_fix": overflow_fix,
-        "max_num_iterations": max_layers,
-        "seconds": seconds,
-        "initial_metric": float(metrics["initial"]) if "initial" in metrics else None,
-        "quantized_metric": float(metrics["quantized"]) if "quantized" in metrics else None,
-        "reverted_operations": _reverted_from_log(capture.lines),
-        "float_layers": layers["float"],
-        "int8_layers": len(layers["int8"]),
-        "model": str(xml),
-        "log": [line for line in capture.lines if "Metric of" in line or "Accuracy drop" in line or "reverted" in line.lower()
-                or "Algorithm completed" in line or "could not achieve" in line],
-    }
+    result = _peer_record(getattr(nncf, "__version__", "unknown"), capture.lines, max_drop_pct, overflow_fix, max_layers, seconds, layers, xml)
     if reference is not None:
         with backends.get("openvino").load(xml, ov_settings or {}) as runner:
             m, _ = evaluate_runner("nncf-accuracy-control", runner, images, labels, reference, timing or TimingConfig(), "int8",

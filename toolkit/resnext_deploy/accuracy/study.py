@@ -5,7 +5,7 @@ the recipe's calibration, gates and ``[fallback]`` settings it
 
 1. ranks the layers (:func:`sensitivity.analyze_sensitivity`, on ``fallback.subset`` validation images);
 2. checks plain INT8 against the gate's accuracy thresholds and, if it fails, searches the exclusion
-   list the build would use (:func:`fallback.search_exclusions`, quick checks in ONNX Runtime);
+   list the build would use (:func:`fallback.search_exclusions`: monotonic, quick checks in ONNX Runtime);
 3. with ``compare_nncf``, compiles our plain and fallback Q/DQ models for OpenVINO, runs NNCF's
    ``quantize_with_accuracy_control`` on the same model, images and top-1 budget, and measures all of
    them (and OpenVINO FP32) with the same runner on every validation image.
@@ -20,7 +20,8 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,10 +36,12 @@ from ..pipeline.quantize import weight_range_for
 from ..data.sampling import evenly_spaced
 from ..progress import Progress
 from ..recipes import Recipe
-from ..pipeline.fallback import quick_check, search_exclusions
+from ..pipeline.fallback import attempts_table, quick_check, search_exclusions
 from ..pipeline.sensitivity import (
     MEASURES,
+    SensitivityResult,
     VariantQuantizer,
+    candidate_order,
     analyze_sensitivity,
     attach_plot,
     markdown_section,
@@ -52,106 +55,139 @@ SCHEMA_VERSION = 1
 FLAVOURS = ("uint8", "int8")
 
 
-def study_file(
-    onnx_path: Union[str, Path],
-    out: Union[str, Path],
-    recipe: Recipe,
-    calib: Union[str, Path, None] = None,
-    val: Union[str, Path, None] = None,
-    input_size: Optional[int] = None,
-    flavours: Sequence[str] = (),
-    measure: Optional[str] = None,
-    subset: Optional[int] = None,
-    max_excluded: Optional[int] = None,
-    search: bool = True,
-    compare_nncf: bool = False,
-    progress: Progress = None,
-    preprocessing: Optional[str] = None,
-    scale: Any = None,
-    force: bool = False,
-) -> Dict[str, Any]:
-    """Run the study (see the module doc) and write it into ``out``; returns the sensitivity.json document.
+@dataclass(frozen=True)
+class StudyOptions:
+    """What `resnext-deploy sensitivity` asks of :func:`study_file` (the CLI makes one).
 
     ``out`` may be missing, empty or an output of this toolkit; anything else is refused unless ``force``.
-
-    ``None``/empty arguments take the recipe's values: flavours of its INT8 backends, ``fallback.measure``,
+    ``None``/empty fields take the recipe's values: flavours of its INT8 backends, ``fallback.measure``,
     ``fallback.subset``, ``fallback.max_excluded_layers``. ``scale`` (scale.ScaleOptions) puts the layers and
     the candidate checks on Ray workers.
     """
+
+    onnx_path: Path
+    out: Path
+    recipe: Recipe
+    calib: Optional[Path] = None
+    val: Optional[Path] = None
+    input_size: Optional[int] = None
+    flavours: Sequence[str] = ()
+    measure: Optional[str] = None
+    subset: Optional[int] = None
+    max_excluded: Optional[int] = None
+    search: bool = True
+    compare_nncf: bool = False
+    preprocessing: Optional[str] = None
+    scale: Any = None
+    force: bool = False
+
+    def resolved(self) -> "StudyOptions":
+        """These options with the recipe's values filled in and checked (a BadInputError names a bad one)."""
+        from ..pipeline.steps import quantized_flavours
+
+        if not Path(self.onnx_path).is_file():
+            raise BadInputError(f"The ONNX model '{self.onnx_path}' does not exist. Export one first: resnext-deploy export --model M --out m.onnx.")
+        fb = self.recipe.section("fallback")
+        measure = self.measure or fb["measure"]
+        if measure not in MEASURES:
+            raise BadInputError(f"Unknown sensitivity measure '{measure}'; use one of {', '.join(MEASURES)}.")
+        flavours = sorted(set(self.flavours or quantized_flavours(self.recipe).values() or ["int8"]))
+        bad = [f for f in flavours if f not in FLAVOURS]
+        if bad:
+            raise BadInputError(f"Unknown activation flavour(s) {bad}; use uint8 and/or int8.")
+        subset = fb["subset"] if self.subset is None else self.subset
+        cap = fb["max_excluded_layers"] if self.max_excluded is None else self.max_excluded
+        if subset <= 0 or cap < 0:
+            raise BadInputError(f"--subset must be positive and --max-excluded at least 0, got {subset} and {cap}.")
+        return replace(self, onnx_path=Path(self.onnx_path), out=Path(self.out), measure=measure, flavours=flavours,
+                       subset=subset, max_excluded=cap)
+
+
+@dataclass
+class StudyResult:
+    """What the study found (``document`` is sensitivity.json, as written into ``out``)."""
+
+    out: Path
+    sensitivity: SensitivityResult
+    search: Optional[Dict[str, Any]]
+    comparison: Optional[Dict[str, Any]]
+    seconds: float
+    document: Dict[str, Any]
+
+
+def _study_data(o: StudyOptions) -> Tuple[Any, Any, Dict[str, Any], Tuple[Path, str]]:
+    """The calibration and labelled validation images, the study document's dataset and gate entries, and the
+    validation folder with where its labels come from."""
     from ..pipeline.commands import model_meta
     from ..pipeline.source import data_folders
-    from ..pipeline.steps import quantized_flavours
 
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise BadInputError(f"The ONNX model '{onnx_path}' does not exist. Export one first: resnext-deploy export --model M --out m.onnx.")
-    fb, cal_cfg, gates = recipe.section("fallback"), recipe.section("calibration"), recipe.section("gates")
-    measure = measure or fb["measure"]
-    if measure not in MEASURES:
-        raise BadInputError(f"Unknown sensitivity measure '{measure}'; use one of {', '.join(MEASURES)}.")
-    flavours = sorted(set(flavours or quantized_flavours(recipe).values() or ["int8"]))
-    bad = [f for f in flavours if f not in FLAVOURS]
-    if bad:
-        raise BadInputError(f"Unknown activation flavour(s) {bad}; use uint8 and/or int8.")
-    subset = fb["subset"] if subset is None else subset
-    cap = fb["max_excluded_layers"] if max_excluded is None else max_excluded
-    if subset <= 0 or cap < 0:
-        raise BadInputError(f"--subset must be positive and --max-excluded at least 0, got {subset} and {cap}.")
-    check_replaceable(out, force)  # before the work: atomic_dir checks again at the swap
-    meta = model_meta(onnx_path, recipe, input_size, preprocessing)
-    spec = meta.preprocessing
-    calib_dir, val_dir = data_folders(meta.is_demo, recipe, Path(calib) if calib else None, Path(val) if val else None,
-                                      recorded=meta.folders, purpose=f"The sensitivity study of '{onnx_path.name}'")
-    cal = load_calibration(calib_dir, spec, cal_cfg["count"], cal_cfg["seed"])
+    meta = model_meta(o.onnx_path, o.recipe, o.input_size, o.preprocessing)
+    calib_dir, val_dir = data_folders(meta.is_demo, o.recipe, o.calib, o.val, recorded=meta.folders,
+                                      purpose=f"The sensitivity study of '{o.onnx_path.name}'")
+    cal_cfg, gates = o.recipe.section("calibration"), o.recipe.section("gates")
+    cal = load_calibration(calib_dir, meta.preprocessing, cal_cfg["count"], cal_cfg["seed"])
     named = validation_labels(val_dir, meta.labels, meta.labels_from)
-    valset = load_labeled(val_dir, spec, recipe.section("evaluation")["limit"] or None, None, named.labels, named.origin)
-    ort = recipe.backend("onnxruntime")
-    t_start = time.perf_counter()
+    valset = load_labeled(val_dir, meta.preprocessing, o.recipe.section("evaluation")["limit"] or None, None, named.labels, named.origin)
     doc: Dict[str, Any] = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "model": str(onnx_path),
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "model": str(o.onnx_path),
         "dataset": {"calibration": str(calib_dir), "calibration_images": len(cal.paths), "validation": str(val_dir),
                     "validation_images": len(valset.paths)},
         "gates": {k: gates[k] for k in ("max_top1_drop", "min_top1_ratio", "min_agreement", "min_agreement_confident", "min_cosine")},
-        "max_excluded_layers": cap,
+        "max_excluded_layers": o.max_excluded,
     }
+    return cal, valset, doc, (val_dir, named.origin)
+
+
+def _study_search(o: StudyOptions, quantizer: VariantQuantizer, sens: SensitivityResult, valset: Any, reference: np.ndarray,
+                  inference: Any) -> Dict[str, Any]:
+    """Plain INT8's quick check and, when it fails, the fallback's monotonic search (as the build runs it)."""
+    t = time.perf_counter()
+    gates, bias = o.recipe.section("gates"), bool(o.recipe.section("quantize")["bias_correction"])
+
+    def quick(excluded: List[str]) -> Dict[str, Any]:
+        return quick_check(quantizer, o.flavours, excluded, valset.data, valset.labels, reference, gates,
+                           o.recipe.backend("onnxruntime"), inference=inference, bias_correction=bias)
+
+    plain = quick([])
+    plain["passed"] = plain["quick_passed"]
+    found = ({"passed": True, "excluded": [], "attempts": []} if plain["passed"]
+             else search_exclusions(candidate_order(sens.to_dict()), o.max_excluded, quick, plain))
+    found.update(plain=plain, plain_quick=plain["quick"], targets=list(o.flavours), seconds=time.perf_counter() - t)
+    return found
+
+
+def study_file(options: StudyOptions, progress: Progress = None) -> StudyResult:
+    """Run the study (see the module doc) and write it into ``options.out``."""
     from ..scale import open_inference
 
-    with open_inference(scale) as inference, atomic_dir(out, force) as d:
-        quantizer = VariantQuantizer(onnx_path, cal.data, cal_cfg, weight_range=weight_range_for(recipe.section("quantize")))
+    o = options.resolved()
+    check_replaceable(o.out, o.force)  # before the work: atomic_dir checks again at the swap
+    cal, valset, doc, (val_dir, label_origin) = _study_data(o)
+    cal_cfg, ort = o.recipe.section("calibration"), o.recipe.backend("onnxruntime")
+    t_start = time.perf_counter()
+    with open_inference(o.scale) as inference, atomic_dir(o.out, o.force) as d:
+        quantizer = VariantQuantizer(o.onnx_path, cal.data, cal_cfg, weight_range=weight_range_for(o.recipe.section("quantize")))
         try:
-            reference = run_onnx_model(onnx_path, valset.data, ort)
+            reference = run_onnx_model(o.onnx_path, valset.data, ort)
             require_above_chance(float(np.mean(np.argmax(reference, 1) == valset.labels)), valset.labels,
-                                 reference.shape[1], val_dir, named.origin)
-            idx = evenly_spaced(len(valset.data), subset)
-            sens = analyze_sensitivity(onnx_path, cal.data, valset.data[idx], flavours, cal_cfg, measure, ort,
+                                 reference.shape[1], val_dir, label_origin)
+            idx = evenly_spaced(len(valset.data), o.subset)
+            sens = analyze_sensitivity(o.onnx_path, cal.data, valset.data[idx], o.flavours, cal_cfg, o.measure, ort,
                                        quantizer=quantizer, reference=reference[idx], progress=progress, inference=inference)
             doc["measured"] = {"accuracy": inference.describe()}
             doc["sensitivity"] = sens.to_dict()
-            if search:
-                t = time.perf_counter()
-
-                def attempt(excluded: List[str]) -> Dict[str, Any]:
-                    record = quick_check(quantizer, flavours, excluded, valset.data, valset.labels, reference, gates, ort,
-                                         inference=inference)
-                    record["passed"] = record["quick_passed"]
-                    return record
-
-                plain = attempt([])
-                found = {"passed": True, "excluded": [], "attempts": []} if plain["passed"] else search_exclusions(sens.ranking(), cap, attempt)
-                found["attempts"].insert(0, plain)
-                found["seconds"] = time.perf_counter() - t
-                doc["search"] = found
-            highlight = doc.get("search", {}).get("excluded", [])
-            attach_plot(doc["sensitivity"], d, highlight=highlight)
-            if compare_nncf:
-                doc["comparison"] = _compare(onnx_path, d, recipe, cal.data, valset, reference, quantizer, doc, cap)
+            if o.search:
+                doc["search"] = _study_search(o, quantizer, sens, valset, reference, inference)
+            attach_plot(doc["sensitivity"], d, highlight=doc.get("search", {}).get("excluded", []))
+            if o.compare_nncf:
+                doc["comparison"] = _compare(o.onnx_path, d, o.recipe, cal.data, valset, reference, quantizer, doc, o.max_excluded)
         finally:
             quantizer.close()
         doc["seconds"] = time.perf_counter() - t_start
         for name, text in (("sensitivity.json", json.dumps(doc, indent=2)), ("sensitivity.md", render_markdown(doc))):
             with atomic_file(d / name) as tmp:
                 tmp.write_text(text, encoding="utf-8")
-    return doc
+    return StudyResult(o.out, sens, doc.get("search"), doc.get("comparison"), doc["seconds"], doc)
 
 
 def _compare(
@@ -177,7 +213,8 @@ def _compare(
     measure("openvino-fp32", fp32, "fp32", "openvino-fp32", [], None)
     search = doc.get("search", {})
     # The list that passed, or the longest one tried when none did (its cost is worth seeing beside NNCF's).
-    tried = search.get("excluded") or (search["attempts"][-1]["excluded"] if search.get("attempts") else [])
+    kept = [a for a in search.get("attempts", []) if a.get("kept", True)]
+    tried = search.get("excluded") or (kept[-1]["excluded"] if kept else [])
     for name, excluded, seconds in (
         ("ours: plain INT8", [], None),
         ("ours: fallback", tried or None, doc["sensitivity"]["seconds"]["total"] + search.get("seconds", 0.0)),
@@ -243,11 +280,8 @@ def render_markdown(doc: Dict[str, Any]) -> str:
             lines += [""] + [f"{i}. `{n}`" for i, n in enumerate(s["excluded"], 1)]
         else:
             lines.append(f"No list of up to {doc['max_excluded_layers']} layers passed.")
-        lines += ["", "| layers in float | " + " | ".join(f"top-1 drop / agree ({fl})" for fl in doc["sensitivity"]["flavours"]) + " | pass |",
-                  "|---|" + "---|" * len(doc["sensitivity"]["flavours"]) + "---|"]
-        for a in s["attempts"]:
-            cells = [f"{a['quick'][fl]['top1_drop_pct']:.2f} pp / {a['quick'][fl]['agreement'] * 100:.1f}%" for fl in doc["sensitivity"]["flavours"]]
-            lines.append(f"| {len(a['excluded'])} | " + " | ".join(cells) + f" | {'yes' if a['passed'] else 'no'} |")
+        lines += ["", "Each candidate adds one layer to the list kept so far (ONNX Runtime, every validation image); a layer is "
+                  "kept only if no flavour gets worse.", ""] + attempts_table(s)
         lines.append("")
     if "comparison" in doc:
         c = doc["comparison"]

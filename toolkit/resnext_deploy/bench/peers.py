@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import numpy as np
 
@@ -27,16 +27,16 @@ PathLike = Union[str, Path]
 ORT_READER_BATCH = 8
 
 
-def nncf_default_int8(source: PathLike, out: PathLike, calibration: np.ndarray) -> Dict[str, Any]:
-    """NNCF's default post-training quantization of the OpenVINO model (IR or ONNX) ``source``, with the
-    OverflowFix NNCF calls for on this CPU (accuracy.peers.overflow_fix_for); saves IR ``out``."""
+def nncf_default_int8(source: PathLike, out: PathLike, calibration: np.ndarray, overflow_fix: Optional[str] = None) -> Dict[str, Any]:
+    """NNCF's default post-training quantization of the OpenVINO model (IR or ONNX) ``source``, with ``overflow_fix``
+    (None: the OverflowFix NNCF calls for on this CPU, accuracy.peers.overflow_fix_for); saves IR ``out``."""
     from ..accuracy.peers import nncf_advanced_parameters, overflow_fix_for
 
     nncf = require("nncf", "quantize with NNCF (the benchmark's peer)")
     ov = require("openvino", "quantize with NNCF (the benchmark's peer)")
     model = ov.Core().read_model(str(source))
     dataset = nncf.Dataset([np.ascontiguousarray(calibration[i : i + 1]) for i in range(len(calibration))])
-    overflow_fix = overflow_fix_for()
+    overflow_fix = overflow_fix or overflow_fix_for()
     quantized = nncf.quantize(model, dataset, advanced_parameters=nncf_advanced_parameters(overflow_fix))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -261,7 +261,7 @@ def quantize_file(
 
     The preprocessing, labels and default calibration folder come from the ONNX's sidecar or its build's
     manifest (see :func:`model_meta`)."""
-    from .quantize import qdq_from_onnx, weight_range_for
+    from .quantize import QuantizeOptions, qdq_from_onnx
 
     onnx_path = _require_file(onnx_path, "ONNX model")
     meta = model_meta(onnx_path, recipe, input_size, preprocessing)
@@ -269,10 +269,8 @@ def quantize_file(
                              recorded=meta.folders, purpose=f"Quantizing '{onnx_path.name}'")
     cal_cfg = recipe.section("calibration")
     cal = load_calibration(folder, meta.preprocessing, cal_cfg["count"], cal_cfg["seed"], step_progress(progress, "load calibration images"))
-    art = qdq_from_onnx(onnx_path, out, cal.data, activations, cal_cfg,
-                        parent=str(onnx_path), progress=step_progress(progress, "calibrate"),
-                        weight_range=weight_range_for(recipe.section("quantize")),
-                        bias_correction=recipe.section("quantize")["bias_correction"])
+    art = qdq_from_onnx(onnx_path, out, cal.data, QuantizeOptions.from_recipe(recipe, activations, parent=str(onnx_path)),
+                        progress=step_progress(progress, "calibrate"))
     write_sidecar(out, art, meta.preprocessing, meta.labels, **meta.sidecar_extra(),
                   calibration={"folder": str(folder), "images": len(cal.paths), "skipped": len(cal.skipped),
                                "skipped_files": skipped_records(cal.skipped)})

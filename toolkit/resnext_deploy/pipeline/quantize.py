@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -99,12 +100,12 @@ def activation_mb_per_image(proto: Any) -> Optional[float]:
     return total / 2**20 if total else None
 
 
-def calibration_batch(proto: Any) -> int:
-    """Images per calibration batch: as many as keep ORT's calibration session under CALIB_MEMORY_MB."""
+def calibration_batch(proto: Any, cap: int = CALIB_BATCH) -> int:
+    """Images per calibration batch: as many as keep ORT's calibration session under CALIB_MEMORY_MB, at most ``cap``."""
     per_image = activation_mb_per_image(proto)
     if not per_image:
         return 8
-    return int(max(1, min(CALIB_BATCH, CALIB_MEMORY_MB // (per_image * _CALIB_MEMORY_FACTOR))))
+    return int(max(1, min(cap, CALIB_MEMORY_MB // (per_image * _CALIB_MEMORY_FACTOR))))
 
 
 # Histogram calibration as TensorRT does it: 2048 bins, an entropy threshold searched over windows of 128
@@ -194,59 +195,54 @@ def _output_producers(proto: Any) -> List[str]:
     return sorted({n.op_type for n in proto.graph.node if any(o in outs for o in n.output)})
 
 
-def qdq_from_onnx(
-    fp32_path: Union[str, Path],
-    out_path: Union[str, Path],
-    images: np.ndarray,
-    flavour: str = "uint8",
-    calibration: Optional[Dict[str, Any]] = None,
-    exclude_nodes: Sequence[str] = (),
-    parent: Optional[str] = "onnx-fp32",
-    root: Optional[Path] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
-    calibration_cache: Union[str, Path, None] = None,
-    quantize_nodes: Sequence[str] = (),
-    weight_range: Optional[str] = None,
-    bias_correction: bool = False,
-) -> Artifact:
-    """Quantize ``fp32_path`` with ORT's static QDQ quantizer, calibrated on ``images`` (NCHW float32).
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How :func:`qdq_from_onnx` quantizes (the CLI and the build make one from the recipe: ``from_recipe``).
 
     ``calibration`` is the recipe's ``[calibration]`` section (method, percentile, ...; None = the defaults),
-    checked by the same code that checks recipes.
-
-    ``exclude_nodes`` are node names left in float (the fallback of accuracy-driven quantization);
-    ``quantize_nodes``, when given, are the only nodes quantized (per-layer sensitivity analysis).
-    ``calibration_cache`` is ORT's JSON cache of activation ranges: written by the first call, read by
-    later ones (which then skip calibration), so variants of one model share one calibration. The
-    ranges depend only on the float model, the images and the method (not on the flavour), and a model
-    quantized from the cache is byte-identical to one calibrated afresh.
-    ``weight_range`` is "7bit" (ORT's reduce_range: weights in [-64, 64], safe on CPUs without VNNI) or
-    "full"; None = the recipe default (recipes.DEFAULTS, see weight_range_for).
+    checked by the same code that checks recipes. ``exclude_nodes`` are node names left in float (the fallback
+    of accuracy-driven quantization); ``quantize_nodes``, when given, are the only nodes quantized (per-layer
+    sensitivity analysis). ``calibration_cache`` is ORT's JSON cache of activation ranges: written by the first
+    call, read by later ones (which then skip calibration), so variants of one model share one calibration; the
+    ranges depend only on the float model, the images and the method (not on the flavour), and a model quantized
+    from the cache is byte-identical to one calibrated afresh. ``weight_range`` is "7bit" (ORT's reduce_range:
+    weights in [-64, 64], safe on CPUs without VNNI) or "full"; None = the recipe default (weight_range_for).
     ``bias_correction`` folds each quantized conv's mean output shift on the calibration images into its bias
-    (bias_correction.py), before TensorRT's placement, so every backend gets it.
+    (bias_correction.py), before TensorRT's placement, so every backend gets it. ``parent``: the artifact's parent.
     """
-    quant = require("onnxruntime.quantization", "quantize to INT8")
-    onnx = require("onnx", "quantize to INT8")
-    if flavour not in FLAVOURS:
-        raise BadInputError(f"Unknown activation flavour '{flavour}'; use one of {FLAVOURS}.")
-    cal = calibration_settings(calibration)
-    method = cal["method"]
-    methods = {
-        "minmax": quant.CalibrationMethod.MinMax,
-        "percentile": quant.CalibrationMethod.Percentile,
-        "entropy": quant.CalibrationMethod.Entropy,
-    }
-    if weight_range is None:
-        from ..recipes import DEFAULTS
 
-        weight_range = weight_range_for(DEFAULTS["quantize"])
-    if weight_range not in WEIGHT_RANGES:
-        raise BadInputError(f"Unknown weight range '{weight_range}'; use one of {WEIGHT_RANGES}.")
-    if len(images) == 0:
-        raise BadInputError("No calibration images: give a folder with readable images.")
-    proto = onnx.load(str(fp32_path))
-    input_name = proto.graph.input[0].name
-    batch = calibration_batch(proto)
+    flavour: str = "uint8"
+    calibration: Optional[Dict[str, Any]] = None
+    exclude_nodes: Sequence[str] = ()
+    quantize_nodes: Sequence[str] = ()
+    weight_range: Optional[str] = None
+    bias_correction: bool = False
+    calibration_cache: Union[str, Path, None] = None
+    parent: Optional[str] = "onnx-fp32"
+
+    @classmethod
+    def from_recipe(cls, recipe: Any, flavour: str, **changes: Any) -> "QuantizeOptions":
+        """The options a recipe asks for: its calibration, weight range and bias correction."""
+        q = recipe.section("quantize")
+        return cls(flavour=flavour, calibration=recipe.section("calibration"), weight_range=weight_range_for(q),
+                   bias_correction=bool(q["bias_correction"]), **changes)
+
+    def checked(self) -> "QuantizeOptions":
+        """These options with the weight range resolved, or a BadInputError naming the bad value."""
+        if self.flavour not in FLAVOURS:
+            raise BadInputError(f"Unknown activation flavour '{self.flavour}'; use one of {FLAVOURS}.")
+        wr = self.weight_range
+        if wr is None:
+            from ..recipes import DEFAULTS
+
+            wr = weight_range_for(DEFAULTS["quantize"])
+        if wr not in WEIGHT_RANGES:
+            raise BadInputError(f"Unknown weight range '{wr}'; use one of {WEIGHT_RANGES}.")
+        return replace(self, weight_range=wr)
+
+
+def _quantizer_extra_options(proto: Any, flavour: str) -> Dict[str, Any]:
+    """ORT quantizer's extra_options: symmetric per-channel weights; TensorRT's rules for the int8 flavour."""
     extra: Dict[str, Any] = {
         "WeightSymmetric": True,
         "ActivationSymmetric": flavour == "int8",
@@ -259,70 +255,105 @@ def qdq_from_onnx(
         # fails to parse ("only activation types allowed as input to this layer"). A float bias is
         # what TensorRT expects: it adds it in the fused convolution.
         extra["QuantizeBias"] = False
-    out_path = Path(out_path)
+    return extra
+
+
+def _quantize_static(fp32_path: Path, tmp: Path, images: np.ndarray, proto: Any, opts: QuantizeOptions, batch: int,
+                     progress: Optional[Callable[[int, int], None]]) -> None:
+    """ORT's quantize_static into ``tmp``; histogram methods get their ranges through ORT's cache file first."""
+    quant = require("onnxruntime.quantization", "quantize to INT8")
+    cal = calibration_settings(opts.calibration)
+    method, input_name = cal["method"], proto.graph.input[0].name
+    methods = {"minmax": quant.CalibrationMethod.MinMax, "percentile": quant.CalibrationMethod.Percentile,
+               "entropy": quant.CalibrationMethod.Entropy}
+    cache = Path(opts.calibration_cache) if opts.calibration_cache else None
+    own_cache: Optional[Path] = None
     quiet = _QuietPreprocessAdvice()
     logging.getLogger().addFilter(quiet)
-    with atomic_file(out_path) as tmp:
-        try:
-            if method != "minmax":
-                # The ranges go through ORT's cache file: the caller's (shared by later variants), else a temporary one.
-                if calibration_cache is None:
-                    calibration_cache = Path(tmp).with_name(f".{Path(tmp).name}.ranges.json")
-                    own_cache: Optional[Path] = Path(calibration_cache)
-                else:
-                    own_cache = None
-                if not Path(calibration_cache).is_file():
-                    _histogram_ranges_to_cache(fp32_path, images, input_name, method, cal, batch,
-                                               activation_mb_per_image(proto), Path(calibration_cache), progress)
-            else:
-                own_cache = None
-            quant.quantize_static(
-                str(fp32_path),
-                str(tmp),
-                _calibration_reader(images, input_name, progress, batch),
-                quant_format=quant.QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=quant.QuantType.QUInt8 if flavour == "uint8" else quant.QuantType.QInt8,
-                weight_type=quant.QuantType.QInt8,
-                reduce_range=weight_range == "7bit",  # weights only: activations keep their 8 bits
-                calibrate_method=methods[method],
-                nodes_to_exclude=list(exclude_nodes),
-                nodes_to_quantize=list(quantize_nodes),
-                extra_options=extra,
-                calibration_cache_path=str(calibration_cache) if calibration_cache else None,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise InternalError(f"ONNX Runtime quantization failed on '{fp32_path}': {exc}") from exc
-        finally:
-            logging.getLogger().removeFilter(quiet)
-            if own_cache is not None:
-                own_cache.unlink(missing_ok=True)
-        corrected = correct_biases(fp32_path, tmp, images, batch) if bias_correction else None
-        # a backend's own Q/DQ placement (TensorRT's, on its int8 flavour), asked through the backend interface,
-        # after the bias correction so that it places Q/DQ on the corrected model
-        placement = backends.place_qdq(Path(tmp), flavour)
-    settings = {
-        "activations": flavour,
-        "weights": "int8 symmetric per-channel" + (", 7-bit range [-64, 64]" if weight_range == "7bit" else ""),
-        "weight_range": weight_range,
+    try:
+        if method != "minmax":
+            # The ranges go through ORT's cache file: the caller's (shared by later variants), else a temporary one.
+            if cache is None:
+                cache = own_cache = tmp.with_name(f".{tmp.name}.ranges.json")
+            if not cache.is_file():
+                _histogram_ranges_to_cache(fp32_path, images, input_name, method, cal, batch,
+                                           activation_mb_per_image(proto), cache, progress)
+        quant.quantize_static(
+            str(fp32_path), str(tmp), _calibration_reader(images, input_name, progress, batch),
+            quant_format=quant.QuantFormat.QDQ, per_channel=True,
+            activation_type=quant.QuantType.QUInt8 if opts.flavour == "uint8" else quant.QuantType.QInt8,
+            weight_type=quant.QuantType.QInt8,
+            reduce_range=opts.weight_range == "7bit",  # weights only: activations keep their 8 bits
+            calibrate_method=methods[method], nodes_to_exclude=list(opts.exclude_nodes),
+            nodes_to_quantize=list(opts.quantize_nodes), extra_options=_quantizer_extra_options(proto, opts.flavour),
+            calibration_cache_path=str(cache) if cache else None,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise InternalError(f"ONNX Runtime quantization failed on '{fp32_path}': {exc}") from exc
+    finally:
+        logging.getLogger().removeFilter(quiet)
+        if own_cache is not None:
+            own_cache.unlink(missing_ok=True)
+
+
+def _settings_record(opts: QuantizeOptions, images: np.ndarray, batch: int, corrected: Any, placement: Any) -> Dict[str, Any]:
+    """The Q/DQ artifact's settings in the manifest: what was quantized, how, and what was done to it after."""
+    cal = calibration_settings(opts.calibration)
+    method = cal["method"]
+    settings: Dict[str, Any] = {
+        "activations": opts.flavour,
+        "weights": "int8 symmetric per-channel" + (", 7-bit range [-64, 64]" if opts.weight_range == "7bit" else ""),
+        "weight_range": opts.weight_range,
         "calibration_method": method,
         "calibration_images": int(len(images)),
         "calibration_batch": batch,
-        "excluded_nodes": list(exclude_nodes),
+        "excluded_nodes": list(opts.exclude_nodes),
     }
     if corrected is not None:
         settings["bias_correction"] = corrected
     if placement is not None:
         settings["qdq_placement"] = placement
-    if quantize_nodes:
-        settings["quantized_nodes_only"] = list(quantize_nodes)
+    if opts.quantize_nodes:
+        settings["quantized_nodes_only"] = list(opts.quantize_nodes)
     if method == "percentile":
         settings["percentile"] = cal["percentile"]
     if method != "minmax":
         settings["histogram_bins"] = HISTOGRAM_BINS
     if method == "entropy":
         settings["quantized_bins"] = ENTROPY_QUANTIZED_BINS
+    return settings
+
+
+def qdq_from_onnx(
+    fp32_path: Union[str, Path],
+    out_path: Union[str, Path],
+    images: np.ndarray,
+    options: Union[QuantizeOptions, str] = "uint8",
+    root: Optional[Path] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+    **changes: Any,
+) -> Artifact:
+    """Quantize ``fp32_path`` with ORT's static QDQ quantizer, calibrated on ``images`` (NCHW float32).
+
+    ``options`` (QuantizeOptions; a flavour name stands for its defaults), with ``changes`` to its fields
+    applied (e.g. ``exclude_nodes=[...]``). Writes ``out_path`` atomically; returns its artifact (relative to ``root``).
+    """
+    onnx = require("onnx", "quantize to INT8")
+    opts = options if isinstance(options, QuantizeOptions) else QuantizeOptions(flavour=options)
+    opts = replace(opts, **changes).checked()
+    calibration_settings(opts.calibration)  # a bad section is refused before the work
+    if len(images) == 0:
+        raise BadInputError("No calibration images: give a folder with readable images.")
+    proto = onnx.load(str(fp32_path))
+    batch = calibration_batch(proto)
+    out_path = Path(out_path)
+    with atomic_file(out_path) as tmp:
+        _quantize_static(Path(fp32_path), Path(tmp), images, proto, opts, batch, progress)
+        corrected = correct_biases(fp32_path, tmp, images, batch) if opts.bias_correction else None
+        # a backend's own Q/DQ placement (TensorRT's, on its int8 flavour), asked through the backend interface,
+        # after the bias correction so that it places Q/DQ on the corrected model
+        placement = backends.place_qdq(Path(tmp), opts.flavour)
     return Artifact.from_files(
-        f"onnx-int8-{flavour}", [out_path], root, kind="onnx-qdq", backend="onnx", precision="int8",
-        parent=parent, stage="quantize", settings=settings,
+        f"onnx-int8-{opts.flavour}", [out_path], root, kind="onnx-qdq", backend="onnx", precision="int8",
+        parent=opts.parent, stage="quantize", settings=_settings_record(opts, images, batch, corrected, placement),
     )

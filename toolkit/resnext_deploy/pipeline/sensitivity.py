@@ -93,16 +93,17 @@ class VariantQuantizer:
         self.quantize_seconds = 0.0
         self.count = 0
 
-    def quantize(self, flavour: str, exclude: Sequence[str] = (), only: Sequence[str] = (), out: Union[str, Path, None] = None) -> Path:
-        """Write a Q/DQ model of ``flavour`` with ``exclude`` left in float (or only ``only`` quantized)."""
-        from .quantize import qdq_from_onnx
+    def quantize(self, flavour: str, exclude: Sequence[str] = (), only: Sequence[str] = (), out: Union[str, Path, None] = None,
+                 bias_correction: bool = False) -> Path:
+        """Write a Q/DQ model of ``flavour`` with ``exclude`` left in float (or only ``only`` quantized), with the
+        bias correction when asked (the fallback's candidates follow the recipe; the ranking does without)."""
+        from .quantize import QuantizeOptions, qdq_from_onnx
 
         out = Path(out) if out else self.work_dir / f"variant-{flavour}.onnx"
         first = not self.cache.is_file()
         t = time.perf_counter()
-        qdq_from_onnx(self.fp32_path, out, self.images, flavour, self.settings,
-                      exclude_nodes=exclude, parent=None, calibration_cache=self.cache, quantize_nodes=only,
-                      weight_range=self.weight_range)
+        qdq_from_onnx(self.fp32_path, out, self.images, QuantizeOptions(
+            flavour, self.settings, tuple(exclude), tuple(only), self.weight_range, bias_correction, self.cache, parent=None))
         spent = time.perf_counter() - t
         if first:
             self.calibration_seconds += spent
@@ -141,12 +142,7 @@ class VariantWorker:
     def measure(self, item: Tuple[int, str, str, str, Sequence[str]]) -> Dict[str, Any]:
         """The row of one layer: (index, node, op type, measure, flavours) -> its errors per flavour."""
         index, node, op_type, measure, flavours = item
-        row: Dict[str, Any] = {"node": node, "op_type": op_type, "index": index}
-        if measure in ("quantize-one", "both"):
-            row["quantize_one"] = {fl: self._error(fl, only=[node]) for fl in flavours}
-        if measure in ("float-one", "both"):
-            row["float_one"] = {fl: self._error(fl, exclude=[node]) for fl in flavours}
-        return row
+        return _layer_row(self._error, index, node, op_type, measure, flavours)
 
     def close(self) -> None:
         self.quantizer.close()
@@ -175,6 +171,83 @@ class SensitivityResult:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "SensitivityResult":
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class _Measurer:
+    """Measures Q/DQ variants of one model on fixed images against the float logits (one process), counting them."""
+
+    def __init__(self, q: VariantQuantizer, images: np.ndarray, reference: np.ndarray, ort_settings: Optional[Dict[str, Any]],
+                 total: int, progress: Progress) -> None:
+        self.q, self.images, self.reference, self.ort = q, images, reference, ort_settings
+        self.total, self.progress, self.done, self.eval_seconds = total, progress, 0, 0.0
+
+    def __call__(self, flavour: str, **kw: Any) -> Dict[str, float]:
+        path = self.q.quantize(flavour, **kw)
+        t = time.perf_counter()
+        err = logit_error(run_onnx_model(path, self.images, self.ort), self.reference)
+        self.eval_seconds += time.perf_counter() - t
+        self.advance(1)
+        return err
+
+    def advance(self, n: int, to: Optional[int] = None) -> None:
+        self.done = self.done + n if to is None else to
+        if self.progress:
+            self.progress("sensitivity", self.done, self.total)
+
+
+def _layer_row(m: Any, index: int, node: str, op_type: str, measure: str, flavours: Sequence[str]) -> Dict[str, Any]:
+    row: Dict[str, Any] = {"node": node, "op_type": op_type, "index": index}
+    if measure in ("quantize-one", "both"):
+        row["quantize_one"] = {fl: m(fl, only=[node]) for fl in flavours}
+    if measure in ("float-one", "both"):
+        row["float_one"] = {fl: m(fl, exclude=[node]) for fl in flavours}
+    return row
+
+
+def _rows_distributed(inference: Any, m: _Measurer, fp32_path: Any, calibration: np.ndarray, layers: List[Tuple[str, str]],
+                      measure: str, flavours: List[str], ort_settings: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The layers' rows measured on Ray workers, a layer per task, from this process's calibration cache."""
+    from ..scale import ModelFiles
+
+    t = time.perf_counter()
+    args = [ModelFiles.of("fp32 model", "onnxruntime", fp32_path), ModelFiles.of("calibration cache", "", m.q.cache),
+            np.asarray(calibration, dtype=np.float32), np.asarray(m.images, dtype=np.float32), np.asarray(m.reference),
+            m.q.settings, m.q.weight_range, inference.worker_settings(ort_settings)]
+    items = [(index, node, op_type, measure, flavours) for index, (node, op_type) in enumerate(layers)]
+    per_layer, start = len(flavours) * (2 if measure == "both" else 1), m.done
+    rows = inference.map_items(VariantWorker, args, "measure", items, lambda n, _total: m.advance(0, start + n * per_layer))
+    m.eval_seconds += time.perf_counter() - t  # quantize and evaluate, on the workers
+    return rows
+
+
+def _rank(rows: List[Dict[str, Any]], measure: str, flavours: List[str], baseline: Dict[str, Dict[str, float]]) -> str:
+    """Score and rank ``rows`` in place; returns what they are ranked by."""
+    by_alone = measure in ("quantize-one", "both")
+    for row in rows:
+        if by_alone:
+            row["score"] = max(row["quantize_one"][fl]["nsr"] for fl in flavours)
+        else:  # the error that goes away when this layer alone stays in float
+            row["score"] = max(baseline[fl]["nsr"] - row["float_one"][fl]["nsr"] for fl in flavours)
+    # Ties keep graph order, so the ranking is a function of the numbers alone.
+    rows.sort(key=lambda r: (-r["score"], r["index"]))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return ("logit noise-to-signal ratio with only this layer quantized (worst over flavours)" if by_alone
+            else "logit noise-to-signal ratio removed by leaving only this layer in float (best over flavours)")
+
+
+def candidate_order(d: Dict[str, Any]) -> List[str]:
+    """The fallback's order of candidates from a sensitivity result (``to_dict``): by the gated metric first
+    (agreement lost with only this layer quantized, worst over flavours; or agreement won with only this layer in
+    float), then by the ranking (logit noise). The agreement is what the gate checks; the noise breaks its ties."""
+    base = d["baseline"]
+
+    def harm(row: Dict[str, Any]) -> float:
+        if "quantize_one" in row:
+            return max(1.0 - v["agreement"] for v in row["quantize_one"].values())
+        return max(v["agreement"] - base[fl]["agreement"] for fl, v in row["float_one"].items())
+
+    return [r["node"] for r in sorted(d["layers"], key=lambda r: (-harm(r), r["rank"]))]
 
 
 def analyze_sensitivity(
@@ -207,77 +280,28 @@ def analyze_sensitivity(
     if not layers:
         raise BadInputError(f"'{fp32_path}' has no Conv/Gemm/MatMul layer with weights: nothing to analyse.")
     t_start = time.perf_counter()
-    own = quantizer is None
     q = quantizer or VariantQuantizer(fp32_path, calibration, calibration_cfg)
-    eval_seconds = 0.0
-    total, done = len(flavours) * (1 + len(layers) * (2 if measure == "both" else 1)), 0
-
-    def measure_variant(flavour: str, **kw: Any) -> Dict[str, float]:
-        nonlocal eval_seconds, done
-        path = q.quantize(flavour, **kw)
-        t = time.perf_counter()
-        err = logit_error(run_onnx_model(path, images, ort_settings), ref)
-        eval_seconds += time.perf_counter() - t
-        done += 1
-        if progress:
-            progress("sensitivity", done, total)
-        return err
-
     try:
         t = time.perf_counter()
         ref = reference if reference is not None else run_onnx_model(fp32_path, images, ort_settings)
-        eval_seconds += time.perf_counter() - t
-        baseline = {fl: measure_variant(fl) for fl in flavours}  # the first also writes the calibration cache
-        rows: List[Dict[str, Any]] = []
+        m = _Measurer(q, images, ref, ort_settings, len(flavours) * (1 + len(layers) * (2 if measure == "both" else 1)), progress)
+        m.eval_seconds += time.perf_counter() - t
+        baseline = {fl: m(fl) for fl in flavours}  # the first also writes the calibration cache
         if inference is not None and getattr(inference, "distributed", False):
-            from ..scale import ModelFiles
-
-            t = time.perf_counter()
-            args = [ModelFiles.of("fp32 model", "onnxruntime", fp32_path), ModelFiles.of("calibration cache", "", q.cache),
-                    np.asarray(calibration, dtype=np.float32), np.asarray(images, dtype=np.float32), np.asarray(ref),
-                    q.settings, q.weight_range, inference.worker_settings(ort_settings)]
-            items = [(index, node, op_type, measure, flavours) for index, (node, op_type) in enumerate(layers)]
-            per_layer = len(flavours) * (2 if measure == "both" else 1)
-
-            def layer_done(n: int, _total: int) -> None:
-                if progress:
-                    progress("sensitivity", len(flavours) + n * per_layer, total)
-
-            rows = inference.map_items(VariantWorker, args, "measure", items, layer_done)
-            done = total
-            eval_seconds += time.perf_counter() - t  # quantize and evaluate, on the workers
+            rows = _rows_distributed(inference, m, fp32_path, calibration, layers, measure, flavours, ort_settings)
         else:
-            for index, (node, op_type) in enumerate(layers):
-                row: Dict[str, Any] = {"node": node, "op_type": op_type, "index": index}
-                if measure in ("quantize-one", "both"):
-                    row["quantize_one"] = {fl: measure_variant(fl, only=[node]) for fl in flavours}
-                if measure in ("float-one", "both"):
-                    row["float_one"] = {fl: measure_variant(fl, exclude=[node]) for fl in flavours}
-                rows.append(row)
+            rows = [_layer_row(m, i, node, op, measure, flavours) for i, (node, op) in enumerate(layers)]
     finally:
         seconds = {"calibration": q.calibration_seconds, "quantize": q.quantize_seconds}
-        if own:
+        if quantizer is None:
             q.close()
-    by_alone = measure in ("quantize-one", "both")
-    for row in rows:
-        if by_alone:
-            row["score"] = max(row["quantize_one"][fl]["nsr"] for fl in flavours)
-        else:  # the error that goes away when this layer alone stays in float
-            row["score"] = max(baseline[fl]["nsr"] - row["float_one"][fl]["nsr"] for fl in flavours)
-    # Ties keep graph order, so the ranking is a function of the numbers alone.
-    rows.sort(key=lambda r: (-r["score"], r["index"]))
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank
-    ranked_by = (
-        "logit noise-to-signal ratio with only this layer quantized (worst over flavours)" if by_alone
-        else "logit noise-to-signal ratio removed by leaving only this layer in float (best over flavours)"
-    )
-    seconds.update(evaluate=eval_seconds, total=time.perf_counter() - t_start)
+    ranked_by = _rank(rows, measure, flavours, baseline)
+    seconds.update(evaluate=m.eval_seconds, total=time.perf_counter() - t_start)
     result = SensitivityResult(
         measure=measure, ranked_by=ranked_by, flavours=list(flavours), images=int(len(images)),
         calibration={"method": q.settings["method"], "images": int(len(calibration)),
                      **({"percentile": q.settings["percentile"]} if q.settings["method"] == "percentile" else {})},
-        baseline=baseline, layers=rows, seconds=seconds, variants=done,
+        baseline=baseline, layers=rows, seconds=seconds, variants=m.done,
     )
     log.info("sensitivity: %d layers x %d flavours on %d images in %.1f s; most sensitive: %s",
              len(layers), len(flavours), len(images), seconds["total"], ", ".join(result.ranking()[:3]))

@@ -39,7 +39,7 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
 
     ``exclude_nodes`` stay in float in every Q/DQ model (the accuracy fallback's list, see pipeline/fallback.py).
     """
-    from .quantize import isa_record, qdq_from_onnx, weight_range_for
+    from .quantize import QuantizeOptions, isa_record, qdq_from_onnx, weight_range_for
 
     recipe, stage_dir, stages = ctx.recipe, ctx.staging, ctx.timings
     artifacts: List[Artifact] = []
@@ -49,16 +49,14 @@ def run_stages(ctx: BuildContext, exclude_nodes: Sequence[str] = ()) -> List[Art
     export_model(ctx, fp32_path, artifacts)
 
     t = time.perf_counter()
-    cal_cfg = recipe.section("calibration")
     flavours = quantized_flavours(recipe)
     weight_range = weight_range_for(recipe.section("quantize"))
     qdq: Dict[str, Artifact] = {}
     for flavour in sorted(set(flavours.values())):
         qdq[flavour] = qdq_from_onnx(
-            fp32_path, onnx_dir / f"model-int8-{flavour}.onnx", ctx.calibration.data, flavour, cal_cfg,
+            fp32_path, onnx_dir / f"model-int8-{flavour}.onnx", ctx.calibration.data,
+            QuantizeOptions.from_recipe(recipe, flavour, exclude_nodes=tuple(exclude_nodes)),
             root=stage_dir, progress=ctx.step(f"calibrate ({flavour} activations)"),
-            exclude_nodes=exclude_nodes, weight_range=weight_range,
-            bias_correction=recipe.section("quantize")["bias_correction"],
         )
         artifacts.append(qdq[flavour])
     stages["quantize"] = time.perf_counter() - t

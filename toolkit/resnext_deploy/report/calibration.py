@@ -24,19 +24,23 @@ def calibration_lines(report: Dict[str, Any]) -> List[str]:
              f"images ({c.get('seconds', 0):.2f} s).", ""]
     lines += [f"> **Warning:** {w}" for w in c.get("warnings", [])] + ([""] if c.get("warnings") else [])
     for flavour, clip in c["clip"].items():
-        lines += [f"**Held-out clip rate** ({flavour} activations): the share of each quantized tensor's values on the "
-                  f"validation images outside its calibrated range. Largest {_pct(clip['max'])}, mean {_pct(clip['mean'])} "
+        sample = c["images"].get("clip_rate_sample", c["images"]["validation"])
+        lines += [f"**Held-out clip rate** ({flavour} activations): the share of each quantized tensor's values on "
+                  f"{sample} of the {c['images']['validation']} validation images (evenly spread) outside its calibrated range. "
+                  f"Largest {_pct(clip['max'])}, mean {_pct(clip['mean'])} "
                   f"over {len(clip['tensors'])} tensors.", ""]
         lines += md_table(["tensor", "clip rate"], [[f"`{r['tensor']}`", _pct(r["rate"])] for r in clip["tensors"][:SHOWN]])
         lines.append("")
     conv = c["convergence"]
     pts = conv["points"]
-    lines += [f"**Convergence** ({conv['method']} ranges at {', '.join(str(p) for p in pts)} images): the largest relative "
-              f"change of a scale between {pts[-2] if len(pts) > 1 else 0} and {pts[-1]} images is "
-              f"{_pct(conv['max_change'])}; {len(conv['moving'])} tensors move more than {_pct(conv['threshold'])} "
-              "(calibration.convergence_threshold).", ""]
-    lines += md_table(["tensor"] + [f"range at {p}" for p in pts] + ["change"],
-                      [[f"`{r['tensor']}`"] + [f"{w:.4g}" for w in r["widths"]] + [_pct(r["change"])] for r in conv["tensors"][:SHOWN]])
+    lines += [f"**Convergence** ({conv['method']} ranges at {', '.join(str(p) for p in pts)} images, every 4th, 2nd and "
+              f"every image): the largest relative change of a typical range between {pts[-2] if len(pts) > 1 else 0} and "
+              f"{pts[-1]} images is {_pct(conv['max_change'])}; {len(conv['moving'])} tensors move more than "
+              f"{_pct(conv['threshold'])} (calibration.convergence_threshold). The min-max range, the most extreme value seen, "
+              f"moved up to {_pct(conv.get('minmax_max_change', 0.0))}.", ""]
+    lines += md_table(["tensor"] + [f"typical range at {p}" for p in pts] + ["change", "min-max change"],
+                      [[f"`{r['tensor']}`"] + [f"{w:.4g}" for w in r["widths"]] + [_pct(r["change"]), _pct(r.get("minmax_change", 0.0))]
+                       for r in conv["tensors"][:SHOWN]])
     leak = c["leakage"]
     lines += ["", f"**Overlap with validation**: {leak['shared']} validation images are calibration images "
               f"({leak['identical']} identical files, {leak['near_identical']} near-identical pictures: grey 16 x 16 "
