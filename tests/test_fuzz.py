@@ -118,7 +118,6 @@ def test_safetensors_headers(tmp_path, header, claimed, payload):
 def test_onnx_headers(tmp_path, data, dims, location, length):
     """Random protobuf bytes, and an initializer with any dims and any external-data record: scan_onnx reads or
     refuses (BadInputError), never reads outside the model's folder or allocates from the claimed sizes."""
-    import onnx
     from onnx import TensorProto, helper
 
     from resnext_deploy.models.onnx_inputs import scan_onnx
