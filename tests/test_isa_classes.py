@@ -66,3 +66,25 @@ def test_the_bench_targets_follow_the_configurations_that_ran(isa):
     assert ({t["name"] for t in BF16_TARGETS} <= names) is EXPECTED[isa][3]
     assert {t["name"] for t in TARGETS} <= names
     assert not {t["name"] for t in TARGETS} & {t["name"] for t in check_targets(results, None, arch="resnext_demo")}
+
+
+def test_the_bench_configuration_set_follows_the_cpu(isa, tmp_path, monkeypatch):
+    """The configurations bench times, as each CPU class: openvino-bf16 only where OpenVINO has BF16 (AMX here), and
+    NNCF's peer with the OverflowFix its documentation calls for (FIRST_LAYER on AVX2, DISABLE with VNNI/AMX)."""
+    from resnext_deploy.bench.run import configurations
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    manifest = {"model": {}, "recipe": {"backends": {"openvino": {"performance_hint": "LATENCY"}}}, "artifacts": [
+        {"name": "onnxruntime-int8", "backend": "onnxruntime", "precision": "int8", "kind": "onnx",
+         "path": "onnxruntime/model-int8.ort.onnx"},
+        {"name": "openvino-int8", "backend": "openvino", "precision": "int8", "kind": "openvino-ir",
+         "path": "openvino/model-int8.xml"},
+    ]}
+    configs = {c.name: c for c in configurations(tmp_path, manifest, tmp_path / "peers")}
+    bf16 = EXPECTED[isa][3]
+    assert set(configs) == {"ort-fp32", "openvino-fp32", "nncf-int8", "ort-int8-default", "ours:onnxruntime-int8",
+                            "ours:openvino-int8", "ours:openvino-int8@THROUGHPUT"} | ({OV_BF16} if bf16 else set())
+    if bf16:
+        assert configs[OV_BF16].settings["inference_precision"] == "bf16"
+    fix = "DISABLE" if EXPECTED[isa][0] else "FIRST_LAYER_ONLY"
+    assert f"OverflowFix {fix}" in configs["nncf-int8"].description
