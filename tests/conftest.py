@@ -50,6 +50,29 @@ iterations = 5
 
 
 @pytest.fixture(scope="session")
+def collapsed_build(tmp_path_factory, fast_recipe):
+    """The fast demo build whose calibration collapsed: one constant image, plain INT8 (the fallback, on by default,
+    would leave the stem conv in float and pass), gate failed. Made once through the CLI with --junit and --summary:
+    {"out", "output", "exit_code", "recipe", "junit", "summary"} (the junit and summary files sit beside "out")."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from resnext_deploy.cli import cli
+
+    d = tmp_path_factory.mktemp("collapsed")
+    recipe = d / "no-fallback.toml"
+    recipe.write_text(fast_recipe.read_text() + "\n[fallback]\nenabled = false\n")
+    calib = d / "calib"
+    calib.mkdir()
+    Image.new("L", (32, 32), color=0).save(calib / "black.png")  # one constant image: activation ranges collapse
+    out, junit, summary = d / "bad", d / "bad.junit.xml", d / "bad.summary.md"
+    res = CliRunner().invoke(cli, ["-q", "build", "--recipe", str(recipe), "--calib", str(calib), "--out", str(out),
+                                   "--junit", str(junit), "--summary", str(summary)])
+    return {"out": out, "output": res.output, "exit_code": res.exit_code, "recipe": recipe, "junit": junit,
+            "summary": summary}
+
+
+@pytest.fixture(scope="session")
 def jetson_recipe(tmp_path_factory):
     """A Jetson recipe with DLA (like Orin NX) that builds quickly: few calibration images and timing runs."""
     path = tmp_path_factory.mktemp("recipes") / "jetson-fast.toml"
