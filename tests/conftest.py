@@ -50,6 +50,21 @@ iterations = 5
 
 
 @pytest.fixture(scope="session")
+def quick_timing(tmp_path_factory):
+    """``quick_timing(target)``: a recipe file that is the shipped recipe of ``target`` with few timing runs (warmup 1,
+    5 iterations). Everything is built and evaluated on every image as shipped; only latency and throughput rest on
+    fewer runs (a shipped Jetson recipe's 20 + 200 batch-1 runs per artifact were most of a test build)."""
+    folder = tmp_path_factory.mktemp("quick-timing")
+
+    def recipe(target: str) -> Path:
+        path = folder / f"{target}.toml"
+        path.write_text(f'extends = "{target}"\n[evaluation]\nwarmup = 1\niterations = 5\n')
+        return path
+
+    return recipe
+
+
+@pytest.fixture(scope="session")
 def collapsed_build(tmp_path_factory, fast_recipe):
     """The fast demo build whose calibration collapsed: one constant image, plain INT8 (the fallback, on by default,
     would leave the stem conv in float and pass), gate failed. Made once through the CLI with --junit and --summary:
