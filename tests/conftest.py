@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# Before torch (and its OpenMP runtime) is imported anywhere in the session, and for every subprocess it starts:
+# OpenMP's threads wait for work asleep, not spinning. Spinning threads on a busy machine (CI runners, shared cores)
+# made each PyTorch forward of the demo ~40x slower (2 threads: 3 s vs 70 ms per batch of 8 at load 13 on 2 cores);
+# the numbers computed are the same.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "toolkit") not in sys.path:  # run from a checkout without installing too
@@ -65,6 +72,44 @@ iterations = 5
 """
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def quick_timing(tmp_path_factory):
+    """``quick_timing(target)``: a recipe file that is the shipped recipe of ``target`` with few timing runs (warmup 1,
+    5 iterations). Everything is built and evaluated on every image as shipped; only latency and throughput rest on
+    fewer runs (a shipped Jetson recipe's 20 + 200 batch-1 runs per artifact were most of a test build)."""
+    folder = tmp_path_factory.mktemp("quick-timing")
+
+    def recipe(target: str) -> Path:
+        path = folder / f"{target}.toml"
+        path.write_text(f'extends = "{target}"\n[evaluation]\nwarmup = 1\niterations = 5\n')
+        return path
+
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def collapsed_build(tmp_path_factory, fast_recipe):
+    """The fast demo build whose calibration collapsed: one constant image, plain INT8 (the fallback, on by default,
+    would leave the stem conv in float and pass), gate failed. Made once through the CLI with --junit and --summary:
+    {"out", "output", "exit_code", "recipe", "junit", "summary"} (the junit and summary files sit beside "out")."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from resnext_deploy.cli import cli
+
+    d = tmp_path_factory.mktemp("collapsed")
+    recipe = d / "no-fallback.toml"
+    recipe.write_text(fast_recipe.read_text() + "\n[fallback]\nenabled = false\n")
+    calib = d / "calib"
+    calib.mkdir()
+    Image.new("L", (32, 32), color=0).save(calib / "black.png")  # one constant image: activation ranges collapse
+    out, junit, summary = d / "bad", d / "bad.junit.xml", d / "bad.summary.md"
+    res = CliRunner().invoke(cli, ["-q", "build", "--recipe", str(recipe), "--calib", str(calib), "--out", str(out),
+                                   "--junit", str(junit), "--summary", str(summary)])
+    return {"out": out, "output": res.output, "exit_code": res.exit_code, "recipe": recipe, "junit": junit,
+            "summary": summary}
 
 
 @pytest.fixture(scope="session")

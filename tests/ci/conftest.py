@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from resnext_deploy.cli import cli
 from resnext_deploy.errors import EXIT_GATE_FAILED, EXIT_OK
@@ -19,21 +19,21 @@ def _build(out: Path, recipe: Path, *extra: str) -> CliRunner:
 
 
 @pytest.fixture(scope="session")
-def ci_builds(tmp_path_factory, fast_recipe):
-    """{"good1", "good2", "bad"}: build directories; "recipe": the recipe all three were built with. Each build
-    also wrote <name>.junit.xml and <name>.summary.md beside its directory (build --junit --summary)."""
+def ci_builds(tmp_path_factory, collapsed_build):
+    """{"good1", "good2", "bad"}: build directories; "recipe": the recipe all three were built with (the fast one,
+    fallback off: it would leave the stem conv in float and rescue the collapsed build). Each build also wrote
+    <name>.junit.xml and <name>.summary.md beside its directory (build --junit --summary). "bad" is the session's
+    collapsed build (tests/conftest.py), made once for these tests and tests/pipeline/test_build.py."""
     d = tmp_path_factory.mktemp("ci-builds")
-    recipe = d / "ci.toml"
-    # fallback off: it would leave the stem conv in float and rescue the collapsed build
-    recipe.write_text(fast_recipe.read_text() + "\n[fallback]\nenabled = false\n")
-    calib = d / "calib"
-    calib.mkdir()
-    Image.new("L", (32, 32), color=0).save(calib / "black.png")  # one constant image: activation ranges collapse
-    out = {"recipe": recipe}
-    for name, extra, code in (("good1", (), EXIT_OK), ("good2", (), EXIT_OK), ("bad", ("--calib", str(calib)), EXIT_GATE_FAILED)):
-        res = _build(d / name, recipe, *extra, "--junit", str(d / f"{name}.junit.xml"), "--summary", str(d / f"{name}.summary.md"))
-        assert res.exit_code == code, res.output
+    recipe = collapsed_build["recipe"]
+    assert collapsed_build["exit_code"] == EXIT_GATE_FAILED, collapsed_build["output"]
+    out = {"recipe": recipe, "bad": collapsed_build["out"]}
+    for name in ("good1", "good2"):
+        res = _build(d / name, recipe, "--junit", str(d / f"{name}.junit.xml"), "--summary", str(d / f"{name}.summary.md"))
+        assert res.exit_code == EXIT_OK, res.output
         out[name] = d / name
+    shutil.copy(collapsed_build["junit"], d / "bad.junit.xml")  # beside the good ones, as the build wrote it
+    shutil.copy(collapsed_build["summary"], d / "bad.summary.md")
     return out
 
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def generic_build(tmp_path_factory):
-    """The demo for `--target jetson` (any Jetson) with the shipped recipe, through the CLI (as the card writes it)."""
+def generic_build(tmp_path_factory, quick_timing):
+    """The demo for `--target jetson` (any Jetson) with the shipped recipe, through the CLI (as the card writes it);
+    only its workstation timing runs are fewer (--recipe extending "jetson"): the rehearsal checks no latency."""
     out = tmp_path_factory.mktemp("rehearsal") / "jetson"
     cli = shutil.which("resnext-deploy") or str(Path(sys.executable).parent / "resnext-deploy")
-    proc = subprocess.run([cli, "-q", "build", "--target", "jetson", "--out", str(out)], capture_output=True,
-                          text=True, timeout=1200)
+    proc = subprocess.run([cli, "-q", "build", "--target", "jetson", "--recipe", str(quick_timing("jetson")),
+                           "--out", str(out)], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out, proc.stdout
 
@@ -51,18 +53,41 @@ def test_the_build_prints_the_next_steps_of_the_bundle_readme(generic_build):
     assert f"./wheels/{wheel.name} --hash=sha256:" in (wheel.parents[1] / "requirements.txt").read_text()
 
 
-@pytest.mark.parametrize("version", rehearse.PYTHONS)
-def test_rehearsal_on_jetpacks_python(generic_build, version, tmp_path):
-    python = rehearse.find_python(version)
-    if python is None:
-        pytest.skip(f"no Python {version} here (pyenv: ~/.pyenv/versions/{version}.*, or $REHEARSE_PYTHON_"
-                    f"{version.replace('.', '_')})")
+@pytest.fixture(scope="module")
+def rehearsals(generic_build, tmp_path_factory, request):
+    """Every selected Python's rehearsal on the one bundle, run side by side (each in its own venv and folders; the
+    work is subprocesses: venv, pip, the device lines): {version: result dict | skip reason (str) | the exception}."""
     out, _ = generic_build
+    selected = {item.callspec.params["version"] for item in request.session.items
+                if getattr(item, "originalname", "") == "test_rehearsal_on_jetpacks_python" and hasattr(item, "callspec")}
+    versions = [v for v in rehearse.PYTHONS if v in selected]
     cli = shutil.which("resnext-deploy") or str(Path(sys.executable).parent / "resnext-deploy")
-    try:
-        res = rehearse.rehearse_one(version, python, out, tmp_path, cli)
-    except rehearse.IndexUnavailable as exc:  # the device venv's numpy/onnxruntime come from the package index
-        pytest.skip(str(exc))
+    work = tmp_path_factory.mktemp("rehearse")
+
+    def one(version):
+        python = rehearse.find_python(version)
+        if python is None:
+            return (f"no Python {version} here (pyenv: ~/.pyenv/versions/{version}.*, or $REHEARSE_PYTHON_"
+                    f"{version.replace('.', '_')})")
+        try:
+            return rehearse.rehearse_one(version, python, out, work, cli)  # folders named per version: no clash
+        except rehearse.IndexUnavailable as exc:  # the device venv's numpy/onnxruntime come from the package index
+            return str(exc)
+        except Exception as exc:  # reported by that Python's test
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, len(versions))) as pool:
+        return dict(zip(versions, pool.map(one, versions)))
+
+
+@pytest.mark.parametrize("version", rehearse.PYTHONS)
+def test_rehearsal_on_jetpacks_python(generic_build, rehearsals, version):
+    res = rehearsals[version]
+    if isinstance(res, Exception):
+        raise res
+    if isinstance(res, str):
+        pytest.skip(res)
+    out, _ = generic_build
     assert res["versions"]["python"].startswith(version + ".")
     assert res["versions"]["numpy"] == rehearse.PINS[version][0].split("==")[1]
     assert res["versions"]["onnxruntime"] == rehearse.PINS[version][1].split("==")[1]

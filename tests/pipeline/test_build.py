@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-from PIL import Image
 
 from resnext_deploy.buildfolder.artifacts import sha256_file
 from resnext_deploy.cli import cli
@@ -110,41 +109,28 @@ def test_cli_build_prints_the_table_and_rerun_replaces_the_build(tmp_path, fast_
     assert manifest["created"] >= before
 
 
-def _without_fallback(recipe, tmp_path):
-    path = tmp_path / "no-fallback.toml"
-    path.write_text(recipe.read_text() + "\n[fallback]\nenabled = false\n")
-    return path
+def test_gate_fails_for_real_when_calibration_collapses(collapsed_build):
+    """One constant image as calibration: activation ranges collapse, INT8 is useless, the gate says so.
 
-
-def test_gate_fails_for_real_when_calibration_collapses(tmp_path, fast_recipe):
-    """One constant image as calibration: activation ranges collapse, INT8 is useless, the gate says so."""
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    Image.new("L", (32, 32), color=0).save(calib / "black.png")
-    out = tmp_path / "b"
-    # Plain INT8 only: the accuracy fallback (on by default) would leave the stem conv in float and pass.
-    fast_recipe = _without_fallback(fast_recipe, tmp_path)
-    res = CliRunner().invoke(cli, ["-q", "build", "--recipe", str(fast_recipe), "--calib", str(calib), "--out", str(out)])
-    assert res.exit_code == EXIT_GATE_FAILED, res.output
-    assert "gate FAILED" in res.output
+    Plain INT8 only (the session's collapsed build, tests/conftest.py): the accuracy fallback (on by default) would
+    leave the stem conv in float and pass."""
+    out, no_fallback = collapsed_build["out"], collapsed_build["recipe"]
+    assert collapsed_build["exit_code"] == EXIT_GATE_FAILED, collapsed_build["output"]
+    assert "gate FAILED" in collapsed_build["output"]
     report = read_report(out)
     assert report["gate"]["passed"] is False
     failed = {c["artifact"] for c in report["gate"]["checks"] if not c["passed"]}
     assert {"onnxruntime-int8", "openvino-int8"} <= failed
     assert report["dataset"]["calibration_images"] == 1
     # The report command re-gates a build with the same verdict
-    again = CliRunner().invoke(cli, ["report", str(out), "--recipe", str(fast_recipe), "--json"])
+    again = CliRunner().invoke(cli, ["report", str(out), "--recipe", str(no_fallback), "--json"])
     assert again.exit_code == EXIT_GATE_FAILED
     regated = json.loads(again.output)
     assert regated["export"] == report["export"] and regated["check"] == report["check"]  # build sections kept
 
 
-def test_a_lenient_recipe_passes_the_same_collapsed_build(tmp_path, fast_recipe):
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    Image.new("L", (32, 32), color=0).save(calib / "black.png")
-    out = tmp_path / "b"
-    CliRunner().invoke(cli, ["-q", "build", "--recipe", str(_without_fallback(fast_recipe, tmp_path)), "--calib", str(calib), "--out", str(out)])
+def test_a_lenient_recipe_passes_the_same_collapsed_build(tmp_path, fast_recipe, collapsed_build):
+    out = collapsed_build["out"]
     lenient = tmp_path / "lenient.toml"
     # every accuracy check off: the drop, MLPerf's ratio, and agreement on all and on confident images
     lenient.write_text(fast_recipe.read_text() + "\n[gates]\nmax_top1_drop = 100.0\nmin_top1_ratio = 0.0\nmin_agreement = 0.0\n"

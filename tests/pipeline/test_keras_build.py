@@ -16,17 +16,19 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def keras_x86(tmp_path_factory):
+def keras_x86(tmp_path_factory, quick_timing):
     from resnext_deploy.pipeline.build import build
 
-    return build(model=KERAS_DEMO, target="x86-cpu", out=tmp_path_factory.mktemp("keras-build") / "x86-cpu")
+    return build(model=KERAS_DEMO, target="x86-cpu", recipe_path=quick_timing("x86-cpu"),
+                 out=tmp_path_factory.mktemp("keras-build") / "x86-cpu")
 
 
 @pytest.fixture(scope="module")
-def keras_jetson(tmp_path_factory):
+def keras_jetson(tmp_path_factory, quick_timing):
     from resnext_deploy.pipeline.build import build
 
-    return build(model=KERAS_DEMO, target="jetson-orin-nano", out=tmp_path_factory.mktemp("keras-jetson") / "nano")
+    return build(model=KERAS_DEMO, target="jetson-orin-nano", recipe_path=quick_timing("jetson-orin-nano"),
+                 out=tmp_path_factory.mktemp("keras-jetson") / "nano")
 
 
 def test_shipped_keras_demo_and_its_sidecar():
