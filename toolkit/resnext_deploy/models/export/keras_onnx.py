@@ -33,7 +33,8 @@ import numpy as np
 from ...buildfolder.artifacts import Artifact, atomic_file
 from ...errors import BadInputError, DeployError
 from ...optional import require, require_keras
-from .torch_onnx import INPUT_NAME, OUTPUT_NAME, ExportFailedError, ExportResult, run_onnx, simplify_onnx
+from .torch_onnx import (INPUT_NAME, OUTPUT_NAME, SIMPLIFY_ADVICE, ExportFailedError, ExportResult, require_close,
+                         run_onnx, simplify_onnx)
 
 log = logging.getLogger(__name__)
 
@@ -273,12 +274,7 @@ def onnx_from_keras(
         diff = float(np.abs(expected - got).max())
         log.info("keras export: %d -> %d nodes in %.2f s, max |onnx - keras| = %.3g on %d images",
                  nodes_before, nodes_after, seconds, diff, len(sample))
-        if not np.isfinite(diff) or diff > tolerance:
-            raise BadInputError(
-                f"The exported ONNX differs from Keras by {diff:.3g} (max abs logit difference on {len(sample)} real "
-                f"images), above the tolerance {tolerance:g}. Set export.simplify = false in the recipe to see whether "
-                "the simplification is at fault, or raise export.tolerance."
-            )
+        require_close(diff, tolerance, "Keras", len(sample), SIMPLIFY_ADVICE)
     art = Artifact.from_files(
         "onnx-fp32", [out_path], root, kind="onnx", backend="onnx", precision="fp32", parent=parent, stage="export",
         settings={"opset": opset, "simplified": simplify, "source": "keras", "input_layout": layout,

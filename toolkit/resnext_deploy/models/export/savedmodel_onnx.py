@@ -23,7 +23,7 @@ from ...errors import BadInputError, DeployError
 from ...optional import require
 from ..savedmodel import LoadedSavedModel, raw_onnx_from_savedmodel, tensorflow_predict
 from .keras_onnx import keras_onnx_from_raw
-from .torch_onnx import ExportFailedError, ExportResult, run_onnx
+from .torch_onnx import SIMPLIFY_ADVICE, ExportFailedError, ExportResult, require_close, run_onnx
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,7 @@ def onnx_from_savedmodel(
         diff = float(np.abs(expected - run_onnx(tmp, sample)).max())
         log.info("savedmodel export: tf2onnx %.2f s, %d -> %d nodes, max |onnx - tensorflow| = %.3g on %d images",
                  seconds, nodes_before, nodes_after, diff, len(sample))
-        if not np.isfinite(diff) or diff > tolerance:
-            raise BadInputError(
-                f"The ONNX converted from '{loaded.path}' differs from TensorFlow by {diff:.3g} (max abs logit difference "
-                f"on {len(sample)} real images), above the tolerance {tolerance:g}. Set export.simplify = false in the "
-                "recipe to see whether the simplification is at fault, or raise export.tolerance."
-            )
+        require_close(diff, tolerance, f"TensorFlow (the SavedModel '{loaded.path}')", len(sample), SIMPLIFY_ADVICE)
     art = Artifact.from_files(
         "onnx-fp32", [out_path], root, kind="onnx", backend="onnx", precision="fp32", parent=parent, stage="export",
         settings={"opset": opset, "simplified": simplify, "source": "saved_model", "input_layout": "NCHW",

@@ -272,17 +272,26 @@ def onnx_from_torch(
                 f"The outputs ({side}) hold NaN or Inf on {len(sample)} real images: {where}. "
                 "Run `resnext-deploy check` on the model; no tolerance can fix this."
             )
-        if diff > tolerance:
-            raise BadInputError(
-                f"The exported ONNX differs from PyTorch by {diff:.3g} (max abs logit difference on "
-                f"{len(sample)} real images), above the tolerance {tolerance:g}. Check the model for "
-                "training-only behaviour in eval mode, or raise export.tolerance in the recipe."
-            )
+        require_close(diff, tolerance, "PyTorch", len(sample),
+                      "Check the model for training-only behaviour in eval mode, or raise export.tolerance in the recipe.")
     art = Artifact.from_files(
         "onnx-fp32", [out_path], root, kind="onnx", backend="onnx", precision="fp32", parent=parent, stage="export",
         settings={"opset": opset, "simplified": simplify, "max_abs_diff_vs_torch": diff},
     )
     return ExportResult(art, diff, tolerance, simplify, nodes_before, nodes_after)
+
+
+#: what to try when a Keras or TensorFlow export is not close to its framework's outputs
+SIMPLIFY_ADVICE = ("Set export.simplify = false in the recipe to see whether the simplification is at fault, or raise "
+                   "export.tolerance.")
+
+
+def require_close(diff: float, tolerance: float, framework: str, images: int, advice: str) -> None:
+    """The exported ONNX agrees with ``framework`` on ``images`` real images: its max abs logit difference ``diff`` is
+    finite and within ``tolerance``, else BadInputError (one wording for every format's export)."""
+    if not np.isfinite(diff) or diff > tolerance:
+        raise BadInputError(f"The exported ONNX differs from {framework} by {diff:.3g} (max abs logit difference on "
+                            f"{images} real images), above the tolerance {tolerance:g}. {advice}")
 
 
 def run_onnx(path: Union[str, Path], batch: np.ndarray) -> np.ndarray:
