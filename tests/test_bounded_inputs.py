@@ -47,10 +47,14 @@ def zip_bomb(path: Path, name: str, size: int, others: dict = None) -> None:
                 w.write(chunk)
 
 
-#: runs the code under test, then reports the peak RSS of this very process (atexit: also after an error or exit)
+#: runs the code under test, then reports the peak RSS of this very process (atexit: also after an error or exit).
+#: VmHWM, not getrusage: Linux carries ru_maxrss across fork + exec, so a child of a 1.7 GB pytest "peaked" at 1.7 GB;
+#: VmHWM belongs to the address space the child's exec made.
 _MEASURED = """
-import atexit, resource, sys
-atexit.register(lambda: sys.stderr.write("\\nPEAK_RSS_KIB=%d\\n" % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+import atexit, re, sys
+def _peak():
+    sys.stderr.write("\\nPEAK_RSS_KIB=%s\\n" % re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+atexit.register(_peak)
 code, sys.argv = sys.argv[1], [sys.argv[0]] + sys.argv[2:]
 exec(compile(code, "<measured>", "exec"), {"__name__": "__main__"})
 """

@@ -184,6 +184,21 @@ def test_external_data_outside_the_models_folder_is_refused(tmp_path):
         scan_onnx(path)
 
 
+def test_an_external_data_location_holding_a_nul_byte_is_refused(tmp_path):
+    """Found by the fuzz test: os.path raised ValueError (exit 4) on a location with a NUL byte."""
+    from resnext_deploy.models.onnx_inputs import scan_onnx
+
+    path = tmp_path / "m.onnx"
+    _save_external(_tiny_onnx(np.ones((5, 3, 1, 1))), path, "w.data")
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "w\x00.data"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(BadInputError, match="NUL byte"):
+        scan_onnx(path)
+
+
 def test_external_data_beside_the_model_is_copied_into_the_build(tmp_path):
     import onnxruntime as ort
 

@@ -63,6 +63,9 @@ def external_files(path: PathLike, proto: Any = None) -> List[Path]:
     for t in _external_tensors(proto):
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
+        if "\x00" in loc:  # no file system has such a name; os.path would raise ValueError (found by the fuzz test)
+            raise BadInputError(f"The ONNX model '{shown(str(p))}' keeps tensor '{shown(t.name)}' in "
+                                f"'{shown(loc)}', a location holding a NUL byte: not a file name. Re-save the model.")
         real = Path(os.path.realpath(folder / loc))
         if not loc or os.path.isabs(loc) or folder not in real.parents:
             raise BadInputError(
