@@ -58,3 +58,19 @@ def test_a_terminal_gets_rich_bars():
         show("timed rounds", done, 4)
     text = out.getvalue()
     assert "timed rounds" in text and "4/4" in text
+
+
+def test_a_command_in_a_log_prints_progress_lines(demo_build, tmp_path):
+    """`quantize` with stderr not a terminal (CliRunner, like a CI log): a line per stage start and per 10 %."""
+    from click.testing import CliRunner
+
+    from resnext_deploy.cli import cli
+
+    res = CliRunner().invoke(cli, ["quantize", "--onnx", str(demo_build.out_dir / "onnx" / "model-fp32.onnx"),
+                                   "--out", str(tmp_path / "q.onnx")])
+    assert res.exit_code == 0, res.output
+    lines = [ln.strip() for ln in res.output.splitlines()]
+    assert any(ln.startswith("load calibration images: started (") for ln in lines)
+    assert any(ln.startswith("load calibration images: ") and "(100%)" in ln for ln in lines)
+    assert any(ln.startswith("calibrate: started (") for ln in lines)
+    assert "\r" not in res.output
