@@ -168,6 +168,15 @@ def _save_external(model: onnx.ModelProto, path: Path, location: str) -> None:
                     size_threshold=0)
 
 
+def _relocate(path: Path, location: str) -> None:
+    """Point the model's first initializer at ``location``: onnx refuses to write such paths, so edited by hand."""
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    path.write_bytes(proto.SerializeToString())
+
+
 def test_external_data_outside_the_models_folder_is_refused(tmp_path):
     from resnext_deploy.models.onnx_inputs import scan_onnx
 
@@ -175,11 +184,7 @@ def test_external_data_outside_the_models_folder_is_refused(tmp_path):
     path = tmp_path / "models" / "m.onnx"
     _save_external(_tiny_onnx(np.ones((5, 3, 1, 1))), path, "secret.data")
     (tmp_path / "models" / "secret.data").rename(tmp_path / "secret.data")
-    proto = onnx.load(str(path), load_external_data=False)  # onnx refuses to write such a path: edited by hand
-    for entry in proto.graph.initializer[0].external_data:
-        if entry.key == "location":
-            entry.value = "../secret.data"
-    path.write_bytes(proto.SerializeToString())
+    _relocate(path, "../secret.data")
     with pytest.raises(BadInputError, match="outside the model's folder"):
         scan_onnx(path)
 
@@ -190,11 +195,7 @@ def test_an_external_data_location_holding_a_nul_byte_is_refused(tmp_path):
 
     path = tmp_path / "m.onnx"
     _save_external(_tiny_onnx(np.ones((5, 3, 1, 1))), path, "w.data")
-    proto = onnx.load(str(path), load_external_data=False)
-    for entry in proto.graph.initializer[0].external_data:
-        if entry.key == "location":
-            entry.value = "w\x00.data"
-    path.write_bytes(proto.SerializeToString())
+    _relocate(path, "w\x00.data")
     with pytest.raises(BadInputError, match="NUL byte"):
         scan_onnx(path)
 
